@@ -1,0 +1,1201 @@
+"""The parent side: :class:`EventDispatcher` polls generators and feeds the worker processes.
+
+Everything in this module runs in the parent process (the processor module is the workers').
+
+Data flow::
+
+  |=================== parent process =====================|===== worker process(es) =====|
+   EventGenerator --get_events()--> EventDispatcher thread --- task pipe (EventBatch) --->
+   EventGenerator --get_events()-->   |  polls, batches,        ^ writes without        EventProcessor
+   dispatcher.submit(event) ---------->|  writes, restarts       | blocking                runs handlers
+        (may write the pipe itself     |                                                      |
+         when the pipeline is idle)    +<-- wakes on: result pipes, wake-up pipe,             |
+                                       |    worker sentinels, poll and timeout timers         |
+   error_handler.process_event() <-----+<-- result pipe (EventFailed, BatchDone) <------------+
+                                       +<-- progress array (started / finished seq), shared
+
+Actors:
+
+- The submitting threads (``submit()``): accept an event under the dispatcher's lock, give it a
+  sequence number, and append it to the backlog. When a worker has room they encode and write
+  the batch themselves, so an event on an idle pipeline pays for no thread hand-off.
+- The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
+  result pipe and sentinel, the wake-up pipe, and (while a write is unfinished) the task pipes.
+  It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
+  events batch up exactly while workers are busy, with no linger timer), polls generators every
+  ``poll_interval``, enforces ``event_timeout``, replaces dead workers, and calls the error
+  handler. The user's error handler and generators run only in this thread.
+- The worker processes: see :mod:`eventmp.processor`.
+
+Bookkeeping: every accepted event stays in ``_pending`` (by sequence number) until it has its
+outcome. Each worker handle knows which batches it was sent and not yet acknowledged; the shared
+progress array tells which event the worker started and which it finished last. When a worker
+dies, events up to ``finished`` were processed, the one it had started is the one that killed
+it, and the rest go back to the front of the backlog for a fresh worker on fresh pipes: a pipe
+that a killed process wrote half a message into is never trusted again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import signal
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import serialization
+from .errors import (
+    DispatcherStoppedError,
+    EventAbandonedError,
+    EventmpError,
+    HandlerTimeoutError,
+    SerializationError,
+    SubmitTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+    describe_exit,
+)
+from .event import Event, EventGenerator, describe_originator
+from .handlers import call_handler, describe_handler
+from .messages import (
+    FINISHED,
+    PROGRESS_FIELDS,
+    STARTED,
+    STARTED_AT_NS,
+    STOP_HANDLER_ID,
+    BatchDone,
+    BatchRejected,
+    EventBatch,
+    EventFailed,
+    FrameReader,
+    WireEvent,
+    WorkerReady,
+    frame,
+)
+from .processor import EventProcessor, worker_main
+
+__all__ = ["DispatcherStats", "EventDispatcher", "default_start_method"]
+
+logger = logging.getLogger("eventmp")
+
+_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
+
+# Unacknowledged batches a worker may hold: two keep it busy while the next one is in flight.
+_MAX_INFLIGHT_BATCHES = 2
+_MAX_BATCH_EVENTS = 256
+_HANDLER_CACHE_SIZE = 1024
+_READ_CHUNK = 1 << 18
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn``; never ``fork`` by default.
+
+    The dispatcher's own process has threads (the dispatcher thread, and usually the user's),
+    and a fork taken while another thread holds a lock (logging's, an allocator's, a C
+    library's) leaves that lock held forever in the child. Python 3.14 moved its own default
+    off fork for this reason. forkserver forks workers from a clean single-threaded server, so
+    a restart costs a fork, not a new interpreter.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+@dataclass(frozen=True)
+class DispatcherStats:
+    """A snapshot of a dispatcher's counters."""
+
+    accepted: int
+    processed: int
+    failed: int
+    pending: int
+    abandoned: int
+    worker_restarts: int
+    worker_pids: tuple[int, ...]
+    worker_rss: tuple[int, ...] = field(default=())
+
+
+@dataclass
+class _Outcome:
+    """An error event waiting to be delivered to the error handler by the dispatcher thread."""
+
+    originator: Any
+    exception: BaseException
+    event: Event | None
+
+
+class _Worker:
+    """The parent's handle on one worker process and its two pipes."""
+
+    def __init__(self, slot: int, process: Any, task_fd: int, result_fd: int) -> None:
+        self.slot = slot
+        self.process = process
+        self.pid: int = process.pid
+        self.sentinel: int = process.sentinel
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.reader = FrameReader()
+        self.outbuf = bytearray()
+        self.inflight: deque[tuple[int, list[int]]] = deque()  # (batch_no, seqs), unacked
+        self.known_handlers: set[int] = set()
+        self.forget: list[int] = []
+        self.resync: list[int] = []  # seqs to re-send one by one after a BatchRejected
+        self.ready = False
+        self.stop_seq: int | None = None  # seq of the poison pill, once sent
+        self.exited = False
+        self.timed_out_seq: int | None = None
+        self.kill_at: float | None = None
+        self.rss = 0
+
+    @property
+    def inflight_events(self) -> int:
+        return sum(len(seqs) for _, seqs in self.inflight)
+
+
+class _Slot:
+    """A worker position: it outlives the processes that fill it one after another."""
+
+    def __init__(self, index: int, progress: Any) -> None:
+        self.index = index
+        self.progress = progress
+        self.worker: _Worker | None = None
+        self.restart_at: float | None = None
+        self.crash_streak = 0
+        self.retired = False  # processed its poison pill: not to be restarted
+
+
+_live_dispatchers: weakref.WeakSet[EventDispatcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_dispatchers() -> None:
+    # Runs before multiprocessing's own exit hook (registered earlier, so run later), which
+    # would otherwise wait forever for idle workers of a dispatcher nobody stopped.
+    for dispatcher in list(_live_dispatchers):
+        dispatcher.stop()
+
+
+class EventDispatcher(threading.Thread):
+    """Polls event generators and runs each event's handler in a worker process.
+
+    See the README for every setting; the essentials:
+
+    - ``poll_interval``: seconds between polls of the generators. ``submit()`` does not wait
+      for it.
+    - ``start_method``: ``"fork"``, ``"spawn"`` or ``"forkserver"`` (default: see
+      :func:`default_start_method`).
+    - ``workers``: number of worker processes.
+    - ``event_timeout``: seconds a handler may run before its worker is killed and the event
+      fails with :class:`HandlerTimeoutError`.
+    - ``max_pending``: events accepted but without an outcome; ``submit()`` blocks and
+      generators are not polled while the pipeline holds this many.
+    """
+
+    def __init__(
+        self,
+        poll_interval: float = 1.0,
+        *,
+        start_method: str | None = None,
+        workers: int = 1,
+        event_timeout: float | None = None,
+        max_pending: int = 10_000,
+        kill_grace: float = 1.0,
+        start_timeout: float = 60.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name or "EventDispatcher", daemon=True)
+        if poll_interval < 0:
+            raise ValueError(f"poll_interval must be >= 0, got {poll_interval!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        if event_timeout is not None and event_timeout <= 0:
+            raise ValueError(f"event_timeout must be > 0, got {event_timeout!r}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+        method = start_method or default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method must be one of {multiprocessing.get_all_start_methods()}, "
+                f"got {method!r}"
+            )
+        self.poll_interval = float(poll_interval)
+        self.start_method = method
+        self.workers = workers
+        self.event_timeout = event_timeout
+        self.max_pending = max_pending
+        self.kill_grace = kill_grace
+        self.start_timeout = start_timeout
+        self._context = multiprocessing.get_context(method)
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state = _NEW
+        self._error_handler: Any = None
+        self._generators: list[EventGenerator] = []
+        self._exhausted: set[int] = set()  # ids of generators that said they are finished
+
+        self._seq = itertools.count(1)
+        self._batch_no = itertools.count(1)
+        self._pending: dict[int, Event] = {}
+        self._backlog: deque[int] = deque()
+        self._outcomes: deque[_Outcome] = deque()
+        self._slots: list[_Slot] = []
+        self._handler_ids: OrderedDict[Any, tuple[int, Any, bytes | SerializationError]] = (
+            OrderedDict()
+        )
+        self._next_handler_id = itertools.count(STOP_HANDLER_ID + 1)
+
+        self._accepted = 0
+        self._processed = 0
+        self._failed = 0
+        self._abandoned = 0
+        self._restarts = 0
+        self._stop_deadline: float | None = None
+        self._abandoning: str | None = None  # reason, once events are to be abandoned
+        self._drain = True
+        self._broken: EventmpError | None = None
+
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_pending = False
+        self._loop_ident: int | None = None
+        self._delivering = 0
+
+    # == public API ==============================================================================
+
+    def error_handler(self, handler: Any) -> None:
+        """Set the handler that receives error events, in the parent process."""
+        self._error_handler = handler
+
+    def add_event_generator(self, generator: EventGenerator) -> None:
+        """Add a generator to poll; allowed before and after ``start()``."""
+        with self._lock:
+            if self._state in (_STOPPING, _STOPPED):
+                raise DispatcherStoppedError("cannot add a generator to a stopped dispatcher")
+            self._generators.append(generator)
+        self._wake()
+
+    def start(self) -> None:
+        """Start the worker processes, wait until they are ready, then the dispatcher thread.
+
+        Raises :class:`WorkerStartError` if a worker cannot start; nothing is left running.
+        """
+        self._start_workers()
+        super().start()
+
+    def _start_workers(self) -> None:
+        with self._lock:
+            if self._state != _NEW:
+                raise RuntimeError(f"dispatcher already {self._state}")
+            self._state = _RUNNING
+        try:
+            for index in range(self.workers):
+                slot = _Slot(index, self._context.RawArray("q", PROGRESS_FIELDS))
+                self._slots.append(slot)
+                self._start_worker(slot)
+            deadline = time.monotonic() + self.start_timeout
+            for slot in self._slots:
+                assert slot.worker is not None
+                self._await_ready(slot.worker, deadline)
+        except BaseException:
+            for slot in self._slots:
+                if slot.worker is not None:
+                    self._kill_worker(slot.worker)
+                    self._close_worker(slot.worker)
+                    slot.worker = None
+            with self._lock:
+                self._state = _STOPPED
+            self._stop_generators()
+            self._close_wake_pipe()
+            raise
+        _live_dispatchers.add(self)
+        with self._lock:
+            self._pump()
+
+    def submit(self, event: Event, timeout: float | None = None) -> None:
+        """Hand ``event`` to the pipeline now, without waiting for the next poll.
+
+        Thread-safe. Blocks while ``max_pending`` events are pending, at most ``timeout``
+        seconds (then :class:`SubmitTimeoutError`). Raises :class:`DispatcherStoppedError`
+        once ``stop()`` was called.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
+        with self._lock:
+            self._check_open()
+            if len(self._pending) >= self.max_pending and not self._in_loop_thread():
+                if not self._changed.wait_for(
+                    lambda: self._state not in (_NEW, _RUNNING)
+                    or len(self._pending) < self.max_pending,
+                    timeout,
+                ):
+                    raise SubmitTimeoutError(
+                        f"no room in the pipeline after {timeout}s: "
+                        f"{len(self._pending)} events pending (max_pending={self.max_pending})"
+                    )
+                self._check_open()
+            self._accept(event)
+            if self._state == _RUNNING:
+                self._pump()
+
+    def stop(self, timeout: float | None = None, *, drain: bool = True) -> None:
+        """Stop the pipeline and return once it has ended.
+
+        With ``drain`` (the default), every event accepted before the call gets its outcome
+        first: the poison pill goes behind them. With ``timeout``, events still without an
+        outcome after that many seconds are abandoned (reported with
+        :class:`EventAbandonedError`) and the workers killed; ``drain=False`` abandons every
+        queued event at once and lets each worker finish only the event in hand. On return the
+        workers have exited and been reaped and every generator's ``stop()`` has been called.
+        Idempotent; safe before ``start()``.
+        """
+        with self._lock:
+            if self._state == _NEW:
+                self._state = _STOPPED
+                stop_generators_here = True
+            else:
+                stop_generators_here = False
+                if self._state == _RUNNING:
+                    self._state = _STOPPING
+                    self._drain = drain
+                    if timeout is not None:
+                        self._stop_deadline = time.monotonic() + timeout
+                elif self._state == _STOPPING and not drain:
+                    self._drain = False
+                if not drain and self._abandoning is None:
+                    self._abandoning = "stop(drain=False) was called"
+            self._changed.notify_all()
+        if stop_generators_here:
+            self._stop_generators()
+            self._close_wake_pipe()
+            self._deliver_outcomes()
+            return
+        self._wake()
+        if self._in_loop_thread():
+            return
+        if self.is_alive():
+            self.join()
+        else:
+            with self._lock:
+                self._changed.wait_for(lambda: self._state == _STOPPED)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every generator is finished and every accepted event has its outcome.
+
+        Returns true then, false if ``timeout`` seconds passed first. Batch jobs call
+        ``wait()``, then ``stop()``.
+        """
+        with self._lock:
+            return self._changed.wait_for(self._idle, timeout)
+
+    def stats(self) -> DispatcherStats:
+        """A consistent snapshot of the dispatcher's counters."""
+        with self._lock:
+            workers = [s.worker for s in self._slots if s.worker is not None]
+            return DispatcherStats(
+                accepted=self._accepted,
+                processed=self._processed,
+                failed=self._failed,
+                pending=len(self._pending),
+                abandoned=self._abandoned,
+                worker_restarts=self._restarts,
+                worker_pids=tuple(w.pid for w in workers if not w.exited),
+                worker_rss=tuple(w.rss for w in workers if not w.exited),
+            )
+
+    def __enter__(self) -> EventDispatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # == the dispatcher thread ===================================================================
+
+    def run(self) -> None:
+        """The dispatcher's loop: ``start()`` runs it in the dispatcher thread.
+
+        Called directly on a dispatcher that was never started, it starts the workers and runs
+        the loop in the calling thread until another thread (or a signal handler) calls
+        ``stop()``.
+        """
+        if self._state == _NEW:
+            self._start_workers()
+        self._loop_ident = threading.get_ident()
+        try:
+            self._loop()
+        except BaseException:
+            logger.exception("eventmp dispatcher thread failed; stopping its workers")
+            with self._lock:
+                self._abandoning = self._abandoning or "the dispatcher thread failed"
+                self._abandon_all()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        next_poll = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._maintain(now)
+                if self._state == _STOPPING and self._all_workers_gone():
+                    break
+                self._pump()
+                poll_due = (
+                    self._state == _RUNNING
+                    and now >= next_poll
+                    and len(self._pending) < self.max_pending
+                )
+                generators = list(self._generators) if poll_due else []
+            self._deliver_outcomes()
+            if poll_due:
+                self._poll_generators(generators)
+                next_poll = now + self.poll_interval
+                continue
+            self._wait_for_io(self._next_timer(now, next_poll))
+
+    def _wait_for_io(self, timeout: float | None) -> None:
+        poller = select.poll()
+        watched: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+        poller.register(self._wake_r, select.POLLIN)
+        with self._lock:
+            for slot in self._slots:
+                worker = slot.worker
+                if worker is None or worker.exited:
+                    continue
+                poller.register(worker.result_fd, select.POLLIN)
+                watched[worker.result_fd] = ("result", worker)
+                poller.register(worker.sentinel, select.POLLIN)
+                watched[worker.sentinel] = ("sentinel", worker)
+                if worker.outbuf:
+                    poller.register(worker.task_fd, select.POLLOUT)
+                    watched[worker.task_fd] = ("task", worker)
+            self._wake_pending = False
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        ready = poller.poll(ms)
+        with self._lock:
+            exited: list[_Worker] = []
+            for fd, _mask in ready:
+                kind, worker = watched[fd]
+                if kind == "wake":
+                    self._drain_wake_pipe()
+                elif kind == "result" and worker is not None:
+                    if self._read_results(worker):
+                        exited.append(worker)
+                elif kind == "sentinel" and worker is not None:
+                    exited.append(worker)
+                elif kind == "task" and worker is not None:
+                    self._flush(worker)
+            for worker in dict.fromkeys(exited):
+                if not worker.exited:
+                    self._on_worker_exit(worker)
+
+    def _next_timer(self, now: float, next_poll: float) -> float | None:
+        """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
+        with self._lock:
+            timers: list[float] = []
+            if self._state == _RUNNING and self._generators and not self._all_exhausted():
+                if len(self._pending) < self.max_pending:
+                    timers.append(next_poll)
+            if self._stop_deadline is not None and self._abandoning is None:
+                timers.append(self._stop_deadline)
+            for slot in self._slots:
+                if slot.restart_at is not None:
+                    timers.append(slot.restart_at)
+                worker = slot.worker
+                if worker is None or worker.exited:
+                    continue
+                if worker.kill_at is not None:
+                    timers.append(worker.kill_at)
+                if self.event_timeout is not None and worker.inflight:
+                    timers.append(now + min(self.event_timeout / 4, 0.25))
+        if not timers:
+            return None
+        return max(0.0, min(timers) - now)
+
+    # -- generators -----------------------------------------------------------------------------
+
+    def _poll_generators(self, generators: list[EventGenerator]) -> None:
+        for generator in generators:
+            if id(generator) in self._exhausted:
+                continue
+            try:
+                events = list(generator.get_events() or ())
+            except Exception as exc:
+                logger.warning("generator %s failed in get_events(): %r", generator, exc)
+                with self._lock:
+                    self._outcomes.append(_Outcome(generator, exc, None))
+                continue
+            with self._lock:
+                for event in events:
+                    if isinstance(event, Event):
+                        self._accept(event)
+                    else:
+                        self._outcomes.append(
+                            _Outcome(
+                                generator,
+                                TypeError(
+                                    f"get_events() returned a {type(event).__qualname__}, "
+                                    "not an Event"
+                                ),
+                                None,
+                            )
+                        )
+                if getattr(generator, "finished", False):
+                    self._exhausted.add(id(generator))
+                self._pump()
+                self._changed.notify_all()
+        self._deliver_outcomes()
+
+    def _stop_generators(self) -> None:
+        with self._lock:
+            generators = list(self._generators)
+        for generator in generators:
+            try:
+                generator.stop()
+            except Exception:
+                logger.exception("generator %s failed in stop()", generator)
+
+    # -- acceptance and sending (called with the lock held, from any thread) -------------------
+
+    def _check_open(self) -> None:
+        if self._state in (_STOPPING, _STOPPED):
+            raise DispatcherStoppedError(
+                "the dispatcher is stopped; it accepts no more events"
+            ) from self._broken
+
+    def _accept(self, event: Event) -> None:
+        seq = next(self._seq)
+        self._pending[seq] = event
+        self._backlog.append(seq)
+        self._accepted += 1
+
+    def _pump(self) -> None:
+        """Send backlog to every worker that has room, then the poison pills when draining."""
+        for slot in self._slots:
+            worker = slot.worker
+            if worker is None or worker.exited or worker.stop_seq is not None:
+                continue
+            if worker.resync:
+                self._send_resync(worker)
+            while self._backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
+                share = -(-len(self._backlog) // self._workers_with_room())
+                self._send_batch(worker, min(_MAX_BATCH_EVENTS, share))
+            if (
+                self._state == _STOPPING
+                and self._drain
+                and self._abandoning is None
+                and not self._backlog
+            ):
+                self._send_stop(worker)
+            self._flush(worker)
+        if self._outcomes and not self._in_loop_thread():
+            self._wake()
+
+    def _workers_with_room(self) -> int:
+        return max(
+            1,
+            sum(
+                1
+                for s in self._slots
+                if s.worker is not None
+                and not s.worker.exited
+                and s.worker.stop_seq is None
+                and len(s.worker.inflight) < _MAX_INFLIGHT_BATCHES
+            ),
+        )
+
+    def _send_batch(self, worker: _Worker, count: int) -> None:
+        items: list[WireEvent] = []
+        definitions: list[tuple[int, bytes]] = []
+        while self._backlog and len(items) < count:
+            seq = self._backlog.popleft()
+            event = self._pending[seq]
+            try:
+                handler_id = self._handler_id(event.handler, worker, definitions)
+            except EventmpError as exc:
+                self._fail(seq, "EventDispatcher", exc)
+                continue
+            originator = serialization.wire_originator(event.originator)
+            items.append((seq, handler_id, originator, event.data, event.timestamp))
+        if not items and not definitions:
+            return
+        blob, kept, failures = serialization.encode_events(items)
+        for seq, exc in failures:
+            self._fail(seq, "EventDispatcher", exc)
+        self._write_batch(worker, definitions, blob, [item[0] for item in kept])
+
+    def _send_resync(self, worker: _Worker) -> None:
+        seqs = [seq for seq in worker.resync if seq in self._pending]
+        worker.resync = []
+        definitions: list[tuple[int, bytes]] = []
+        items: list[WireEvent] = []
+        for seq in seqs:
+            event = self._pending[seq]
+            try:
+                handler_id = self._handler_id(event.handler, worker, definitions)
+            except EventmpError as exc:
+                self._fail(seq, "EventDispatcher", exc)
+                continue
+            originator = serialization.wire_originator(event.originator)
+            items.append((seq, handler_id, originator, event.data, event.timestamp))
+        blob = serialization.encode_single_events(items)
+        self._write_batch(worker, definitions, blob, [item[0] for item in items], resync=True)
+
+    def _send_stop(self, worker: _Worker) -> None:
+        seq = next(self._seq)
+        worker.stop_seq = seq
+        blob = serialization.dumps([(seq, STOP_HANDLER_ID, "EventDispatcher", None, time.time())])
+        self._write_batch(worker, [], blob, [])
+
+    def _write_batch(
+        self,
+        worker: _Worker,
+        definitions: list[tuple[int, bytes]],
+        blob: bytes,
+        seqs: list[int],
+        *,
+        resync: bool = False,
+    ) -> None:
+        batch_no = next(self._batch_no)
+        forget, worker.forget = worker.forget, []
+        message = EventBatch(batch_no, definitions, blob, forget, resync)
+        worker.outbuf += frame(serialization.dumps(message))
+        worker.inflight.append((batch_no, seqs))
+
+    def _handler_id(
+        self, handler: Any, worker: _Worker, definitions: list[tuple[int, bytes]]
+    ) -> int:
+        """The id a worker knows ``handler`` by; queues its definition if the worker lacks it.
+
+        A handler is serialized with dill once, then referred to by id: dill costs about 20
+        times what pickle does. The cache is keyed by identity (a bound method by its object
+        and function, since each attribute access builds a new one) and bounded, so handlers
+        built per event do not grow it without end.
+        """
+        if handler is None:
+            raise EventmpError("the event has no handler")
+        key = _handler_key(handler)
+        entry = self._handler_ids.get(key)
+        if entry is None:
+            handler_id = next(self._next_handler_id)
+            blob: bytes | SerializationError
+            try:
+                blob = serialization.dump_handler(handler)
+            except SerializationError as exc:
+                blob = exc
+            entry = (handler_id, handler, blob)
+            self._handler_ids[key] = entry
+            if len(self._handler_ids) > _HANDLER_CACHE_SIZE:
+                _key, (old_id, _h, _b) = self._handler_ids.popitem(last=False)
+                for slot in self._slots:
+                    if slot.worker is not None and old_id in slot.worker.known_handlers:
+                        slot.worker.known_handlers.discard(old_id)
+                        slot.worker.forget.append(old_id)
+        else:
+            self._handler_ids.move_to_end(key)
+        handler_id, _handler, blob = entry
+        if isinstance(blob, SerializationError):
+            raise blob
+        if handler_id not in worker.known_handlers:
+            worker.known_handlers.add(handler_id)
+            definitions.append((handler_id, blob))
+        return handler_id
+
+    def _flush(self, worker: _Worker) -> None:
+        """Write as much of the worker's output as its pipe takes now, without blocking."""
+        if not worker.outbuf or worker.exited:
+            return
+        try:
+            written = os.write(worker.task_fd, worker.outbuf)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF):
+                # The worker is gone; its sentinel will tell the dispatcher thread.
+                worker.outbuf.clear()
+                self._wake()
+                return
+            raise
+        del worker.outbuf[:written]
+        if worker.outbuf and not self._in_loop_thread():
+            self._wake()  # the dispatcher thread must watch the pipe for room
+
+    # -- results (dispatcher thread, lock held) -------------------------------------------------
+
+    def _read_results(self, worker: _Worker) -> bool:
+        """Read and handle every complete message; true if the pipe reached its end."""
+        while True:
+            try:
+                data = os.read(worker.result_fd, _READ_CHUNK)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            for payload in worker.reader.feed(data):
+                self._handle_message(worker, serialization.loads(payload))
+
+    def _handle_message(self, worker: _Worker, message: Any) -> None:
+        kind = type(message)
+        if kind is BatchDone:
+            self._on_batch_done(worker, message)
+        elif kind is EventFailed:
+            self._on_event_failed(worker, message)
+        elif kind is WorkerReady:
+            worker.ready = True
+        elif kind is BatchRejected:
+            self._on_batch_rejected(worker, message)
+        else:
+            logger.error("unexpected message from worker %s: %r", worker.pid, message)
+
+    def _on_batch_done(self, worker: _Worker, message: BatchDone) -> None:
+        worker.rss = message.rss
+        while worker.inflight:
+            batch_no, seqs = worker.inflight.popleft()
+            for seq in seqs:
+                if self._pending.pop(seq, None) is not None:
+                    self._processed += 1
+            if batch_no == message.batch_no:
+                break
+        self._slots[worker.slot].crash_streak = 0
+        self._changed.notify_all()
+        self._pump()
+
+    def _on_event_failed(self, worker: _Worker, message: EventFailed) -> None:
+        exc = serialization.load_exception(
+            message.exception, message.type_name, message.message, message.traceback
+        )
+        self._fail(message.seq, self._processor_name(worker), exc)
+
+    def _on_batch_rejected(self, worker: _Worker, message: BatchRejected) -> None:
+        # The worker drops this batch and every later one until a resync batch: take them all
+        # back, the rejected one to be re-sent event by event, the later ones as usual.
+        rejected: list[int] = []
+        later: list[int] = []
+        found = False
+        for batch_no, seqs in worker.inflight:
+            if batch_no == message.batch_no:
+                found = True
+                rejected.extend(seqs)
+            elif found:
+                later.extend(seqs)
+        while worker.inflight and worker.inflight[-1][0] != message.batch_no:
+            worker.inflight.pop()
+        if worker.inflight:
+            worker.inflight.pop()
+        worker.resync = [seq for seq in rejected if seq in self._pending]
+        self._backlog.extendleft(reversed([seq for seq in later if seq in self._pending]))
+        logger.info(
+            "worker %s could not unpickle a batch (%s); re-sending its events one by one",
+            worker.pid,
+            message.error,
+        )
+        self._pump()
+
+    # -- worker lifecycle -----------------------------------------------------------------------
+
+    def _start_worker(self, slot: _Slot) -> None:
+        task_r, task_w = os.pipe2(os.O_CLOEXEC)
+        result_r, result_w = os.pipe2(os.O_CLOEXEC)
+        for index in range(PROGRESS_FIELDS):
+            slot.progress[index] = 0
+        close_fds: list[int] = []
+        if self.start_method == "fork":
+            close_fds = [task_w, result_r, self._wake_r, self._wake_w]
+            for other in self._slots:
+                if other.worker is not None and not other.worker.exited:
+                    close_fds += [other.worker.task_fd, other.worker.result_fd]
+        tasks = multiprocessing.connection.Connection(task_r, writable=False)
+        results = multiprocessing.connection.Connection(result_w, readable=False)
+        processor = EventProcessor(
+            self._processor_label(slot.index),
+            tasks,
+            results,
+            slot.progress,
+            close_fds=close_fds,
+        )
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(processor,),
+            name=f"eventmp-worker-{slot.index}",
+            daemon=False,  # so that handlers may start processes of their own
+        )
+        try:
+            process.start()
+        except BaseException:
+            for fd in (task_w, result_r):
+                os.close(fd)
+            raise
+        finally:
+            tasks.close()
+            results.close()
+        os.set_blocking(task_w, False)
+        os.set_blocking(result_r, False)
+        slot.worker = _Worker(slot.index, process, task_w, result_r)
+        slot.restart_at = None
+        logger.debug("started worker %s in slot %d", process.pid, slot.index)
+
+    def _await_ready(self, worker: _Worker, deadline: float) -> None:
+        """Block until ``worker`` says it is ready (used by ``start()`` only)."""
+        while not worker.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerStartError(
+                    f"worker process {worker.pid} was not ready after {self.start_timeout}s"
+                )
+            ready = multiprocessing.connection.wait([worker.result_fd, worker.sentinel], remaining)
+            if worker.result_fd in ready:
+                with self._lock:
+                    ended = self._read_results(worker)
+                if worker.ready:
+                    return
+                if ended:
+                    ready.append(worker.sentinel)
+            if worker.sentinel in ready:
+                worker.process.join(self.kill_grace)
+                raise WorkerStartError(self._start_failure_message(worker))
+
+    def _start_failure_message(self, worker: _Worker) -> str:
+        hint = ""
+        if self.start_method != "fork":
+            hint = (
+                f" Under {self.start_method!r} the worker re-imports the main module and "
+                "eventmp: a script needs an `if __name__ == '__main__':` guard, and every "
+                "module the handlers use must be importable; the worker's traceback is on "
+                "stderr."
+            )
+        return (
+            f"worker process {worker.pid} {describe_exit(worker.process.exitcode)} before it "
+            f"was ready.{hint}"
+        )
+
+    def _maintain(self, now: float) -> None:
+        """Timers: restarts due, handler timeouts, kill deadlines, the stop deadline."""
+        if (
+            self._state == _STOPPING
+            and self._stop_deadline is not None
+            and now >= self._stop_deadline
+            and self._abandoning is None
+        ):
+            self._abandoning = "stop(timeout=...) expired before the event had run"
+        if self._abandoning is not None:
+            self._abandon_all()
+        for slot in self._slots:
+            worker = slot.worker
+            if worker is None:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._restart(slot)
+                continue
+            if worker.exited:
+                continue
+            if worker.kill_at is not None and now >= worker.kill_at:
+                worker.kill_at = None
+                _signal(worker.pid, signal.SIGKILL)
+            if self.event_timeout is not None and worker.timed_out_seq is None:
+                self._check_timeout(slot, worker)
+
+    def _check_timeout(self, slot: _Slot, worker: _Worker) -> None:
+        assert self.event_timeout is not None
+        started = slot.progress[STARTED]
+        if not started or started <= slot.progress[FINISHED] or started not in self._pending:
+            return
+        started_at = slot.progress[STARTED_AT_NS]
+        if slot.progress[STARTED] != started:
+            return  # it moved on while we looked
+        if time.monotonic_ns() - started_at < self.event_timeout * 1e9:
+            return
+        logger.warning(
+            "handler of event %d ran longer than event_timeout=%gs; killing worker %s",
+            started,
+            self.event_timeout,
+            worker.pid,
+        )
+        worker.timed_out_seq = started
+        self._terminate(worker)
+
+    def _terminate(self, worker: _Worker) -> None:
+        """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
+        _signal(worker.pid, signal.SIGTERM)
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + self.kill_grace
+
+    def _restart(self, slot: _Slot) -> None:
+        if self._abandoning is not None or slot.retired:
+            slot.restart_at = None
+            return
+        self._restarts += 1
+        try:
+            self._start_worker(slot)
+        except Exception as exc:
+            self._break(WorkerStartError(f"could not start a replacement worker: {exc}"))
+
+    def _on_worker_exit(self, worker: _Worker) -> None:
+        """Settle every event the dead worker held, then arrange its replacement."""
+        self._read_results(worker)  # messages it wrote before dying come first
+        worker.process.join(self.kill_grace)
+        if worker.process.exitcode is None:
+            _signal(worker.pid, signal.SIGKILL)
+            worker.process.join(self.kill_grace)
+        exitcode = worker.process.exitcode
+        slot = self._slots[worker.slot]
+        started = int(slot.progress[STARTED])
+        finished = int(slot.progress[FINISHED])
+        held = [seq for _, seqs in worker.inflight for seq in seqs]
+        worker.inflight.clear()
+        held = worker.resync + held
+        worker.resync = []
+        self._close_worker(worker)
+        slot.worker = None
+
+        if not worker.ready and self._state == _RUNNING and (exitcode or 0) > 0:
+            self._break(WorkerStartError(self._start_failure_message(worker)))
+
+        crashed = started if started > finished else None
+        requeue: list[int] = []
+        lost_event = False
+        for seq in held:
+            if seq not in self._pending:
+                continue
+            if seq <= finished:
+                self._pending.pop(seq)
+                self._processed += 1
+            elif seq == crashed:
+                lost_event = True
+                if self._abandoning is not None:
+                    exc: EventmpError = EventAbandonedError(self._abandoning)
+                elif worker.timed_out_seq == seq:
+                    assert self.event_timeout is not None
+                    exc = HandlerTimeoutError(self.event_timeout, worker.pid)
+                else:
+                    exc = WorkerCrashedError(exitcode, worker.pid)
+                self._fail(seq, self._processor_name(worker), exc)
+            else:
+                requeue.append(seq)
+        self._backlog.extendleft(reversed(requeue))
+
+        if worker.stop_seq is not None and finished >= worker.stop_seq:
+            slot.retired = True  # it took its poison pill and left
+        elif self._abandoning is not None:
+            slot.retired = True
+        else:
+            if lost_event or (exitcode != 0 and worker.timed_out_seq is None):
+                slot.crash_streak += 1
+            delay = 0.0
+            if slot.crash_streak > 1:
+                delay = min(_BACKOFF_FIRST * 2 ** (slot.crash_streak - 2), _BACKOFF_MAX)
+            if crashed is None and worker.timed_out_seq is None:
+                logger.warning(
+                    "worker %s %s; starting a fresh one", worker.pid, describe_exit(exitcode)
+                )
+            slot.restart_at = time.monotonic() + delay
+        self._changed.notify_all()
+        if self._abandoning is not None:
+            self._abandon_all()
+
+    def _close_worker(self, worker: _Worker) -> None:
+        worker.exited = True
+        for fd in (worker.task_fd, worker.result_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            worker.process.close()
+        except ValueError:
+            pass  # still running: only when start() failed half-way, and it was killed
+
+    def _kill_worker(self, worker: _Worker) -> None:
+        """Terminate, wait ``kill_grace``, then kill; never an unbounded join."""
+        if worker.process.exitcode is not None:
+            return
+        _signal(worker.pid, signal.SIGTERM)
+        worker.process.join(self.kill_grace)
+        if worker.process.exitcode is None:
+            _signal(worker.pid, signal.SIGKILL)
+            worker.process.join(self.kill_grace * 5)
+
+    def _all_workers_gone(self) -> bool:
+        return all(
+            (slot.worker is None or slot.worker.exited)
+            and (slot.retired or slot.restart_at is None)
+            for slot in self._slots
+        ) and (self._abandoning is not None or not self._backlog)
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _fail(self, seq: int, originator: Any, exc: BaseException) -> None:
+        event = self._pending.pop(seq, None)
+        if event is None:
+            return
+        if isinstance(exc, EventAbandonedError):
+            self._abandoned += 1
+        self._failed += 1
+        self._outcomes.append(_Outcome(originator, exc, event))
+        self._changed.notify_all()
+
+    def _abandon_all(self) -> None:
+        """Abandon the backlog; make every worker finish its event in hand and leave."""
+        reason = self._abandoning or "abandoned"
+        abandoned = 0
+        while self._backlog:
+            seq = self._backlog.popleft()
+            if seq in self._pending:
+                self._fail(seq, self.name, EventAbandonedError(reason))
+                abandoned += 1
+        for slot in self._slots:
+            slot.restart_at = None
+            worker = slot.worker
+            if worker is None or worker.exited:
+                continue
+            if worker.resync:
+                for seq in worker.resync:
+                    if seq in self._pending:
+                        self._fail(seq, self.name, EventAbandonedError(reason))
+                        abandoned += 1
+                worker.resync = []
+            if worker.kill_at is None:
+                self._terminate(worker)
+        if abandoned:
+            logger.warning("%d queued events abandoned: %s", abandoned, reason)
+
+    def _break(self, error: EventmpError) -> None:
+        """A replacement worker cannot start: fail everything rather than loop."""
+        logger.error("%s", error)
+        self._broken = error
+        self._state = _STOPPING
+        self._abandoning = str(error)
+        for seq in list(self._pending):
+            self._fail(seq, self.name, error)
+        self._backlog.clear()
+        self._changed.notify_all()
+
+    def _deliver_outcomes(self) -> None:
+        """Call the error handler for each failure, in this (the dispatcher's) thread."""
+        while True:
+            with self._lock:
+                if not self._outcomes:
+                    self._changed.notify_all()
+                    return
+                outcome = self._outcomes.popleft()
+                self._delivering += 1
+            try:
+                self._deliver(outcome)
+            finally:
+                with self._lock:
+                    self._delivering -= 1
+
+    def _deliver(self, outcome: _Outcome) -> None:
+        handler = self._error_handler
+        if handler is None:
+            logger.warning(
+                "event %s failed: %s: %s",
+                outcome.event if outcome.event is not None else "(none)",
+                type(outcome.exception).__name__,
+                outcome.exception,
+                exc_info=outcome.exception,
+            )
+            return
+        error_event = Event(
+            outcome.originator, handler, (outcome.exception, outcome.event)
+        )
+        try:
+            call_handler(handler, error_event)
+        except Exception:
+            logger.exception("error handler %s raised; ignored", describe_handler(handler))
+
+    def _idle(self) -> bool:
+        return (
+            not self._pending
+            and not self._outcomes
+            and not self._delivering
+            and self._all_exhausted()
+        )
+
+    def _all_exhausted(self) -> bool:
+        return all(id(g) in self._exhausted for g in self._generators)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """End of the dispatcher thread: reap every worker, stop generators, last outcomes."""
+        with self._lock:
+            workers = [s.worker for s in self._slots if s.worker is not None]
+        for worker in workers:
+            if not worker.exited:
+                self._kill_worker(worker)
+                with self._lock:
+                    self._on_worker_exit(worker)
+        with self._lock:
+            leftover = list(self._pending)
+            for seq in leftover:
+                self._fail(seq, self.name, EventAbandonedError("the dispatcher stopped"))
+            if leftover:
+                logger.warning("%d events abandoned at shutdown", len(leftover))
+        self._stop_generators()
+        self._deliver_outcomes()
+        with self._lock:
+            self._state = _STOPPED
+            self._changed.notify_all()
+        _live_dispatchers.discard(self)
+        self._close_wake_pipe()
+
+    # -- small helpers --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Wake the dispatcher thread (one byte at most per wait, not one per event)."""
+        if self._wake_pending or self._wake_w < 0:
+            return
+        self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _close_wake_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_ident
+
+    def _processor_label(self, index: int) -> str:
+        return f"EventProcessor-{index}"
+
+    def _processor_name(self, worker: _Worker) -> str:
+        return f"{self._processor_label(worker.slot)}[pid {worker.pid}]"
+
+
+def _handler_key(handler: Any) -> Any:
+    self_obj = getattr(handler, "__self__", None)
+    func = getattr(handler, "__func__", None)
+    if self_obj is not None and func is not None:
+        return ("method", id(self_obj), id(func))
+    return id(handler)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,93 @@
+"""The values that flow through a pipeline: :class:`Event`, and the :class:`EventGenerator` base."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["Event", "EventGenerator", "describe_originator"]
+
+
+def describe_originator(originator: object) -> str:
+    """Name an originator for humans: a string as it is, anything else by its ``str()``."""
+    if isinstance(originator, str):
+        return originator
+    try:
+        return str(originator)
+    except Exception:
+        return f"<{type(originator).__qualname__}>"
+
+
+class Event:
+    """Something that happened: who saw it (``originator``), what runs it, and its ``data``.
+
+    ``timestamp`` is ``time.time()`` when the event was created, unless given. An event is a
+    plain value: it pickles, and two events with the same fields compare equal.
+    """
+
+    __slots__ = ("data", "handler", "originator", "timestamp")
+
+    def __init__(
+        self,
+        originator: Any,
+        handler: Any,
+        data: Any = None,
+        timestamp: float | None = None,
+    ) -> None:
+        self.originator = originator
+        self.handler = handler
+        self.data = data
+        self.timestamp = time.time() if timestamp is None else float(timestamp)
+
+    def __str__(self) -> str:
+        seconds = int(self.timestamp)
+        millis = int((self.timestamp - seconds) * 1000)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+        data = self.data if isinstance(self.data, str) else repr(self.data)
+        return f"{when}.{millis:03d} {describe_originator(self.originator)}: {data}"
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(originator={self.originator!r}, handler={self.handler!r}, "
+            f"data={self.data!r}, timestamp={self.timestamp!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (
+            self.originator == other.originator
+            and self.handler == other.handler
+            and self.data == other.data
+            and self.timestamp == other.timestamp
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value: not hashable
+
+    def __getstate__(self) -> tuple[Any, Any, Any, float]:
+        return (self.originator, self.handler, self.data, self.timestamp)
+
+    def __setstate__(self, state: tuple[Any, Any, Any, float]) -> None:
+        self.originator, self.handler, self.data, self.timestamp = state
+
+
+class EventGenerator:
+    """A source of events, polled by the dispatcher in the parent process.
+
+    ``get_events()`` returns every event that occurred since the last call, an empty list when
+    none did. ``stop()`` releases the generator's resources; the dispatcher calls it once, from
+    its own thread, after the last poll. A generator that will never produce more events sets
+    ``finished`` true (it may do so in the same call that returns its last events); the
+    dispatcher then stops polling it and ``EventDispatcher.wait()`` can return.
+    """
+
+    finished: bool = False
+
+    def get_events(self) -> list[Event]:
+        raise NotImplementedError(f"{type(self).__qualname__}.get_events()")
+
+    def stop(self) -> None:
+        """Release resources; the base has none."""
+
+    def __str__(self) -> str:
+        return type(self).__qualname__

@@ -1,0 +1,190 @@
+"""Event handlers: the base class, composition, and the handlers that ship with eventmp.
+
+A handler is any object with ``process_event(event)``, or a plain callable taking the event. It
+returns a true value on success. Handlers are built in the parent and run in a worker process,
+so every setting is accepted as a string too (a pipeline file can build them) and file-like
+settings are resolved in the worker, where they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from types import CodeType
+from typing import IO, Any
+
+from .event import Event
+
+__all__ = [
+    "ChainEventHandler",
+    "EventHandler",
+    "ExecEventHandler",
+    "PrintEventHandler",
+    "StopEventHandler",
+    "call_handler",
+    "describe_handler",
+]
+
+
+def call_handler(handler: Any, event: Event) -> Any:
+    """Run ``handler`` on ``event``: its ``process_event`` method, or the handler itself."""
+    process = getattr(handler, "process_event", None)
+    if process is not None:
+        return process(event)
+    if callable(handler):
+        return handler(event)
+    raise TypeError(
+        f"{type(handler).__qualname__} object is not a handler: it has no process_event() "
+        "and is not callable"
+    )
+
+
+def describe_handler(handler: Any) -> str:
+    """Name a handler for humans, whatever it is."""
+    if isinstance(handler, EventHandler):
+        return str(handler)
+    name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+    return str(name)
+
+
+class EventHandler:
+    """Base class for handlers: ``process_event(event)`` returns a true value on success."""
+
+    def process_event(self, event: Event) -> Any:
+        raise NotImplementedError(f"{type(self).__qualname__}.process_event()")
+
+    def settings(self) -> dict[str, Any]:
+        """The handler's settings, as shown by ``str()``: its public attributes by default."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+    __repr__ = __str__
+
+
+class ChainEventHandler(EventHandler):
+    """Run handlers in order; stop at the first that returns a false value.
+
+    Returns true only if every handler returned true, so chains nest.
+    """
+
+    def __init__(self, *handlers: Any) -> None:
+        if len(handlers) == 1 and isinstance(handlers[0], (list, tuple)):
+            handlers = tuple(handlers[0])
+        for handler in handlers:
+            if not (hasattr(handler, "process_event") or callable(handler)):
+                raise TypeError(f"not a handler: {handler!r}")
+        self.handlers = list(handlers)
+
+    def process_event(self, event: Event) -> bool:
+        for handler in self.handlers:
+            if not call_handler(handler, event):
+                return False
+        return True
+
+    def __str__(self) -> str:
+        return "ChainEventHandler(" + ", ".join(describe_handler(h) for h in self.handlers) + ")"
+
+
+class ExecEventHandler(EventHandler):
+    """Execute the Python source ``command`` with ``event`` bound in its namespace.
+
+    The source is compiled when the handler is built, so a syntax error surfaces in the parent.
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self._code: CodeType | None = compile(command, f"<{type(self).__name__}>", "exec")
+
+    def process_event(self, event: Event) -> bool:
+        if self._code is None:
+            self._code = compile(self.command, f"<{type(self).__name__}>", "exec")
+        exec(self._code, {"event": event, "__name__": "__eventmp_exec__"})
+        return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Code objects do not pickle; the worker compiles the source once on first use.
+        return {"command": self.command, "_code": None}
+
+
+class StopEventHandler(ExecEventHandler):
+    """The poison pill that ``EventDispatcher.stop()`` sends behind every pending event.
+
+    A worker recognises it by its type and leaves its loop; nothing is executed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("pass")
+
+    def process_event(self, event: Event) -> bool:
+        return True
+
+
+_STREAMS = ("stdout", "stderr")
+
+
+class PrintEventHandler(EventHandler):
+    """Write ``str(event)`` and a newline, then flush.
+
+    ``file`` is a file object, ``"stdout"``, ``"stderr"`` (the worker's own streams, inherited
+    from the parent), or a path, opened for append in the worker on first use. ``None`` means
+    ``"stdout"``.
+    """
+
+    def __init__(self, file: IO[str] | str | os.PathLike[str] | None = None) -> None:
+        self.file: IO[str] | str = _stream_name(file)
+        self._opened: IO[str] | None = None
+
+    def _target(self) -> IO[str]:
+        if not isinstance(self.file, str):
+            return self.file
+        if self.file in _STREAMS:
+            stream: IO[str] = getattr(sys, self.file)
+            return stream
+        if self._opened is None:
+            self._opened = open(self.file, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        return self._opened
+
+    def process_event(self, event: Event) -> bool:
+        out = self._target()
+        out.write(f"{event}\n")
+        out.flush()
+        return True
+
+    def settings(self) -> dict[str, Any]:
+        file = self.file if isinstance(self.file, str) else getattr(self.file, "name", self.file)
+        return {"file": file}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open file does not travel to another process; its name does.
+        state = dict(vars(self))
+        state["_opened"] = None
+        if not isinstance(self.file, str):
+            name = getattr(self.file, "name", None)
+            if isinstance(name, str) and not name.startswith("<"):
+                state["file"] = name
+        return state
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+
+def _stream_name(file: IO[str] | str | os.PathLike[str] | None) -> IO[str] | str:
+    if file is None:
+        return "stdout"
+    if isinstance(file, os.PathLike):
+        return os.fspath(file)
+    if isinstance(file, str):
+        return file
+    for name in _STREAMS:
+        if file is getattr(sys, name) or file is getattr(sys, f"__{name}__"):
+            return name
+    return file
+
+
+HandlerLike = EventHandler | Callable[[Event], Any]

@@ -1,0 +1,239 @@
+"""The worker side: :class:`EventProcessor` runs in each worker process and calls the handlers.
+
+Everything in this module runs in a worker process (the dispatcher module is the parent's).
+
+The worker reads :class:`~eventmp.messages.EventBatch` messages from its task pipe with a plain
+blocking ``Connection``; for each event it marks the shared progress array (started, when,
+finished), runs the handler, and on failure sends an
+:class:`~eventmp.messages.EventFailed` at once; after the batch it sends one
+:class:`~eventmp.messages.BatchDone`. It never waits on the parent for anything but the next
+batch, and the parent always reads, so the two can never block each other.
+
+Signals: SIGINT is ignored (Ctrl-C in a terminal reaches the whole process group; the parent
+decides what it means). SIGTERM lets the event in hand finish, then the worker leaves; the parent
+gives whatever it had not started to a fresh worker. A watchdog thread ends the worker as soon as
+its parent process is gone, even while a handler hangs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from . import serialization
+from .errors import SerializationError
+from .event import Event
+from .handlers import StopEventHandler, call_handler
+from .messages import (
+    FINISHED,
+    STARTED,
+    STARTED_AT_NS,
+    STOP_HANDLER_ID,
+    BatchDone,
+    BatchRejected,
+    EventBatch,
+    EventFailed,
+    WireEvent,
+    WorkerReady,
+)
+
+__all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
+
+logger = logging.getLogger("eventmp")
+
+# Exit status of a worker whose parent died: it has no one left to report to.
+EXIT_PARENT_GONE = 75
+
+
+class _Stop(Exception):
+    """Leave the worker loop (SIGTERM while idle)."""
+
+
+class EventProcessor:
+    """Takes events off the task pipe and runs their handlers, in a worker process.
+
+    ``run()`` loops over ``dispatch_event()`` until the poison pill, a SIGTERM, or the end of
+    the task pipe. ``stop()`` makes ``run()`` return after the event in hand.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tasks: multiprocessing.connection.Connection,
+        results: multiprocessing.connection.Connection,
+        progress: Any,
+        *,
+        close_fds: Sequence[int] = (),
+        measure_rss: bool = False,
+    ) -> None:
+        self.name = name
+        self._tasks = tasks
+        self._results = results
+        self._progress = progress
+        self._close_fds = tuple(close_fds)
+        self._measure_rss = measure_rss
+        self._handlers: dict[int, Any] = {STOP_HANDLER_ID: StopEventHandler()}
+        self._broken_handlers: dict[int, str] = {}
+        self._running = True
+        self._in_event = False
+        self._resyncing = False
+        self._psutil_process: Any = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Set the process up, announce readiness, then process batches until told to stop."""
+        self._setup_process()
+        self._send(WorkerReady(os.getpid()))
+        try:
+            while self._running and self.dispatch_event():
+                pass
+        except (_Stop, EOFError, BrokenPipeError):
+            pass
+
+    def dispatch_event(self) -> bool:
+        """Take one message off the task pipe and run its events; false once it should stop."""
+        try:
+            batch: EventBatch = serialization.loads(self._tasks.recv_bytes())
+        except EOFError:
+            return False
+        for handler_id, blob in batch.handlers:
+            self._define_handler(handler_id, blob)
+        keep_going = True
+        if batch.resync:
+            self._resyncing = False
+        if not self._resyncing:
+            keep_going = self._run_events(batch)
+        for handler_id in batch.forget:
+            self._handlers.pop(handler_id, None)
+            self._broken_handlers.pop(handler_id, None)
+        return keep_going and self._running
+
+    def stop(self) -> None:
+        """Leave ``run()`` after the event in hand."""
+        self._running = False
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _run_events(self, batch: EventBatch) -> bool:
+        try:
+            events: list[WireEvent | tuple[int, bytes]] = serialization.loads(batch.events)
+        except Exception as exc:
+            # Drop this batch and every one after it until the parent re-sends them one by one.
+            self._resyncing = True
+            self._send(BatchRejected(batch.batch_no, f"{type(exc).__name__}: {exc}"))
+            return True
+        progress = self._progress
+        for item in events:
+            if not self._running:
+                return False
+            if batch.resync:
+                seq, blob = item
+                try:
+                    item = serialization.loads(blob)
+                except Exception as exc:
+                    self._mark_started(seq)
+                    error = SerializationError(
+                        f"event could not be deserialized in the worker: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                    self._report(seq, error)
+                    progress[FINISHED] = seq
+                    continue
+            seq, handler_id, originator, data, timestamp = item  # type: ignore[misc]
+            self._mark_started(seq)
+            if handler_id == STOP_HANDLER_ID:
+                progress[FINISHED] = seq
+                self._send(BatchDone(batch.batch_no, self._rss()))
+                self._running = False
+                return False
+            self._in_event = True
+            try:
+                handler = self._handler(handler_id)
+                call_handler(handler, Event(originator, handler, data, timestamp))
+            except BaseException as exc:  # SystemExit and KeyboardInterrupt too: not ours
+                self._in_event = False
+                self._report(seq, exc)
+            self._in_event = False
+            progress[FINISHED] = seq
+        self._send(BatchDone(batch.batch_no, self._rss()))
+        return True
+
+    def _mark_started(self, seq: int) -> None:
+        self._progress[STARTED_AT_NS] = time.monotonic_ns()
+        self._progress[STARTED] = seq
+
+    def _report(self, seq: int, exc: BaseException) -> None:
+        blob, type_name, message, tb = serialization.dump_exception(exc)
+        self._send(EventFailed(seq, blob, type_name, message, tb))
+
+    def _handler(self, handler_id: int) -> Any:
+        try:
+            return self._handlers[handler_id]
+        except KeyError:
+            reason = self._broken_handlers.get(handler_id, "the parent never sent it")
+            raise SerializationError(f"handler could not be loaded in the worker: {reason}") from None
+
+    def _define_handler(self, handler_id: int, blob: bytes) -> None:
+        try:
+            self._handlers[handler_id] = serialization.load_handler(blob)
+        except BaseException as exc:
+            self._broken_handlers[handler_id] = f"{type(exc).__name__}: {exc}"
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        self._results.send_bytes(serialization.dumps(message))
+
+    def _rss(self) -> int:
+        if not self._measure_rss:
+            return 0
+        if self._psutil_process is None:
+            import psutil
+
+            self._psutil_process = psutil.Process()
+        rss: int = self._psutil_process.memory_info().rss
+        return rss
+
+    # -- process set-up -------------------------------------------------------------------------
+
+    def _setup_process(self) -> None:
+        for fd in self._close_fds:
+            # Under fork, the parent's ends of every worker's pipes were inherited: holding them
+            # would keep pipes open that must close when their owner dies.
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        # A forked worker inherits the parent's heap; freezing it spares the collector from
+        # re-scanning (and copy-on-write touching) objects the worker never changes.
+        gc.freeze()
+        threading.Thread(target=_exit_when_parent_dies, name="eventmp-watchdog", daemon=True).start()
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._running = False
+        if not self._in_event:
+            raise _Stop
+
+
+def _exit_when_parent_dies() -> None:
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+    multiprocessing.connection.wait([sentinel])
+    os._exit(EXIT_PARENT_GONE)
+
+
+def worker_main(processor: EventProcessor) -> None:
+    """The worker process's entry point (a module-level function, so spawn can find it)."""
+    processor.run()
