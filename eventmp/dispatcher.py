@@ -4,15 +4,16 @@ Everything in this module runs in the parent process (the processor module is th
 
 Data flow::
 
-  |=================== parent process =====================|===== worker process(es) =====|
-   EventGenerator --get_events()--> EventDispatcher thread --- task pipe (EventBatch) --->
-   EventGenerator --get_events()-->   |  polls, batches,        ^ writes without        EventProcessor
-   dispatcher.submit(event) ---------->|  writes, restarts       | blocking                runs handlers
-        (may write the pipe itself     |                                                      |
-         when the pipeline is idle)    +<-- wakes on: result pipes, wake-up pipe,             |
-                                       |    worker sentinels, poll and timeout timers         |
-   error_handler.process_event() <-----+<-- result pipe (EventFailed, BatchDone) <------------+
-                                       +<-- progress array (started / finished seq), shared
+  |================ parent process =================|=== worker process(es) ===|
+   EventGenerator --get_events()--> dispatcher thread -- task pipe ---> EventProcessor
+   EventGenerator --get_events()-->  | polls, batches,    (EventBatch)   runs handlers
+   dispatcher.submit(event) -------->| writes, restarts                      |
+      (writes the pipe itself when   |                                       |
+       the pipeline is idle)         +<- wakes on: result pipes, wake-up     |
+                                     |   pipe, worker sentinels, timers      |
+   error_handler.process_event() <---+<- result pipe (EventFailed, <---------+
+                                     |   BatchDone)                          |
+                                     +<- progress array (started/finished) --+
 
 Actors:
 
@@ -38,6 +39,7 @@ that a killed process wrote half a message into is never trusted again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import itertools
 import logging
@@ -65,7 +67,7 @@ from .errors import (
     WorkerStartError,
     describe_exit,
 )
-from .event import Event, EventGenerator, describe_originator
+from .event import Event, EventGenerator
 from .handlers import call_handler, describe_handler
 from .messages import (
     FINISHED,
@@ -335,8 +337,9 @@ class EventDispatcher(threading.Thread):
             self._check_open()
             if len(self._pending) >= self.max_pending and not self._in_loop_thread():
                 if not self._changed.wait_for(
-                    lambda: self._state not in (_NEW, _RUNNING)
-                    or len(self._pending) < self.max_pending,
+                    lambda: (
+                        self._state not in (_NEW, _RUNNING) or len(self._pending) < self.max_pending
+                    ),
                     timeout,
                 ):
                     raise SubmitTimeoutError(
@@ -504,9 +507,13 @@ class EventDispatcher(threading.Thread):
         """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
         with self._lock:
             timers: list[float] = []
-            if self._state == _RUNNING and self._generators and not self._all_exhausted():
-                if len(self._pending) < self.max_pending:
-                    timers.append(next_poll)
+            if (
+                self._state == _RUNNING
+                and self._generators
+                and not self._all_exhausted()
+                and len(self._pending) < self.max_pending
+            ):
+                timers.append(next_poll)
             if self._stop_deadline is not None and self._abandoning is None:
                 timers.append(self._stop_deadline)
             for slot in self._slots:
@@ -631,8 +638,8 @@ class EventDispatcher(threading.Thread):
         if not items and not definitions:
             return
         blob, kept, failures = serialization.encode_events(items)
-        for seq, exc in failures:
-            self._fail(seq, "EventDispatcher", exc)
+        for seq, error in failures:
+            self._fail(seq, "EventDispatcher", error)
         self._write_batch(worker, definitions, blob, [item[0] for item in kept])
 
     def _send_resync(self, worker: _Worker) -> None:
@@ -973,14 +980,9 @@ class EventDispatcher(threading.Thread):
                 self._processed += 1
             elif seq == crashed:
                 lost_event = True
-                if self._abandoning is not None:
-                    exc: EventmpError = EventAbandonedError(self._abandoning)
-                elif worker.timed_out_seq == seq:
-                    assert self.event_timeout is not None
-                    exc = HandlerTimeoutError(self.event_timeout, worker.pid)
-                else:
-                    exc = WorkerCrashedError(exitcode, worker.pid)
-                self._fail(seq, self._processor_name(worker), exc)
+                self._fail(
+                    seq, self._processor_name(worker), self._death_error(worker, seq, exitcode)
+                )
             else:
                 requeue.append(seq)
         self._backlog.extendleft(reversed(requeue))
@@ -1004,17 +1006,22 @@ class EventDispatcher(threading.Thread):
         if self._abandoning is not None:
             self._abandon_all()
 
+    def _death_error(self, worker: _Worker, seq: int, exitcode: int | None) -> EventmpError:
+        """Why the event a dead worker held failed."""
+        if self._abandoning is not None:
+            return EventAbandonedError(self._abandoning)
+        if worker.timed_out_seq == seq and self.event_timeout is not None:
+            return HandlerTimeoutError(self.event_timeout, worker.pid)
+        return WorkerCrashedError(exitcode, worker.pid)
+
     def _close_worker(self, worker: _Worker) -> None:
         worker.exited = True
         for fd in (worker.task_fd, worker.result_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
-        try:
+        # close() refuses a process still running: only when start() failed half-way.
+        with contextlib.suppress(ValueError):
             worker.process.close()
-        except ValueError:
-            pass  # still running: only when start() failed half-way, and it was killed
 
     def _kill_worker(self, worker: _Worker) -> None:
         """Terminate, wait ``kill_grace``, then kill; never an unbounded join."""
@@ -1107,9 +1114,7 @@ class EventDispatcher(threading.Thread):
                 exc_info=outcome.exception,
             )
             return
-        error_event = Event(
-            outcome.originator, handler, (outcome.exception, outcome.event)
-        )
+        error_event = Event(outcome.originator, handler, (outcome.exception, outcome.event))
         try:
             call_handler(handler, error_event)
         except Exception:
@@ -1158,10 +1163,8 @@ class EventDispatcher(threading.Thread):
         if self._wake_pending or self._wake_w < 0:
             return
         self._wake_pending = True
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -1195,7 +1198,5 @@ def _handler_key(handler: Any) -> Any:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

@@ -53,7 +53,7 @@ class RemoteError(EventmpError):
         return f"{self.type_name}: {self.message}"
 
 
-class RemoteTraceback(Exception):  # noqa: N818 - named after concurrent.futures' twin
+class RemoteTraceback(Exception):
     """Carries the worker's formatted traceback; attached as ``__cause__`` of a remote error."""
 
     def __init__(self, tb: str) -> None:
@@ -92,7 +92,9 @@ def describe_exit(exitcode: int | None) -> str:
         return "the worker is still running"
     if exitcode < 0:
         name = _signal_name(-exitcode)
-        hint = _SIGNAL_HINTS.get(signal.Signals(-exitcode)) if -exitcode in _valid_signals() else None
+        hint = (
+            _SIGNAL_HINTS.get(signal.Signals(-exitcode)) if -exitcode in _valid_signals() else None
+        )
         return f"killed by {name}" + (f" ({hint})" if hint else "")
     if exitcode == 0:
         return "exited with status 0 while holding the event"

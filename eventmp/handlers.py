@@ -80,10 +80,7 @@ class ChainEventHandler(EventHandler):
         self.handlers = list(handlers)
 
     def process_event(self, event: Event) -> bool:
-        for handler in self.handlers:
-            if not call_handler(handler, event):
-                return False
-        return True
+        return all(call_handler(handler, event) for handler in self.handlers)
 
     def __str__(self) -> str:
         return "ChainEventHandler(" + ", ".join(describe_handler(h) for h in self.handlers) + ")"

@@ -17,6 +17,7 @@ its parent process is gone, even while a handler hangs.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -137,7 +138,7 @@ class EventProcessor:
             if not self._running:
                 return False
             if batch.resync:
-                seq, blob = item
+                seq, blob = item  # type: ignore[misc]
                 try:
                     item = serialization.loads(blob)
                 except Exception as exc:
@@ -181,7 +182,9 @@ class EventProcessor:
             return self._handlers[handler_id]
         except KeyError:
             reason = self._broken_handlers.get(handler_id, "the parent never sent it")
-            raise SerializationError(f"handler could not be loaded in the worker: {reason}") from None
+            raise SerializationError(
+                f"handler could not be loaded in the worker: {reason}"
+            ) from None
 
     def _define_handler(self, handler_id: int, blob: bytes) -> None:
         try:
@@ -208,16 +211,16 @@ class EventProcessor:
         for fd in self._close_fds:
             # Under fork, the parent's ends of every worker's pipes were inherited: holding them
             # would keep pipes open that must close when their owner dies.
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         # A forked worker inherits the parent's heap; freezing it spares the collector from
         # re-scanning (and copy-on-write touching) objects the worker never changes.
         gc.freeze()
-        threading.Thread(target=_exit_when_parent_dies, name="eventmp-watchdog", daemon=True).start()
+        threading.Thread(
+            target=_exit_when_parent_dies, name="eventmp-watchdog", daemon=True
+        ).start()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self._running = False

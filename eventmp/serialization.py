@@ -24,12 +24,12 @@ from .messages import WireEvent
 __all__ = [
     "dump_exception",
     "dump_handler",
+    "dumps",
     "encode_events",
     "encode_single_events",
     "load_exception",
     "load_handler",
     "loads",
-    "dumps",
     "wire_originator",
 ]
 
