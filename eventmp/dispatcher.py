@@ -82,9 +82,11 @@ from .messages import (
     FrameReader,
     WireEvent,
     WorkerReady,
+    WorkerRetiring,
     frame,
 )
 from .processor import EventProcessor, worker_main
+from .units import parse_size
 
 __all__ = ["DispatcherStats", "EventDispatcher", "default_start_method"]
 
@@ -124,6 +126,7 @@ class DispatcherStats:
     pending: int
     abandoned: int
     worker_restarts: int
+    worker_recycles: int
     worker_pids: tuple[int, ...]
     worker_rss: tuple[int, ...] = field(default=())
 
@@ -159,6 +162,7 @@ class _Worker:
         self.timed_out_seq: int | None = None
         self.kill_at: float | None = None
         self.rss = 0
+        self.retiring: str | None = None  # why it is leaving for a fresh worker, if it is
 
     @property
     def inflight_events(self) -> int:
@@ -212,6 +216,8 @@ class EventDispatcher(threading.Thread):
         workers: int = 1,
         event_timeout: float | None = None,
         max_pending: int = 10_000,
+        max_events_per_worker: int | None = None,
+        max_memory_per_worker: int | str | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
         name: str | None = None,
@@ -237,6 +243,12 @@ class EventDispatcher(threading.Thread):
         self.event_timeout = event_timeout
         self.max_pending = max_pending
         self.kill_grace = kill_grace
+        if max_events_per_worker is not None and max_events_per_worker < 1:
+            raise ValueError(f"max_events_per_worker must be >= 1, got {max_events_per_worker!r}")
+        self.max_events_per_worker = max_events_per_worker
+        self.max_memory_per_worker = (
+            None if max_memory_per_worker is None else parse_size(max_memory_per_worker)
+        )
         self.start_timeout = start_timeout
         self._context = multiprocessing.get_context(method)
 
@@ -263,6 +275,7 @@ class EventDispatcher(threading.Thread):
         self._failed = 0
         self._abandoned = 0
         self._restarts = 0
+        self._recycles = 0
         self._stop_deadline: float | None = None
         self._abandoning: str | None = None  # reason, once events are to be abandoned
         self._drain = True
@@ -362,28 +375,11 @@ class EventDispatcher(threading.Thread):
         workers have exited and been reaped and every generator's ``stop()`` has been called.
         Idempotent; safe before ``start()``.
         """
-        with self._lock:
-            if self._state == _NEW:
-                self._state = _STOPPED
-                stop_generators_here = True
-            else:
-                stop_generators_here = False
-                if self._state == _RUNNING:
-                    self._state = _STOPPING
-                    self._drain = drain
-                    if timeout is not None:
-                        self._stop_deadline = time.monotonic() + timeout
-                elif self._state == _STOPPING and not drain:
-                    self._drain = False
-                if not drain and self._abandoning is None:
-                    self._abandoning = "stop(drain=False) was called"
-            self._changed.notify_all()
-        if stop_generators_here:
+        if self._begin_stop(timeout, drain):
             self._stop_generators()
             self._close_wake_pipe()
             self._deliver_outcomes()
             return
-        self._wake()
         if self._in_loop_thread():
             return
         if self.is_alive():
@@ -391,6 +387,60 @@ class EventDispatcher(threading.Thread):
         else:
             with self._lock:
                 self._changed.wait_for(lambda: self._state == _STOPPED)
+
+    def _begin_stop(self, timeout: float | None, drain: bool) -> bool:
+        """Ask the loop to stop, without waiting; true if it never started (nothing to wait)."""
+        with self._lock:
+            if self._state == _NEW:
+                self._state = _STOPPED
+                return True
+            if self._state == _STOPPED:
+                return False
+            if self._state == _RUNNING:
+                self._state = _STOPPING
+                if timeout is not None:
+                    self._stop_deadline = time.monotonic() + timeout
+            elif timeout is not None:
+                deadline = time.monotonic() + timeout
+                if self._stop_deadline is None or deadline < self._stop_deadline:
+                    self._stop_deadline = deadline
+            if not drain:
+                self._drain = False
+                if self._abandoning is None:
+                    self._abandoning = "stop(drain=False) was called"
+            self._changed.notify_all()
+        self._wake()
+        return False
+
+    def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM, then stop with a drain and return normally.
+
+        Starts the dispatcher if needed and blocks. The first signal stops it with a drain (a
+        script that ends here exits 0); a second one stops it at once, abandoning what is
+        queued. The previous signal handlers are restored on return. Call it from the main
+        thread: only there can Python install signal handlers.
+        """
+        if self._state == _NEW:
+            self.start()
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            received.append(signum)
+            name = signal.Signals(signum).name
+            if len(received) == 1:
+                logger.warning("%s received: draining; send it again to stop at once", name)
+                self._begin_stop(None, drain=True)
+            else:
+                logger.warning("%s received again: stopping at once", name)
+                self._begin_stop(None, drain=False)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.is_alive():
+                self.join(0.25)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every generator is finished and every accepted event has its outcome.
@@ -412,6 +462,7 @@ class EventDispatcher(threading.Thread):
                 pending=len(self._pending),
                 abandoned=self._abandoned,
                 worker_restarts=self._restarts,
+                worker_recycles=self._recycles,
                 worker_pids=tuple(w.pid for w in workers if not w.exited),
                 worker_rss=tuple(w.rss for w in workers if not w.exited),
             )
@@ -591,7 +642,12 @@ class EventDispatcher(threading.Thread):
         """Send backlog to every worker that has room, then the poison pills when draining."""
         for slot in self._slots:
             worker = slot.worker
-            if worker is None or worker.exited or worker.stop_seq is not None:
+            if (
+                worker is None
+                or worker.exited
+                or worker.stop_seq is not None
+                or worker.retiring is not None
+            ):
                 continue
             if worker.resync:
                 self._send_resync(worker)
@@ -618,6 +674,7 @@ class EventDispatcher(threading.Thread):
                 if s.worker is not None
                 and not s.worker.exited
                 and s.worker.stop_seq is None
+                and s.worker.retiring is None
                 and len(s.worker.inflight) < _MAX_INFLIGHT_BATCHES
             ),
         )
@@ -762,6 +819,18 @@ class EventDispatcher(threading.Thread):
             self._on_event_failed(worker, message)
         elif kind is WorkerReady:
             worker.ready = True
+            worker.rss = message.rss
+            limit = self.max_memory_per_worker
+            if limit is not None and message.rss >= limit:
+                logger.warning(
+                    "worker %s starts at %d bytes RSS, above max_memory_per_worker=%d: it will "
+                    "not be recycled for memory (raise the limit)",
+                    worker.pid,
+                    message.rss,
+                    limit,
+                )
+        elif kind is WorkerRetiring:
+            worker.retiring = message.reason
         elif kind is BatchRejected:
             self._on_batch_rejected(worker, message)
         else:
@@ -832,6 +901,8 @@ class EventDispatcher(threading.Thread):
             results,
             slot.progress,
             close_fds=close_fds,
+            max_events=self.max_events_per_worker,
+            max_memory=self.max_memory_per_worker,
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -992,15 +1063,22 @@ class EventDispatcher(threading.Thread):
         elif self._abandoning is not None:
             slot.retired = True
         else:
-            if lost_event or (exitcode != 0 and worker.timed_out_seq is None):
-                slot.crash_streak += 1
             delay = 0.0
-            if slot.crash_streak > 1:
-                delay = min(_BACKOFF_FIRST * 2 ** (slot.crash_streak - 2), _BACKOFF_MAX)
-            if crashed is None and worker.timed_out_seq is None:
-                logger.warning(
-                    "worker %s %s; starting a fresh one", worker.pid, describe_exit(exitcode)
-                )
+            if worker.retiring is not None and exitcode == 0:
+                self._recycles += 1
+                logger.info("recycling worker %s: %s", worker.pid, worker.retiring)
+            elif exitcode == 0 and not lost_event:
+                logger.info("worker %s left (SIGTERM); starting a fresh one", worker.pid)
+            else:
+                slot.crash_streak += 1
+                if slot.crash_streak > 1:
+                    delay = min(_BACKOFF_FIRST * 2 ** (slot.crash_streak - 2), _BACKOFF_MAX)
+                if not lost_event:
+                    logger.warning(
+                        "idle worker %s %s; starting a fresh one",
+                        worker.pid,
+                        describe_exit(exitcode),
+                    )
             slot.restart_at = time.monotonic() + delay
         self._changed.notify_all()
         if self._abandoning is not None:

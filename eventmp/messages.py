@@ -5,7 +5,8 @@ frames (a 4-byte big-endian length, or -1 and an 8-byte length for huge ones), s
 use a plain ``Connection`` while the parent writes and reads the same pipes without blocking.
 
 Parent to worker: :class:`EventBatch`. Worker to parent: :class:`WorkerReady`,
-:class:`EventFailed`, :class:`BatchDone`, :class:`BatchRejected`.
+:class:`EventFailed`, :class:`BatchDone`, :class:`BatchRejected`,
+:class:`WorkerRetiring`.
 
 Besides the messages, each worker shares a tiny array with the parent (:data:`PROGRESS_FIELDS`):
 the sequence number of the event it started, when it started it, and the last one it finished.
@@ -31,6 +32,7 @@ __all__ = [
     "EventFailed",
     "FrameReader",
     "WorkerReady",
+    "WorkerRetiring",
     "frame",
 ]
 
@@ -68,6 +70,13 @@ class WorkerReady(NamedTuple):
     """The worker imported everything and is waiting for events."""
 
     pid: int
+    rss: int  # resident set size before any event, in bytes (0 if not measured)
+
+
+class WorkerRetiring(NamedTuple):
+    """The worker reached a recycling limit after its last event and is leaving."""
+
+    reason: str
 
 
 class EventFailed(NamedTuple):

@@ -45,6 +45,7 @@ from .messages import (
     EventFailed,
     WireEvent,
     WorkerReady,
+    WorkerRetiring,
 )
 
 __all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
@@ -74,14 +75,19 @@ class EventProcessor:
         progress: Any,
         *,
         close_fds: Sequence[int] = (),
-        measure_rss: bool = False,
+        max_events: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self.name = name
         self._tasks = tasks
         self._results = results
         self._progress = progress
         self._close_fds = tuple(close_fds)
-        self._measure_rss = measure_rss
+        self._max_events = max_events
+        self._max_memory = max_memory
+        self._events_done = 0
+        self._rss_cache = 0
+        self._rss_read_at = 0.0
         self._handlers: dict[int, Any] = {STOP_HANDLER_ID: StopEventHandler()}
         self._broken_handlers: dict[int, str] = {}
         self._running = True
@@ -94,7 +100,12 @@ class EventProcessor:
     def run(self) -> None:
         """Set the process up, announce readiness, then process batches until told to stop."""
         self._setup_process()
-        self._send(WorkerReady(os.getpid()))
+        baseline = self._rss(fresh=True)
+        if self._max_memory is not None and baseline >= self._max_memory:
+            # Recycling a worker that starts above the limit would replace it after every
+            # event, forever: the parent warns instead.
+            self._max_memory = None
+        self._send(WorkerReady(os.getpid(), baseline))
         try:
             while self._running and self.dispatch_event():
                 pass
@@ -166,7 +177,25 @@ class EventProcessor:
                 self._report(seq, exc)
             self._in_event = False
             progress[FINISHED] = seq
+            if self._retire_after_event():
+                return False
         self._send(BatchDone(batch.batch_no, self._rss()))
+        return True
+
+    def _retire_after_event(self) -> bool:
+        """Leave between events once a recycling limit is reached (the parent starts another)."""
+        self._events_done += 1
+        reason = None
+        if self._max_events is not None and self._events_done >= self._max_events:
+            reason = f"processed max_events_per_worker={self._max_events} events"
+        elif self._max_memory is not None:
+            rss = self._rss(fresh=True)
+            if rss > self._max_memory:
+                reason = f"RSS {rss} bytes above max_memory_per_worker={self._max_memory}"
+        if reason is None:
+            return False
+        self._send(WorkerRetiring(reason))
+        self._running = False
         return True
 
     def _mark_started(self, seq: int) -> None:
@@ -195,15 +224,21 @@ class EventProcessor:
     def _send(self, message: tuple[Any, ...]) -> None:
         self._results.send_bytes(serialization.dumps(message))
 
-    def _rss(self) -> int:
-        if not self._measure_rss:
-            return 0
-        if self._psutil_process is None:
-            import psutil
+    def _rss(self, fresh: bool = False) -> int:
+        """Resident set size in bytes; read at most twice a second unless ``fresh``.
 
-            self._psutil_process = psutil.Process()
-        rss: int = self._psutil_process.memory_info().rss
-        return rss
+        Stats need it now and then; a recycling check needs it after every event. Reading it
+        for every single-event batch would cost an idle event a tenth of its latency.
+        """
+        now = time.monotonic()
+        if fresh or now - self._rss_read_at >= 0.5:
+            if self._psutil_process is None:
+                import psutil
+
+                self._psutil_process = psutil.Process()
+            self._rss_cache = int(self._psutil_process.memory_info().rss)
+            self._rss_read_at = now
+        return self._rss_cache
 
     # -- process set-up -------------------------------------------------------------------------
 
