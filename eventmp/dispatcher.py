@@ -55,6 +55,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from . import serialization
 from .errors import (
     DispatcherStoppedError,
@@ -101,6 +103,7 @@ _HANDLER_CACHE_SIZE = 1024
 _READ_CHUNK = 1 << 18
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+_START_RETRIES = 5
 
 
 def default_start_method() -> str:
@@ -163,6 +166,9 @@ class _Worker:
         self.kill_at: float | None = None
         self.rss = 0
         self.retiring: str | None = None  # why it is leaving for a fresh worker, if it is
+        # Under forkserver the sentinel reports the server's death as the worker's: once it
+        # fired for a worker still alive, the worker is watched by its result pipe and pid.
+        self.orphaned = False
 
     @property
     def inflight_events(self) -> int:
@@ -178,6 +184,7 @@ class _Slot:
         self.worker: _Worker | None = None
         self.restart_at: float | None = None
         self.crash_streak = 0
+        self.start_failures = 0
         self.retired = False  # processed its poison pill: not to be restarted
 
 
@@ -529,8 +536,9 @@ class EventDispatcher(threading.Thread):
                     continue
                 poller.register(worker.result_fd, select.POLLIN)
                 watched[worker.result_fd] = ("result", worker)
-                poller.register(worker.sentinel, select.POLLIN)
-                watched[worker.sentinel] = ("sentinel", worker)
+                if not worker.orphaned:
+                    poller.register(worker.sentinel, select.POLLIN)
+                    watched[worker.sentinel] = ("sentinel", worker)
                 if worker.outbuf:
                     poller.register(worker.task_fd, select.POLLOUT)
                     watched[worker.task_fd] = ("task", worker)
@@ -547,7 +555,14 @@ class EventDispatcher(threading.Thread):
                     if self._read_results(worker):
                         exited.append(worker)
                 elif kind == "sentinel" and worker is not None:
-                    exited.append(worker)
+                    if _process_gone(worker.pid):
+                        exited.append(worker)
+                    else:
+                        worker.orphaned = True
+                        logger.info(
+                            "the forkserver is gone; worker %s lives on, watched by its pid",
+                            worker.pid,
+                        )
                 elif kind == "task" and worker is not None:
                     self._flush(worker)
             for worker in dict.fromkeys(exited):
@@ -575,6 +590,8 @@ class EventDispatcher(threading.Thread):
                     continue
                 if worker.kill_at is not None:
                     timers.append(worker.kill_at)
+                if worker.orphaned:
+                    timers.append(now + 0.25)
                 if self.event_timeout is not None and worker.inflight:
                     timers.append(now + min(self.event_timeout / 4, 0.25))
         if not timers:
@@ -978,6 +995,9 @@ class EventDispatcher(threading.Thread):
                 continue
             if worker.exited:
                 continue
+            if worker.orphaned and _process_gone(worker.pid):
+                self._on_worker_exit(worker)
+                continue
             if worker.kill_at is not None and now >= worker.kill_at:
                 worker.kill_at = None
                 _signal(worker.pid, signal.SIGKILL)
@@ -1013,20 +1033,25 @@ class EventDispatcher(threading.Thread):
         if self._abandoning is not None or slot.retired:
             slot.restart_at = None
             return
-        self._restarts += 1
         try:
             self._start_worker(slot)
         except Exception as exc:
-            self._break(WorkerStartError(f"could not start a replacement worker: {exc}"))
+            # A forkserver killed by the same process-group signal refuses connections for a
+            # moment before multiprocessing starts a new one: retry a few times, then give up.
+            slot.start_failures += 1
+            if slot.start_failures > _START_RETRIES:
+                self._break(WorkerStartError(f"could not start a replacement worker: {exc}"))
+            else:
+                logger.warning("could not start a worker (%s); retrying", exc)
+                slot.restart_at = time.monotonic() + _BACKOFF_FIRST * 2**slot.start_failures
+            return
+        slot.start_failures = 0
+        self._restarts += 1
 
     def _on_worker_exit(self, worker: _Worker) -> None:
         """Settle every event the dead worker held, then arrange its replacement."""
         self._read_results(worker)  # messages it wrote before dying come first
-        worker.process.join(self.kill_grace)
-        if worker.process.exitcode is None:
-            _signal(worker.pid, signal.SIGKILL)
-            worker.process.join(self.kill_grace)
-        exitcode = worker.process.exitcode
+        exitcode = self._reap(worker)
         slot = self._slots[worker.slot]
         started = int(slot.progress[STARTED])
         finished = int(slot.progress[FINISHED])
@@ -1084,6 +1109,23 @@ class EventDispatcher(threading.Thread):
         if self._abandoning is not None:
             self._abandon_all()
 
+    def _reap(self, worker: _Worker) -> int | None:
+        """Wait (bounded) for a worker that is leaving; its exit code, None if unknowable."""
+        if worker.orphaned:
+            # Its forkserver, which alone could report the status, is gone.
+            deadline = time.monotonic() + self.kill_grace
+            while not _process_gone(worker.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not _process_gone(worker.pid):
+                _signal(worker.pid, signal.SIGKILL)
+            return None
+        worker.process.join(self.kill_grace)
+        if worker.process.exitcode is None:
+            _signal(worker.pid, signal.SIGKILL)
+            worker.process.join(self.kill_grace)
+        exitcode: int | None = worker.process.exitcode
+        return exitcode
+
     def _death_error(self, worker: _Worker, seq: int, exitcode: int | None) -> EventmpError:
         """Why the event a dead worker held failed."""
         if self._abandoning is not None:
@@ -1103,6 +1145,9 @@ class EventDispatcher(threading.Thread):
 
     def _kill_worker(self, worker: _Worker) -> None:
         """Terminate, wait ``kill_grace``, then kill; never an unbounded join."""
+        if worker.orphaned:
+            _signal(worker.pid, signal.SIGKILL)
+            return
         if worker.process.exitcode is not None:
             return
         _signal(worker.pid, signal.SIGTERM)
@@ -1273,6 +1318,14 @@ def _handler_key(handler: Any) -> Any:
     if self_obj is not None and func is not None:
         return ("method", id(self_obj), id(func))
     return id(handler)
+
+
+def _process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts as gone: it runs no more code)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -91,7 +91,7 @@ class EventProcessor:
         self._handlers: dict[int, Any] = {STOP_HANDLER_ID: StopEventHandler()}
         self._broken_handlers: dict[int, str] = {}
         self._running = True
-        self._in_event = False
+        self._waiting = False
         self._resyncing = False
         self._psutil_process: Any = None
 
@@ -114,10 +114,18 @@ class EventProcessor:
 
     def dispatch_event(self) -> bool:
         """Take one message off the task pipe and run its events; false once it should stop."""
+        # SIGTERM may interrupt only this wait: anywhere else the worker finishes what it is
+        # doing (an event, the progress marks, a message) before it leaves.
+        self._waiting = True
         try:
-            batch: EventBatch = serialization.loads(self._tasks.recv_bytes())
+            if not self._running:
+                return False
+            data = self._tasks.recv_bytes()
         except EOFError:
             return False
+        finally:
+            self._waiting = False
+        batch: EventBatch = serialization.loads(data)
         for handler_id, blob in batch.handlers:
             self._define_handler(handler_id, blob)
         keep_going = True
@@ -168,14 +176,11 @@ class EventProcessor:
                 self._send(BatchDone(batch.batch_no, self._rss()))
                 self._running = False
                 return False
-            self._in_event = True
             try:
                 handler = self._handler(handler_id)
                 call_handler(handler, Event(originator, handler, data, timestamp))
             except BaseException as exc:  # SystemExit and KeyboardInterrupt too: not ours
-                self._in_event = False
                 self._report(seq, exc)
-            self._in_event = False
             progress[FINISHED] = seq
             if self._retire_after_event():
                 return False
@@ -259,7 +264,7 @@ class EventProcessor:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self._running = False
-        if not self._in_event:
+        if self._waiting:
             raise _Stop
 
 
