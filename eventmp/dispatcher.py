@@ -104,6 +104,7 @@ _READ_CHUNK = 1 << 18
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _START_RETRIES = 5
+_NO_HANDLER = object()
 
 
 def default_start_method() -> str:
@@ -555,7 +556,7 @@ class EventDispatcher(threading.Thread):
                     if self._read_results(worker):
                         exited.append(worker)
                 elif kind == "sentinel" and worker is not None:
-                    if _process_gone(worker.pid):
+                    if self._sentinel_means_exit(worker):
                         exited.append(worker)
                     else:
                         worker.orphaned = True
@@ -568,6 +569,21 @@ class EventDispatcher(threading.Thread):
             for worker in dict.fromkeys(exited):
                 if not worker.exited:
                     self._on_worker_exit(worker)
+
+    def _sentinel_means_exit(self, worker: _Worker) -> bool:
+        """A direct child's sentinel is the truth; a forkserver child's may be the server's.
+
+        The sentinel fires as the process closes its files, a moment before it is a zombie,
+        so a forkserver child gets that moment to show it is gone.
+        """
+        if self.start_method != "forkserver":
+            return True
+        deadline = time.monotonic() + 0.2
+        while not _process_gone(worker.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def _next_timer(self, now: float, next_poll: float) -> float | None:
         """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
@@ -697,17 +713,29 @@ class EventDispatcher(threading.Thread):
         )
 
     def _send_batch(self, worker: _Worker, count: int) -> None:
+        # The hot path under load: locals, and the handler looked up once per run of events
+        # that share it (the usual case).
         items: list[WireEvent] = []
         definitions: list[tuple[int, bytes]] = []
-        while self._backlog and len(items) < count:
-            seq = self._backlog.popleft()
-            event = self._pending[seq]
-            try:
-                handler_id = self._handler_id(event.handler, worker, definitions)
-            except EventmpError as exc:
-                self._fail(seq, "EventDispatcher", exc)
-                continue
-            originator = serialization.wire_originator(event.originator)
+        backlog = self._backlog
+        pending = self._pending
+        last_handler: Any = _NO_HANDLER
+        handler_id = 0
+        for _ in range(min(count, len(backlog))):
+            seq = backlog.popleft()
+            event = pending[seq]
+            handler = event.handler
+            if handler is not last_handler:
+                try:
+                    handler_id = self._handler_id(handler, worker, definitions)
+                except EventmpError as exc:
+                    last_handler = _NO_HANDLER
+                    self._fail(seq, "EventDispatcher", exc)
+                    continue
+                last_handler = handler
+            originator = event.originator
+            if type(originator) is not str:
+                originator = serialization.wire_originator(originator)
             items.append((seq, handler_id, originator, event.data, event.timestamp))
         if not items and not definitions:
             return

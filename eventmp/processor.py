@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -81,14 +81,19 @@ class EventProcessor:
         self.name = name
         self._tasks = tasks
         self._results = results
-        self._progress = progress
+        self._progress: Any = progress
         self._close_fds = tuple(close_fds)
         self._max_events = max_events
         self._max_memory = max_memory
         self._events_done = 0
         self._rss_cache = 0
         self._rss_read_at = 0.0
-        self._handlers: dict[int, Any] = {STOP_HANDLER_ID: StopEventHandler()}
+        stop = StopEventHandler()
+        # handler id -> (the handler, the callable that runs it): one instance per worker, so
+        # a handler keeps its state from one event to the next.
+        self._callables: dict[int, tuple[Any, Callable[[Event], Any]]] = {
+            STOP_HANDLER_ID: (stop, stop.process_event)
+        }
         self._broken_handlers: dict[int, str] = {}
         self._running = True
         self._waiting = False
@@ -134,7 +139,7 @@ class EventProcessor:
         if not self._resyncing:
             keep_going = self._run_events(batch)
         for handler_id in batch.forget:
-            self._handlers.pop(handler_id, None)
+            self._callables.pop(handler_id, None)
             self._broken_handlers.pop(handler_id, None)
         return keep_going and self._running
 
@@ -153,6 +158,9 @@ class EventProcessor:
             self._send(BatchRejected(batch.batch_no, f"{type(exc).__name__}: {exc}"))
             return True
         progress = self._progress
+        callables = self._callables
+        recycling = self._max_events is not None or self._max_memory is not None
+        monotonic_ns = time.monotonic_ns
         for item in events:
             if not self._running:
                 return False
@@ -170,19 +178,20 @@ class EventProcessor:
                     progress[FINISHED] = seq
                     continue
             seq, handler_id, originator, data, timestamp = item  # type: ignore[misc]
-            self._mark_started(seq)
+            progress[STARTED_AT_NS] = monotonic_ns()
+            progress[STARTED] = seq
             if handler_id == STOP_HANDLER_ID:
                 progress[FINISHED] = seq
                 self._send(BatchDone(batch.batch_no, self._rss()))
                 self._running = False
                 return False
             try:
-                handler = self._handler(handler_id)
-                call_handler(handler, Event(originator, handler, data, timestamp))
+                handler, run = callables.get(handler_id) or self._handler(handler_id)
+                run(Event(originator, handler, data, timestamp))
             except BaseException as exc:  # SystemExit and KeyboardInterrupt too: not ours
                 self._report(seq, exc)
             progress[FINISHED] = seq
-            if self._retire_after_event():
+            if recycling and self._retire_after_event():
                 return False
         self._send(BatchDone(batch.batch_no, self._rss()))
         return True
@@ -211,9 +220,10 @@ class EventProcessor:
         blob, type_name, message, tb = serialization.dump_exception(exc)
         self._send(EventFailed(seq, blob, type_name, message, tb))
 
-    def _handler(self, handler_id: int) -> Any:
+    def _handler(self, handler_id: int) -> tuple[Any, Callable[[Event], Any]]:
+        """The handler and what to call for it; raises if the worker could not load it."""
         try:
-            return self._handlers[handler_id]
+            return self._callables[handler_id]
         except KeyError:
             reason = self._broken_handlers.get(handler_id, "the parent never sent it")
             raise SerializationError(
@@ -222,9 +232,11 @@ class EventProcessor:
 
     def _define_handler(self, handler_id: int, blob: bytes) -> None:
         try:
-            self._handlers[handler_id] = serialization.load_handler(blob)
+            handler = serialization.load_handler(blob)
         except BaseException as exc:
             self._broken_handlers[handler_id] = f"{type(exc).__name__}: {exc}"
+            return
+        self._callables[handler_id] = (handler, _callable_for(handler))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         self._results.send_bytes(serialization.dumps(message))
@@ -248,6 +260,9 @@ class EventProcessor:
     # -- process set-up -------------------------------------------------------------------------
 
     def _setup_process(self) -> None:
+        # A memoryview writes an int in a fraction of what a ctypes item assignment costs
+        # (made here: a memoryview cannot travel to a spawned process).
+        self._progress = memoryview(self._progress).cast("B").cast("q")
         for fd in self._close_fds:
             # Under fork, the parent's ends of every worker's pipes were inherited: holding them
             # would keep pipes open that must close when their owner dies.
@@ -266,6 +281,15 @@ class EventProcessor:
         self._running = False
         if self._waiting:
             raise _Stop
+
+
+def _callable_for(handler: Any) -> Callable[[Event], Any]:
+    process = getattr(handler, "process_event", None)
+    if process is not None:
+        return process  # type: ignore[no-any-return]
+    if callable(handler):
+        return handler  # type: ignore[no-any-return]
+    return lambda event: call_handler(handler, event)  # raises the TypeError that explains
 
 
 def _exit_when_parent_dies() -> None:
