@@ -292,6 +292,9 @@ class EventDispatcher(threading.Thread):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_pending = False
         self._loop_ident: int | None = None
+        # Whether some worker could take a batch now: submit() sends at once only then, and
+        # otherwise leaves the event to the batch that the next acknowledgement sends.
+        self._sendable = False
         self._delivering = 0
 
     # == public API ==============================================================================
@@ -352,9 +355,19 @@ class EventDispatcher(threading.Thread):
         seconds (then :class:`SubmitTimeoutError`). Raises :class:`DispatcherStoppedError`
         once ``stop()`` was called.
         """
-        if not isinstance(event, Event):
+        if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
         with self._lock:
+            pending = self._pending
+            if self._state is _RUNNING and len(pending) < self.max_pending:
+                # The common case, kept to a few dictionary and deque operations.
+                seq = next(self._seq)
+                pending[seq] = event
+                self._backlog.append(seq)
+                self._accepted += 1
+                if self._sendable:
+                    self._pump()
+                return
             self._check_open()
             if len(self._pending) >= self.max_pending and not self._in_loop_thread():
                 if not self._changed.wait_for(
@@ -695,6 +708,14 @@ class EventDispatcher(threading.Thread):
             ):
                 self._send_stop(worker)
             self._flush(worker)
+        self._sendable = any(
+            slot.worker is not None
+            and not slot.worker.exited
+            and slot.worker.stop_seq is None
+            and slot.worker.retiring is None
+            and len(slot.worker.inflight) < _MAX_INFLIGHT_BATCHES
+            for slot in self._slots
+        )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
 
@@ -758,8 +779,10 @@ class EventDispatcher(threading.Thread):
                 continue
             originator = serialization.wire_originator(event.originator)
             items.append((seq, handler_id, originator, event.data, event.timestamp))
-        blob = serialization.encode_single_events(items)
-        self._write_batch(worker, definitions, blob, [item[0] for item in items], resync=True)
+        blob, kept, failures = serialization.encode_single_events(items)
+        for seq, error in failures:
+            self._fail(seq, "EventDispatcher", error)
+        self._write_batch(worker, definitions, blob, [item[0] for item in kept], resync=True)
 
     def _send_stop(self, worker: _Worker) -> None:
         seq = next(self._seq)

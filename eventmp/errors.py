@@ -68,10 +68,12 @@ def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
     except ValueError:
+        if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
         return f"signal {signum}"
 
 
-_SIGNAL_HINTS = {
+_SIGNAL_HINTS: dict[int, str] = {
     signal.SIGSEGV: "a segmentation fault: a bug in C code or an extension module the handler "
     "called, or a stack overflow from deep recursion",
     signal.SIGKILL: "most often the kernel's out-of-memory killer (check "
@@ -91,21 +93,14 @@ def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "the worker is still running"
     if exitcode < 0:
-        name = _signal_name(-exitcode)
-        hint = (
-            _SIGNAL_HINTS.get(signal.Signals(-exitcode)) if -exitcode in _valid_signals() else None
-        )
-        return f"killed by {name}" + (f" ({hint})" if hint else "")
+        hint = _SIGNAL_HINTS.get(-exitcode)
+        return f"killed by {_signal_name(-exitcode)}" + (f" ({hint})" if hint else "")
     if exitcode == 0:
         return "exited with status 0 while holding the event"
     return (
         f"exited with status {exitcode} (the handler or a library it called ended the "
         f"process, e.g. os._exit({exitcode}))"
     )
-
-
-def _valid_signals() -> set[int]:
-    return {int(s) for s in signal.valid_signals()}
 
 
 class WorkerCrashedError(EventmpError):

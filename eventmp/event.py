@@ -40,8 +40,9 @@ class Event:
         self.timestamp = time.time() if timestamp is None else float(timestamp)
 
     def __str__(self) -> str:
-        seconds = int(self.timestamp)
-        millis = int((self.timestamp - seconds) * 1000)
+        whole, fraction = divmod(self.timestamp, 1.0)
+        seconds = int(whole)
+        millis = min(int(fraction * 1000), 999)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
         data = self.data if isinstance(self.data, str) else repr(self.data)
         return f"{when}.{millis:03d} {describe_originator(self.originator)}: {data}"

@@ -104,7 +104,7 @@ class ExecEventHandler(EventHandler):
 
     def __getstate__(self) -> dict[str, Any]:
         # Code objects do not pickle; the worker compiles the source once on first use.
-        return {"command": self.command, "_code": None}
+        return dict(vars(self), _code=None)
 
 
 class StopEventHandler(ExecEventHandler):

@@ -116,6 +116,9 @@ class EventProcessor:
                 pass
         except (_Stop, EOFError, BrokenPipeError):
             pass
+        finally:
+            # Leaving: a late SIGTERM must not raise into multiprocessing's exit hooks.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def dispatch_event(self) -> bool:
         """Take one message off the task pipe and run its events; false once it should stop."""

@@ -9,6 +9,7 @@ being printed and lost in a ``multiprocessing.Queue`` feeder thread.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import traceback
 from collections.abc import Iterable
@@ -90,11 +91,9 @@ class _DillValue:
 
 def _repair(item: WireEvent) -> WireEvent:
     """Make one event picklable, or raise SerializationError saying why it cannot be."""
-    try:
+    with contextlib.suppress(Exception):
         pickle.dumps(item, PROTOCOL)
         return item
-    except Exception:
-        pass
     seq, handler_id, originator, data, timestamp = item
     try:
         pickle.dumps(originator, PROTOCOL)
@@ -135,12 +134,26 @@ def encode_events(
     return pickle.dumps(kept, PROTOCOL), kept, failed
 
 
-def encode_single_events(items: Iterable[WireEvent]) -> bytes:
+def encode_single_events(
+    items: Iterable[WireEvent],
+) -> tuple[bytes, list[WireEvent], list[tuple[int, SerializationError]]]:
     """Pickle events one by one, so that one that fails to unpickle in the worker fails alone.
 
-    The blob is a pickled list of ``(seq, pickled event)``.
+    The blob is a pickled list of ``(seq, pickled event)``; returns it, the events it holds,
+    and ``(seq, error)`` for each event that could not be serialized, as ``encode_events``.
     """
-    return pickle.dumps([(item[0], pickle.dumps(item, PROTOCOL)) for item in items], PROTOCOL)
+    singles: list[tuple[int, bytes]] = []
+    kept: list[WireEvent] = []
+    failed: list[tuple[int, SerializationError]] = []
+    for item in items:
+        try:
+            repaired = _repair(item)
+            singles.append((item[0], pickle.dumps(repaired, PROTOCOL)))
+        except SerializationError as exc:
+            failed.append((item[0], exc))
+            continue
+        kept.append(repaired)
+    return pickle.dumps(singles, PROTOCOL), kept, failed
 
 
 def dump_exception(exc: BaseException) -> tuple[bytes, str, str, str]:

@@ -1,0 +1,214 @@
+"""eventmp.messages: named message types and Connection-compatible framing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+import pytest
+
+from eventmp.messages import (
+    BatchDone,
+    BatchRejected,
+    EventBatch,
+    EventFailed,
+    FrameReader,
+    WorkerReady,
+    frame,
+)
+
+# Sizes on both sides of Connection's small-message path (it concatenates below 16 KiB).
+PAYLOADS = [b"", b"x", b"hello world", bytes(range(256)) * 64, os.urandom(100_000)]
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A fresh os.pipe(); tests hand Connections dup()s, and both ends are closed after."""
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def write_all_in_thread(fd: int, data: bytes) -> threading.Thread:
+    """Write ``data`` to ``fd`` from a thread, so a payload bigger than the pipe cannot block."""
+
+    def write() -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        assert chunk, "pipe closed early"
+        out += chunk
+    return bytes(out)
+
+
+def test_frame_is_read_by_connection_recv_bytes(pipe: tuple[int, int]) -> None:
+    """Frames written with frame() are read back one by one by Connection.recv_bytes()."""
+    r, w = pipe
+    thread = write_all_in_thread(w, b"".join(frame(p) for p in PAYLOADS))
+    conn = Connection(os.dup(r))
+    try:
+        for payload in PAYLOADS:
+            assert conn.poll(10)
+            assert conn.recv_bytes() == payload
+    finally:
+        conn.close()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: f"{len(p)}B")
+def test_frame_matches_connection_send_bytes_exactly(payload: bytes, pipe: tuple[int, int]) -> None:
+    """frame(payload) is byte for byte what Connection.send_bytes(payload) writes."""
+    r, w = pipe
+    expected = frame(payload)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(read_exactly(r, len(expected))), daemon=True
+    )
+    reader.start()
+    conn = Connection(os.dup(w))
+    try:
+        conn.send_bytes(payload)
+    finally:
+        conn.close()
+    reader.join(10)
+    assert received == [expected]
+
+
+def test_frame_header_is_big_endian_length() -> None:
+    """A frame is a 4-byte big-endian signed length followed by the payload."""
+    assert frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert frame(b"") == b"\x00\x00\x00\x00"
+
+
+def test_long_frame_form_is_read_by_connection_and_frame_reader(pipe: tuple[int, int]) -> None:
+    """The -1 + 8-byte length form used for huge payloads is read by Connection and FrameReader."""
+    r, w = pipe
+    long_frame = struct.pack("!i", -1) + struct.pack("!Q", 5) + b"large"
+    os.write(w, long_frame)
+    conn = Connection(os.dup(r))
+    try:
+        assert conn.poll(10)
+        assert conn.recv_bytes() == b"large"
+    finally:
+        conn.close()
+    reader = FrameReader()
+    assert reader.feed(long_frame[:7]) == []
+    assert reader.partial
+    assert reader.feed(long_frame[7:]) == [b"large"]
+    assert not reader.partial
+
+
+def test_frame_reader_reassembles_connection_frames_fed_byte_by_byte(
+    pipe: tuple[int, int],
+) -> None:
+    """Bytes written by Connection.send_bytes, fed one at a time, come out as the same frames."""
+    r, w = pipe
+    payloads = [b"first", b"", b"third" * 50]
+    conn = Connection(os.dup(w))
+    try:
+        for payload in payloads:
+            conn.send_bytes(payload)
+    finally:
+        conn.close()
+    raw = read_exactly(r, sum(4 + len(p) for p in payloads))
+    reader = FrameReader()
+    frames: list[bytes] = []
+    for i in range(len(raw)):
+        frames.extend(reader.feed(raw[i : i + 1]))
+    assert frames == payloads
+    assert not reader.partial
+
+
+def test_frame_reader_returns_several_frames_from_one_feed() -> None:
+    """One feed holding several whole frames returns them all, in order."""
+    reader = FrameReader()
+    assert reader.feed(frame(b"a") + frame(b"bb") + frame(b"") + frame(b"ccc")) == [
+        b"a",
+        b"bb",
+        b"",
+        b"ccc",
+    ]
+    assert not reader.partial
+
+
+def test_frame_reader_keeps_split_frames_until_complete() -> None:
+    """A frame split across feeds (header split too) is returned once its last byte arrives."""
+    data = frame(b"hello") + frame(b"world")
+    reader = FrameReader()
+    assert reader.feed(data[:2]) == []  # half a header
+    assert reader.feed(data[2:6]) == []  # header done, payload started
+    assert reader.feed(data[6:12]) == [b"hello"]  # first frame done, next header begun
+    assert reader.feed(data[12:]) == [b"world"]
+
+
+def test_frame_reader_partial_tracks_buffered_bytes() -> None:
+    """`partial` is true exactly while part of a frame is buffered."""
+    reader = FrameReader()
+    assert not reader.partial
+    reader.feed(frame(b"abcdef")[:3])
+    assert reader.partial
+    reader.feed(frame(b"abcdef")[3:7])
+    assert reader.partial
+    assert reader.feed(frame(b"abcdef")[7:]) == [b"abcdef"]
+    assert not reader.partial
+
+
+def test_frame_reader_of_empty_feed_returns_nothing() -> None:
+    """Feeding no bytes returns no frames and leaves no partial frame."""
+    reader = FrameReader()
+    assert reader.feed(b"") == []
+    assert not reader.partial
+
+
+def test_frame_reader_handles_a_large_frame_in_chunks() -> None:
+    """A 1 MB frame fed in 64 KiB chunks comes out whole, exactly once."""
+    payload = os.urandom(1 << 20)
+    data = frame(payload)
+    reader = FrameReader()
+    frames: list[bytes] = []
+    for start in range(0, len(data), 1 << 16):
+        frames.extend(reader.feed(data[start : start + (1 << 16)]))
+    assert frames == [payload]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        EventBatch(1, [(5, b"dill bytes")], b"events", [3], True),
+        EventBatch(2, [], b"", []),
+        WorkerReady(1234, 0),
+        EventFailed(7, b"", "ValueError", "bad", "Traceback..."),
+        BatchRejected(3, "UnpicklingError: truncated"),
+        BatchDone(4, 1 << 20),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_messages_are_named_and_survive_pickle(message: tuple[object, ...]) -> None:
+    """Each message is a named type whose fields survive a pickle round trip inside a frame."""
+    loaded = pickle.loads(FrameReader().feed(frame(pickle.dumps(message, 5)))[0])
+    assert type(loaded) is type(message)
+    assert loaded == message
+    assert loaded._asdict() == message._asdict()  # type: ignore[attr-defined]
+
+
+def test_event_batch_resync_defaults_to_false() -> None:
+    """An EventBatch is an ordinary batch unless marked resync."""
+    assert EventBatch(1, [], b"", []).resync is False
