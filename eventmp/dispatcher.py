@@ -363,10 +363,13 @@ class EventDispatcher(threading.Thread):
                 # The common case, kept to a few dictionary and deque operations.
                 seq = next(self._seq)
                 pending[seq] = event
-                self._backlog.append(seq)
+                backlog = self._backlog
+                backlog.append(seq)
                 self._accepted += 1
                 if self._sendable:
                     self._pump()
+                elif not len(backlog) & 63:
+                    self._collect_acks()
                 return
             self._check_open()
             if len(self._pending) >= self.max_pending and not self._in_loop_thread():
@@ -864,6 +867,19 @@ class EventDispatcher(threading.Thread):
             self._wake()  # the dispatcher thread must watch the pipe for room
 
     # -- results (dispatcher thread, lock held) -------------------------------------------------
+
+    def _collect_acks(self) -> None:
+        """Read the workers' acknowledgements from a submitting thread (lock held).
+
+        A thread that submits without pause holds the GIL; the dispatcher thread, woken by an
+        acknowledgement, may wait a whole switch interval (5 ms) for it while the worker sits
+        idle. So now and then the submitter reads the acknowledgements itself and sends the
+        next batch. A worker's death is left to the dispatcher thread.
+        """
+        for slot in self._slots:
+            worker = slot.worker
+            if worker is not None and not worker.exited and self._read_results(worker):
+                self._wake()
 
     def _read_results(self, worker: _Worker) -> bool:
         """Read and handle every complete message; true if the pipe reached its end."""
