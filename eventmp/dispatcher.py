@@ -52,6 +52,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,7 @@ class _Slot:
         self.restart_at: float | None = None
         self.crash_streak = 0
         self.start_failures = 0
+        self.backlog: deque[int] = deque()  # events routed here by key, not yet sent
         self.retired = False  # processed its poison pill: not to be restarted
 
 
@@ -226,6 +228,7 @@ class EventDispatcher(threading.Thread):
         max_pending: int = 10_000,
         max_events_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
+        key: Callable[[Event], Hashable] | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
         name: str | None = None,
@@ -251,6 +254,7 @@ class EventDispatcher(threading.Thread):
         self.event_timeout = event_timeout
         self.max_pending = max_pending
         self.kill_grace = kill_grace
+        self.key = key
         if max_events_per_worker is not None and max_events_per_worker < 1:
             raise ValueError(f"max_events_per_worker must be >= 1, got {max_events_per_worker!r}")
         self.max_events_per_worker = max_events_per_worker
@@ -271,6 +275,9 @@ class EventDispatcher(threading.Thread):
         self._batch_no = itertools.count(1)
         self._pending: dict[int, Event] = {}
         self._backlog: deque[int] = deque()
+        # With a key, each slot's events wait in a queue of their own (made here so that
+        # events submitted before start() have somewhere to go).
+        self._keyed_backlogs: list[deque[int]] = [deque() for _ in range(workers)]
         self._outcomes: deque[_Outcome] = deque()
         self._slots: list[_Slot] = []
         self._handler_ids: OrderedDict[Any, tuple[int, Any, bytes | SerializationError]] = (
@@ -327,6 +334,7 @@ class EventDispatcher(threading.Thread):
         try:
             for index in range(self.workers):
                 slot = _Slot(index, self._context.RawArray("q", PROGRESS_FIELDS))
+                slot.backlog = self._keyed_backlogs[index]
                 self._slots.append(slot)
                 self._start_worker(slot)
             deadline = time.monotonic() + self.start_timeout
@@ -359,7 +367,7 @@ class EventDispatcher(threading.Thread):
             raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
         with self._lock:
             pending = self._pending
-            if self._state is _RUNNING and len(pending) < self.max_pending:
+            if self._state is _RUNNING and len(pending) < self.max_pending and self.key is None:
                 # The common case, kept to a few dictionary and deque operations.
                 seq = next(self._seq)
                 pending[seq] = event
@@ -684,8 +692,25 @@ class EventDispatcher(threading.Thread):
     def _accept(self, event: Event) -> None:
         seq = next(self._seq)
         self._pending[seq] = event
-        self._backlog.append(seq)
         self._accepted += 1
+        if self.key is None:
+            self._backlog.append(seq)
+            return
+        try:
+            index = hash(self.key(event)) % self.workers
+        except Exception as exc:
+            error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._fail(seq, "EventDispatcher", error)
+            return
+        self._keyed_backlogs[index].append(seq)
+
+    def _backlog_of(self, slot: _Slot) -> deque[int]:
+        """Where a slot's next events come from: its own queue when events are keyed."""
+        return self._backlog if self.key is None else slot.backlog
+
+    def _backlogs(self) -> list[deque[int]]:
+        return [self._backlog, *self._keyed_backlogs]
 
     def _pump(self) -> None:
         """Send backlog to every worker that has room, then the poison pills when draining."""
@@ -700,14 +725,17 @@ class EventDispatcher(threading.Thread):
                 continue
             if worker.resync:
                 self._send_resync(worker)
-            while self._backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
-                share = -(-len(self._backlog) // self._workers_with_room())
-                self._send_batch(worker, min(_MAX_BATCH_EVENTS, share))
+            backlog = self._backlog_of(slot)
+            while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
+                share = len(backlog)
+                if self.key is None:
+                    share = -(-share // self._workers_with_room())
+                self._send_batch(worker, backlog, min(_MAX_BATCH_EVENTS, share))
             if (
                 self._state == _STOPPING
                 and self._drain
                 and self._abandoning is None
-                and not self._backlog
+                and not backlog
             ):
                 self._send_stop(worker)
             self._flush(worker)
@@ -736,12 +764,11 @@ class EventDispatcher(threading.Thread):
             ),
         )
 
-    def _send_batch(self, worker: _Worker, count: int) -> None:
+    def _send_batch(self, worker: _Worker, backlog: deque[int], count: int) -> None:
         # The hot path under load: locals, and the handler looked up once per run of events
         # that share it (the usual case).
         items: list[WireEvent] = []
         definitions: list[tuple[int, bytes]] = []
-        backlog = self._backlog
         pending = self._pending
         last_handler: Any = _NO_HANDLER
         handler_id = 0
@@ -956,7 +983,8 @@ class EventDispatcher(threading.Thread):
         if worker.inflight:
             worker.inflight.pop()
         worker.resync = [seq for seq in rejected if seq in self._pending]
-        self._backlog.extendleft(reversed([seq for seq in later if seq in self._pending]))
+        backlog = self._backlog_of(self._slots[worker.slot])
+        backlog.extendleft(reversed([seq for seq in later if seq in self._pending]))
         logger.info(
             "worker %s could not unpickle a batch (%s); re-sending its events one by one",
             worker.pid,
@@ -1148,7 +1176,7 @@ class EventDispatcher(threading.Thread):
                 )
             else:
                 requeue.append(seq)
-        self._backlog.extendleft(reversed(requeue))
+        self._backlog_of(slot).extendleft(reversed(requeue))
 
         if worker.stop_seq is not None and finished >= worker.stop_seq:
             slot.retired = True  # it took its poison pill and left
@@ -1228,7 +1256,7 @@ class EventDispatcher(threading.Thread):
             (slot.worker is None or slot.worker.exited)
             and (slot.retired or slot.restart_at is None)
             for slot in self._slots
-        ) and (self._abandoning is not None or not self._backlog)
+        ) and (self._abandoning is not None or not any(self._backlogs()))
 
     # -- outcomes -------------------------------------------------------------------------------
 
@@ -1246,11 +1274,12 @@ class EventDispatcher(threading.Thread):
         """Abandon the backlog; make every worker finish its event in hand and leave."""
         reason = self._abandoning or "abandoned"
         abandoned = 0
-        while self._backlog:
-            seq = self._backlog.popleft()
-            if seq in self._pending:
-                self._fail(seq, self.name, EventAbandonedError(reason))
-                abandoned += 1
+        for backlog in self._backlogs():
+            while backlog:
+                seq = backlog.popleft()
+                if seq in self._pending:
+                    self._fail(seq, self.name, EventAbandonedError(reason))
+                    abandoned += 1
         for slot in self._slots:
             slot.restart_at = None
             worker = slot.worker
@@ -1275,7 +1304,8 @@ class EventDispatcher(threading.Thread):
         self._abandoning = str(error)
         for seq in list(self._pending):
             self._fail(seq, self.name, error)
-        self._backlog.clear()
+        for backlog in self._backlogs():
+            backlog.clear()
         self._changed.notify_all()
 
     def _deliver_outcomes(self) -> None:
