@@ -80,13 +80,15 @@ from .messages import (
     STOP_HANDLER_ID,
     BatchDone,
     BatchRejected,
-    EventBatch,
     EventFailed,
     FrameReader,
+    HandlerUpdate,
     WireEvent,
     WorkerReady,
     WorkerRetiring,
-    frame,
+    decode_result,
+    encode_batch,
+    encode_handler_update,
 )
 from .processor import EventProcessor, worker_main
 from .units import parse_size
@@ -818,6 +820,9 @@ class EventDispatcher(threading.Thread):
         seq = next(self._seq)
         worker.stop_seq = seq
         blob = serialization.dumps([(seq, STOP_HANDLER_ID, "EventDispatcher", None, time.time())])
+        if worker.forget:
+            worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
+            worker.forget = []
         self._write_batch(worker, [], blob, [])
 
     def _write_batch(
@@ -830,9 +835,12 @@ class EventDispatcher(threading.Thread):
         resync: bool = False,
     ) -> None:
         batch_no = next(self._batch_no)
-        forget, worker.forget = worker.forget, []
-        message = EventBatch(batch_no, definitions, blob, forget, resync)
-        worker.outbuf += frame(serialization.dumps(message))
+        if definitions:
+            worker.outbuf += encode_handler_update(HandlerUpdate(definitions, []))
+        worker.outbuf += encode_batch(batch_no, blob, resync)
+        if worker.forget:
+            worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
+            worker.forget = []
         worker.inflight.append((batch_no, seqs))
 
     def _handler_id(
@@ -920,7 +928,7 @@ class EventDispatcher(threading.Thread):
             if not data:
                 return True
             for payload in worker.reader.feed(data):
-                self._handle_message(worker, serialization.loads(payload))
+                self._handle_message(worker, decode_result(payload))
 
     def _handle_message(self, worker: _Worker, message: Any) -> None:
         kind = type(message)

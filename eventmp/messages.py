@@ -1,11 +1,13 @@
 """The messages that cross between the dispatcher and its worker processes.
 
-Each is a small named type, pickled with protocol 5 and framed as ``multiprocessing.Connection``
-frames (a 4-byte big-endian length, or -1 and an 8-byte length for huge ones), so the worker can
-use a plain ``Connection`` while the parent writes and reads the same pipes without blocking.
+Each is a small named type. On the wire they are ``multiprocessing.Connection`` frames (a
+4-byte big-endian length, or -1 and an 8-byte length for huge ones) holding a kind byte and the
+message: the two that travel for every batch (:class:`EventBatch`, :class:`BatchDone`) have
+headers packed by hand, the rest are pickled (protocol 5). Both sides write and read the pipes
+themselves, the parent without ever blocking.
 
-Parent to worker: :class:`EventBatch`. Worker to parent: :class:`WorkerReady`,
-:class:`EventFailed`, :class:`BatchDone`, :class:`BatchRejected`,
+Parent to worker: :class:`EventBatch`, :class:`HandlerUpdate`. Worker to parent:
+:class:`WorkerReady`, :class:`EventFailed`, :class:`BatchDone`, :class:`BatchRejected`,
 :class:`WorkerRetiring`.
 
 Besides the messages, each worker shares a tiny array with the parent (:data:`PROGRESS_FIELDS`):
@@ -17,6 +19,7 @@ started.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from typing import Any, NamedTuple
 
@@ -31,10 +34,18 @@ __all__ = [
     "EventBatch",
     "EventFailed",
     "FrameReader",
+    "HandlerUpdate",
     "WorkerReady",
     "WorkerRetiring",
+    "decode_result",
+    "decode_task",
+    "encode_batch",
+    "encode_handler_update",
+    "encode_result",
     "frame",
 ]
+
+_PROTOCOL = 5
 
 # Handler id 0 is the poison pill (StopEventHandler); every worker knows it without being told.
 STOP_HANDLER_ID = 0
@@ -50,20 +61,25 @@ WireEvent = tuple[int, int, Any, Any, float]
 
 
 class EventBatch(NamedTuple):
-    """Events for a worker, in order, with the handler definitions it has not seen yet.
+    """Events for a worker, to run in order; acknowledged by one :class:`BatchDone`.
 
-    The events travel as one inner pickle (``events``) so that the envelope always decodes: if
-    the events do not unpickle in the worker, it still learns the handlers, reports the batch
-    with :class:`BatchRejected`, and drops every batch after it until the parent re-sends them
-    starting with a ``resync`` batch. In a resync batch ``events`` is a pickled list of
-    separately pickled events, so one bad event fails alone.
+    ``events`` is one pickle of a list of wire events. If it does not unpickle in the worker,
+    the worker reports :class:`BatchRejected` and drops every batch after it until the parent
+    re-sends them, starting with a ``resync`` batch, whose ``events`` is a pickled list of
+    ``(seq, pickled event)``, so that one bad event fails alone.
     """
 
     batch_no: int
-    handlers: list[tuple[int, bytes]]  # (handler_id, dill bytes), defined before the events run
-    events: bytes
-    forget: list[int]  # handler ids the parent dropped from its cache, after the events ran
+    events: bytes | memoryview
     resync: bool = False
+
+
+class HandlerUpdate(NamedTuple):
+    """Handlers the worker has not seen yet (sent before the batch that uses them), and the
+    ids of handlers the parent dropped from its cache (sent after their last use)."""
+
+    definitions: list[tuple[int, bytes]]  # (handler_id, dill bytes)
+    forget: list[int]
 
 
 class WorkerReady(NamedTuple):
@@ -106,6 +122,53 @@ class BatchDone(NamedTuple):
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 
+# Parent-to-worker frames start with a kind byte; a batch's header is packed by hand because
+# it is on every event's path, and the rare handler updates are pickled.
+_TASK_BATCH = 1
+_TASK_RESYNC = 2
+_TASK_HANDLERS = 3
+_BATCH_HEADER = struct.Struct("!BQ")  # kind, batch_no
+# Worker-to-parent frames: an acknowledgement is packed by hand (one per batch); the rest
+# (failures, readiness, recycling) are pickled named tuples.
+_RESULT_DONE = 1
+_RESULT_PICKLED = 2
+_DONE = struct.Struct("!BQQ")  # kind, batch_no, rss
+
+
+def encode_batch(batch_no: int, events: bytes, resync: bool = False) -> bytes:
+    """A framed :class:`EventBatch`, ready to write to a task pipe."""
+    kind = _TASK_RESYNC if resync else _TASK_BATCH
+    return frame(_BATCH_HEADER.pack(kind, batch_no) + events)
+
+
+def encode_handler_update(update: HandlerUpdate) -> bytes:
+    """A framed :class:`HandlerUpdate`."""
+    return frame(bytes((_TASK_HANDLERS,)) + pickle.dumps(tuple(update), _PROTOCOL))
+
+
+def decode_task(payload: bytes) -> EventBatch | HandlerUpdate:
+    """Decode a frame's payload read from the task pipe (without unpickling the events)."""
+    kind = payload[0]
+    if kind == _TASK_HANDLERS:
+        return HandlerUpdate(*pickle.loads(memoryview(payload)[1:]))
+    _kind, batch_no = _BATCH_HEADER.unpack_from(payload)
+    return EventBatch(batch_no, memoryview(payload)[_BATCH_HEADER.size :], kind == _TASK_RESYNC)
+
+
+def encode_result(message: tuple[Any, ...]) -> bytes:
+    """A framed worker-to-parent message."""
+    if type(message) is BatchDone:
+        return frame(_DONE.pack(_RESULT_DONE, message.batch_no, message.rss))
+    return frame(bytes((_RESULT_PICKLED,)) + pickle.dumps(message, _PROTOCOL))
+
+
+def decode_result(payload: bytes) -> Any:
+    """Decode a frame's payload read from a result pipe."""
+    if payload[0] == _RESULT_DONE:
+        _kind, batch_no, rss = _DONE.unpack(payload)
+        return BatchDone(batch_no, rss)
+    return pickle.loads(memoryview(payload)[1:])
+
 
 def frame(payload: bytes) -> bytes:
     """Frame ``payload`` exactly as ``Connection.send_bytes`` would."""
@@ -125,6 +188,11 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes read from the pipe; return every frame now complete."""
+        if not self._buffer and len(data) >= 4:
+            # The common case: the read holds exactly one whole frame.
+            (size,) = _SHORT.unpack_from(data)
+            if size >= 0 and len(data) == size + 4:
+                return [data[4:]]
         self._buffer += data
         frames: list[bytes] = []
         buf = self._buffer

@@ -2,8 +2,8 @@
 
 Everything in this module runs in a worker process (the dispatcher module is the parent's).
 
-The worker reads :class:`~eventmp.messages.EventBatch` messages from its task pipe with a plain
-blocking ``Connection``; for each event it marks the shared progress array (started, when,
+The worker reads :class:`~eventmp.messages.EventBatch` messages from its task pipe with blocking
+reads; for each event it marks the shared progress array (started, when,
 finished), runs the handler, and on failure sends an
 :class:`~eventmp.messages.EventFailed` at once; after the batch it sends one
 :class:`~eventmp.messages.BatchDone`. It never waits on the parent for anything but the next
@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
@@ -43,14 +44,20 @@ from .messages import (
     BatchRejected,
     EventBatch,
     EventFailed,
+    FrameReader,
+    HandlerUpdate,
     WireEvent,
     WorkerReady,
     WorkerRetiring,
+    decode_task,
+    encode_result,
 )
 
 __all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
 
 logger = logging.getLogger("eventmp")
+
+_READ_CHUNK = 1 << 16
 
 # Exit status of a worker whose parent died: it has no one left to report to.
 EXIT_PARENT_GONE = 75
@@ -97,6 +104,10 @@ class EventProcessor:
         self._broken_handlers: dict[int, str] = {}
         self._running = True
         self._waiting = False
+        self._task_fd = -1
+        self._result_fd = -1
+        self._reader = FrameReader()
+        self._frames: deque[bytes] = deque()
         self._resyncing = False
         self._psutil_process: Any = None
 
@@ -128,23 +139,35 @@ class EventProcessor:
         try:
             if not self._running:
                 return False
-            data = self._tasks.recv_bytes()
+            data = self._next_frame()
         except EOFError:
             return False
         finally:
             self._waiting = False
-        batch: EventBatch = serialization.loads(data)
-        for handler_id, blob in batch.handlers:
-            self._define_handler(handler_id, blob)
-        keep_going = True
-        if batch.resync:
+        message = decode_task(data)
+        if type(message) is HandlerUpdate:
+            for handler_id, blob in message.definitions:
+                self._define_handler(handler_id, blob)
+            for handler_id in message.forget:
+                self._callables.pop(handler_id, None)
+                self._broken_handlers.pop(handler_id, None)
+            return True
+        assert type(message) is EventBatch
+        if message.resync:
             self._resyncing = False
-        if not self._resyncing:
-            keep_going = self._run_events(batch)
-        for handler_id in batch.forget:
-            self._callables.pop(handler_id, None)
-            self._broken_handlers.pop(handler_id, None)
-        return keep_going and self._running
+        if self._resyncing:
+            return True
+        return self._run_events(message) and self._running
+
+    def _next_frame(self) -> bytes:
+        """Block until the next whole frame from the parent; EOFError when the pipe ends."""
+        frames = self._frames
+        while not frames:
+            data = os.read(self._task_fd, _READ_CHUNK)
+            if not data:
+                raise EOFError
+            frames.extend(self._reader.feed(data))
+        return frames.popleft()
 
     def stop(self) -> None:
         """Leave ``run()`` after the event in hand."""
@@ -242,7 +265,9 @@ class EventProcessor:
         self._callables[handler_id] = (handler, _callable_for(handler))
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        self._results.send_bytes(serialization.dumps(message))
+        view = memoryview(encode_result(message))
+        while view:
+            view = view[os.write(self._result_fd, view) :]
 
     def _rss(self, fresh: bool = False) -> int:
         """Resident set size in bytes; read at most twice a second unless ``fresh``.
@@ -263,6 +288,12 @@ class EventProcessor:
     # -- process set-up -------------------------------------------------------------------------
 
     def _setup_process(self) -> None:
+        # The pipes came as Connections (so spawn and forkserver can pass them); the worker
+        # reads and writes the frames itself: one read per batch instead of two.
+        self._task_fd = os.dup(self._tasks.fileno())
+        self._result_fd = os.dup(self._results.fileno())
+        self._tasks.close()
+        self._results.close()
         # A memoryview writes an int in a fraction of what a ctypes item assignment costs
         # (made here: a memoryview cannot travel to a spawned process).
         self._progress = memoryview(self._progress).cast("B").cast("q")

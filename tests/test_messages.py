@@ -18,7 +18,14 @@ from eventmp.messages import (
     EventBatch,
     EventFailed,
     FrameReader,
+    HandlerUpdate,
     WorkerReady,
+    WorkerRetiring,
+    decode_result,
+    decode_task,
+    encode_batch,
+    encode_handler_update,
+    encode_result,
     frame,
 )
 
@@ -192,23 +199,46 @@ def test_frame_reader_handles_a_large_frame_in_chunks() -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        EventBatch(1, [(5, b"dill bytes")], b"events", [3], True),
-        EventBatch(2, [], b"", []),
         WorkerReady(1234, 0),
         EventFailed(7, b"", "ValueError", "bad", "Traceback..."),
         BatchRejected(3, "UnpicklingError: truncated"),
+        WorkerRetiring("processed max_events_per_worker=3 events"),
         BatchDone(4, 1 << 20),
     ],
     ids=lambda m: type(m).__name__,
 )
-def test_messages_are_named_and_survive_pickle(message: tuple[object, ...]) -> None:
-    """Each message is a named type whose fields survive a pickle round trip inside a frame."""
-    loaded = pickle.loads(FrameReader().feed(frame(pickle.dumps(message, 5)))[0])
+def test_results_round_trip_through_their_codec(message: tuple[object, ...]) -> None:
+    """Each worker-to-parent message comes out of its frame as the same named type and fields."""
+    (payload,) = FrameReader().feed(encode_result(message))
+    loaded = decode_result(payload)
     assert type(loaded) is type(message)
     assert loaded == message
-    assert loaded._asdict() == message._asdict()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("resync", [False, True])
+def test_batches_round_trip_through_their_codec(resync: bool) -> None:
+    """An EventBatch keeps its number, its events blob and its resync mark through the wire."""
+    events = pickle.dumps([(1, 2, "origin", {"k": 1}, 3.5)], 5)
+    (payload,) = FrameReader().feed(encode_batch(2**40 + 7, events, resync))
+    batch = decode_task(payload)
+    assert type(batch) is EventBatch
+    assert (batch.batch_no, bytes(batch.events), batch.resync) == (2**40 + 7, events, resync)
+
+
+def test_handler_updates_round_trip_through_their_codec() -> None:
+    """A HandlerUpdate keeps its definitions and forgotten ids through the wire."""
+    update = HandlerUpdate([(5, b"dill bytes")], [3, 4])
+    (payload,) = FrameReader().feed(encode_handler_update(update))
+    assert decode_task(payload) == update
 
 
 def test_event_batch_resync_defaults_to_false() -> None:
     """An EventBatch is an ordinary batch unless marked resync."""
-    assert EventBatch(1, [], b"", []).resync is False
+    assert EventBatch(1, b"").resync is False
+
+
+def test_frame_reader_returns_a_lone_whole_frame_without_buffering() -> None:
+    """A read holding exactly one frame comes back at once, leaving nothing partial."""
+    reader = FrameReader()
+    assert reader.feed(frame(b"abc")) == [b"abc"]
+    assert not reader.partial
