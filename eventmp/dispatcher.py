@@ -161,6 +161,9 @@ class _Worker:
         self.outbuf = bytearray()
         self.inflight: deque[tuple[int, list[int]]] = deque()  # (batch_no, seqs), unacked
         self.known_handlers: set[int] = set()
+        # The handler of the last event sent: consecutive events usually share it.
+        self.last_handler: Any = _NO_HANDLER
+        self.last_handler_id = 0
         self.forget: list[int] = []
         self.resync: list[int] = []  # seqs to re-send one by one after a BatchRejected
         self.ready = False
@@ -730,7 +733,7 @@ class EventDispatcher(threading.Thread):
             backlog = self._backlog_of(slot)
             while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
                 share = len(backlog)
-                if self.key is None:
+                if self.key is None and len(self._slots) > 1:
                     share = -(-share // self._workers_with_room())
                 self._send_batch(worker, backlog, min(_MAX_BATCH_EVENTS, share))
             if (
@@ -853,6 +856,8 @@ class EventDispatcher(threading.Thread):
         and function, since each attribute access builds a new one) and bounded, so handlers
         built per event do not grow it without end.
         """
+        if handler is worker.last_handler:
+            return worker.last_handler_id
         if handler is None:
             raise EventmpError("the event has no handler")
         key = _handler_key(handler)
@@ -869,9 +874,12 @@ class EventDispatcher(threading.Thread):
             if len(self._handler_ids) > _HANDLER_CACHE_SIZE:
                 _key, (old_id, _h, _b) = self._handler_ids.popitem(last=False)
                 for slot in self._slots:
-                    if slot.worker is not None and old_id in slot.worker.known_handlers:
-                        slot.worker.known_handlers.discard(old_id)
-                        slot.worker.forget.append(old_id)
+                    other = slot.worker
+                    if other is not None and old_id in other.known_handlers:
+                        other.known_handlers.discard(old_id)
+                        other.forget.append(old_id)
+                        if other.last_handler_id == old_id:
+                            other.last_handler = _NO_HANDLER
         else:
             self._handler_ids.move_to_end(key)
         handler_id, _handler, blob = entry
@@ -880,6 +888,8 @@ class EventDispatcher(threading.Thread):
         if handler_id not in worker.known_handlers:
             worker.known_handlers.add(handler_id)
             definitions.append((handler_id, blob))
+        worker.last_handler = handler
+        worker.last_handler_id = handler_id
         return handler_id
 
     def _flush(self, worker: _Worker) -> None:
