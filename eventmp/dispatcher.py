@@ -430,6 +430,9 @@ class EventDispatcher(threading.Thread):
         with self._lock:
             if self._state == _NEW:
                 self._state = _STOPPED
+                # Events submitted before start() were accepted: they get their outcome too.
+                self._abandoning = "the dispatcher was stopped before it was started"
+                self._abandon_all()
                 return True
             if self._state == _STOPPED:
                 return False
@@ -522,6 +525,8 @@ class EventDispatcher(threading.Thread):
         """
         if self._state == _NEW:
             self._start_workers()
+        elif self._state == _STOPPED:
+            return
         self._loop_ident = threading.get_ident()
         try:
             self._loop()
@@ -731,6 +736,9 @@ class EventDispatcher(threading.Thread):
             if worker.resync:
                 self._send_resync(worker)
             backlog = self._backlog_of(slot)
+            if backlog and not worker.inflight and self.event_timeout is not None:
+                # The dispatcher thread may sleep without a timer; it must now time this.
+                self._wake()
             while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
                 share = len(backlog)
                 if self.key is None and len(self._slots) > 1:

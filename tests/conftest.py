@@ -50,16 +50,28 @@ def make_dispatcher(errors: ErrorCollector) -> Iterator[object]:
 
 
 def child_pids() -> set[int]:
-    """Pids of this process's live children, forkserver and resource tracker excluded."""
-    pids = set()
-    for child in psutil.Process().children(recursive=True):
+    """Pids of every live process this one started, directly or through its forkserver.
+
+    The forkserver and the resource tracker themselves are left out (they live as long as the
+    test session); a forkserver's children, the workers under the default start method, share
+    its command line, so they are found as the server's children rather than by name.
+    """
+    pids: set[int] = set()
+    for child in psutil.Process().children():
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
             cmdline = " ".join(child.cmdline())
+            if "resource_tracker" in cmdline:
+                continue
+            if "forkserver" in cmdline:
+                candidates = child.children(recursive=True)
+            else:
+                candidates = [child, *child.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
-        if "forkserver" in cmdline or "resource_tracker" in cmdline:
-            continue
-        pids.add(child.pid)
+        for process in candidates:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(process.pid)
+            except psutil.NoSuchProcess:
+                continue
     return pids

@@ -1,0 +1,871 @@
+"""Tests for eventmp.dispatcher: EventDispatcher with real worker processes, no mocks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import child_pids
+
+from eventmp import (
+    ChainEventHandler,
+    DispatcherStoppedError,
+    Event,
+    EventDispatcher,
+    EventGenerator,
+    EventmpError,
+    HandlerTimeoutError,
+    RemoteTraceback,
+    SerializationError,
+    SubmitTimeoutError,
+)
+from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
+
+MakeDispatcher = Callable[..., EventDispatcher]
+
+# Generous upper bounds for waits: they only matter when something is broken.
+WAIT = 30.0
+
+
+# == handlers and helpers (module level: under spawn/forkserver the worker imports them) =========
+
+
+class GatedRecorder(RecordingHandler):
+    """Records each event once the file ``gate`` exists, waiting at most ``limit`` seconds."""
+
+    def __init__(self, path: Path, gate: Path, limit: float = WAIT) -> None:
+        super().__init__(path)
+        self.gate = os.fspath(gate)
+        self.limit = limit
+
+    def process_event(self, event: Event) -> bool:
+        deadline = time.monotonic() + self.limit
+        while not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().process_event(event)
+
+
+class RecordThenReturn(RecordingHandler):
+    """Records the event with a tag, then returns ``result``."""
+
+    def __init__(self, path: Path, tag: str, result: bool) -> None:
+        super().__init__(path)
+        self.tag = tag
+        self.result = result
+
+    def process_event(self, event: Event) -> bool:
+        super().process_event(Event(event.originator, self, self.tag, event.timestamp))
+        return self.result
+
+
+class RecordThenRaise(RecordingHandler):
+    """Records the event, then raises a fresh instance of ``exc_type``."""
+
+    def __init__(self, path: Path, exc_type: type[BaseException]) -> None:
+        super().__init__(path)
+        self.exc_type = exc_type
+
+    def process_event(self, event: Event) -> bool:
+        super().process_event(event)
+        raise self.exc_type()
+
+
+class Recorder:
+    """A plain class (not an EventHandler) whose bound method is used as a handler."""
+
+    def __init__(self, path: Path) -> None:
+        self.recording = RecordingHandler(path)
+
+    def handle(self, event: Event) -> bool:
+        return self.recording.process_event(Event(event.originator, None, "bound-method"))
+
+
+class ModuleClassHandler:
+    """A handler class defined at module level, with ``process_event``."""
+
+    def __init__(self, path: Path) -> None:
+        self.recording = RecordingHandler(path)
+
+    def process_event(self, event: Event) -> bool:
+        return self.recording.process_event(Event(event.originator, None, "module-class"))
+
+
+def failing_handler_function(event: Event) -> bool:
+    """A handler whose name must show up in the traceback the parent receives."""
+    raise ValueError(f"bad data {event.data!r}")
+
+
+def sleepy_handler(event: Event) -> bool:
+    """Records that it started, then sleeps ``event.data[1]`` seconds."""
+    path, seconds = event.data
+    RecordingHandler(path).process_event(Event("sleepy", None, "started"))
+    time.sleep(seconds)
+    return True
+
+
+def _explode_on_load() -> None:
+    raise RuntimeError("refusing to unpickle, on purpose")
+
+
+class FailsToUnpickle:
+    """Pickles fine in the parent; unpickling it (in the worker) raises."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_explode_on_load, ())
+
+
+class FailingGenerator(EventGenerator):
+    """Raises in its first ``get_events()``; then yields ``events`` and is finished."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.polls = 0
+        self.stopped = False
+
+    def get_events(self) -> list[Event]:
+        self.polls += 1
+        if self.polls == 1:
+            raise OSError("the log file vanished")
+        events, self.events = self.events, []
+        self.finished = True
+        return events
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ParentSideErrorHandler:
+    """An error handler that notes the process and thread it runs in."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, threading.Thread, Event]] = []
+
+    def process_event(self, event: Event) -> bool:
+        self.calls.append((os.getpid(), threading.current_thread(), event))
+        return True
+
+
+def data_of(records: list[dict[str, Any]]) -> list[Any]:
+    return [record["data"] for record in records]
+
+
+# == where handlers run ==========================================================================
+
+
+def test_handlers_run_in_another_process(
+    make_dispatcher: MakeDispatcher, start_method: str, tmp_path: Path
+) -> None:
+    """Each handler runs in a worker process, not in the test's own process."""
+    recorder = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(start_method=start_method)
+    dispatcher.start()
+    worker_pids = dispatcher.stats().worker_pids
+    dispatcher.submit(Event("test", recorder, "hello"))
+    records = recorder.wait_for(1, WAIT)
+    assert len(records) == 1
+    assert records[0]["pid"] != os.getpid()
+    assert records[0]["pid"] in worker_pids
+    assert records[0]["pid"] in {c.pid for c in psutil.Process().children(recursive=True)}
+
+
+def test_one_worker_keeps_submission_order(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """With one worker, 500 submitted events are processed in the order they were submitted."""
+    recorder = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    for i in range(500):
+        dispatcher.submit(Event("test", recorder, i))
+    assert dispatcher.wait(WAIT)
+    assert data_of(recorder.records()) == list(range(500))
+
+
+def test_lambdas_closures_methods_and_local_classes_work(
+    make_dispatcher: MakeDispatcher, start_method: str, tmp_path: Path
+) -> None:
+    """Lambdas, closures, bound methods and classes of the test module run in the worker."""
+    path = tmp_path / "out.jsonl"
+    recording = RecordingHandler(path)
+    tag = "closure"
+
+    def closure(event: Event) -> bool:
+        return recording.process_event(Event(event.originator, None, tag))
+
+    class LocalClass:
+        def __init__(self, recording: RecordingHandler) -> None:
+            self.recording = recording
+
+        def process_event(self, event: Event) -> bool:
+            return self.recording.process_event(Event(event.originator, None, "local-class"))
+
+    handlers: list[Any] = [
+        lambda event: recording.process_event(Event(event.originator, None, "lambda")),
+        closure,
+        Recorder(path).handle,
+        LocalClass(recording),
+        ModuleClassHandler(path),
+    ]
+    dispatcher = make_dispatcher(start_method=start_method)
+    dispatcher.start()
+    for handler in handlers:
+        dispatcher.submit(Event("test", handler, None))
+    assert dispatcher.wait(WAIT)
+    records = recording.records()
+    assert data_of(records) == [
+        "lambda",
+        "closure",
+        "bound-method",
+        "local-class",
+        "module-class",
+    ]
+    assert all(record["pid"] != os.getpid() for record in records)
+    assert dispatcher.stats().failed == 0
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    from eventmp import Event, EventDispatcher
+    from eventmp.testing import ErrorCollector
+
+
+    def write(path, kind):
+        with open(path, "a") as out:
+            out.write(json.dumps({"kind": kind, "pid": os.getpid()}) + "\\n")
+        return True
+
+
+    class MainHandler:
+        def __init__(self, path):
+            self.path = path
+
+        def process_event(self, event):
+            return write(self.path, "class:" + type(self).__name__)
+
+
+    main_lambda = lambda event: write(event.data, "lambda")
+
+
+    if __name__ == "__main__":
+        start_method, path = sys.argv[1], sys.argv[2]
+        errors = ErrorCollector()
+        dispatcher = EventDispatcher(0.05, start_method=start_method)
+        dispatcher.error_handler(errors)
+        with dispatcher:
+            dispatcher.submit(Event("main", MainHandler(path), path))
+            dispatcher.submit(Event("main", main_lambda, path))
+            done = dispatcher.wait(30)
+        print(json.dumps({
+            "parent": os.getpid(),
+            "done": done,
+            "errors": [repr(exc) for exc in errors.exceptions],
+        }))
+    """
+)
+
+
+def test_main_module_classes_and_lambdas_work(start_method: str, tmp_path: Path) -> None:
+    """A class and a lambda defined in a script's ``__main__`` run in the script's worker."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(MAIN_SCRIPT)
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [sys.executable, str(script), start_method, str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {"parent": summary["parent"], "done": True, "errors": []}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [record["kind"] for record in records] == ["class:MainHandler", "lambda"]
+    assert all(record["pid"] != summary["parent"] for record in records)
+
+
+# == handlers ====================================================================================
+
+
+def test_chain_short_circuits_in_the_worker(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """A chain stops at a handler that returns False; one that returns True lets it go on."""
+    path = tmp_path / "out.jsonl"
+    recording = RecordingHandler(path)
+    stopping = ChainEventHandler(
+        RecordThenReturn(path, "first-false", False), RecordThenReturn(path, "after-false", True)
+    )
+    going_on = ChainEventHandler(
+        RecordThenReturn(path, "first-true", True), RecordThenReturn(path, "after-true", True)
+    )
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    dispatcher.submit(Event("test", stopping, None))
+    dispatcher.submit(Event("test", going_on, None))
+    assert dispatcher.wait(WAIT)
+    records = recording.records()
+    assert data_of(records) == ["first-false", "first-true", "after-true"]
+    assert all(record["pid"] != os.getpid() for record in records)
+
+
+# == error events ================================================================================
+
+
+def test_error_handler_runs_in_parent_with_error_event(make_dispatcher: MakeDispatcher) -> None:
+    """A handler's exception reaches the error handler, in the parent, as a full error event."""
+    error_handler = ParentSideErrorHandler()
+    dispatcher = make_dispatcher()
+    dispatcher.error_handler(error_handler)
+    dispatcher.start()
+    (worker_pid,) = dispatcher.stats().worker_pids
+    event = Event("the-originator", failing_handler_function, {"n": 42})
+    dispatcher.submit(event)
+    assert dispatcher.wait(WAIT)
+
+    assert len(error_handler.calls) == 1
+    pid, thread, error_event = error_handler.calls[0]
+    assert pid == os.getpid()
+    assert thread is dispatcher
+    assert error_event.handler is error_handler
+    assert "EventProcessor" in str(error_event.originator)
+    assert str(worker_pid) in str(error_event.originator)
+    exception, original = error_event.data
+    assert type(exception) is ValueError
+    assert str(exception) == "bad data {'n': 42}"
+    assert original.originator == "the-originator"
+    assert original.data == {"n": 42}
+    assert original.timestamp == event.timestamp
+    assert isinstance(exception.__cause__, RemoteTraceback)
+    assert "failing_handler_function" in str(exception.__cause__)
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_system_exit_and_keyboard_interrupt_become_error_events(
+    make_dispatcher: MakeDispatcher,
+    errors: ErrorCollector,
+    tmp_path: Path,
+    exc_type: type[BaseException],
+) -> None:
+    """SystemExit or KeyboardInterrupt in a handler is an error event; the worker lives on."""
+    path = tmp_path / "out.jsonl"
+    recording = RecordingHandler(path)
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    dispatcher.submit(Event("test", RecordThenRaise(path, exc_type), "raises"))
+    dispatcher.submit(Event("test", recording, "after"))
+    assert dispatcher.wait(WAIT)
+    assert [type(exc) for exc in errors.exceptions] == [exc_type]
+    records = recording.records()
+    assert data_of(records) == ["raises", "after"]
+    assert records[0]["pid"] == records[1]["pid"]
+    assert dispatcher.stats().worker_restarts == 0
+
+
+def test_unserializable_handler_is_a_serialization_error(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """A handler dill cannot serialize fails its event with SerializationError; others run."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+
+    class HoldsAGenerator:
+        def __init__(self) -> None:
+            self.generator = (i for i in range(3))
+
+        def process_event(self, event: Event) -> bool:
+            return True
+
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    dispatcher.submit(Event("test", recording, "before"))
+    bad = Event("test", HoldsAGenerator(), "bad")
+    dispatcher.submit(bad)
+    dispatcher.submit(Event("test", recording, "after"))
+    assert dispatcher.wait(WAIT)
+    assert [type(exc) for exc in errors.exceptions] == [SerializationError]
+    assert errors.failed_events == [bad]
+    assert data_of(recording.records()) == ["before", "after"]
+
+
+def test_unserializable_data_is_a_serialization_error(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Data neither pickle nor dill can serialize fails its event; the following events run."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    bad = Event("test", recording, (i for i in range(3)))
+    dispatcher.submit(bad)
+    dispatcher.submit(Event("test", recording, "after"))
+    assert dispatcher.wait(WAIT)
+    assert [type(exc) for exc in errors.exceptions] == [SerializationError]
+    assert errors.failed_events == [bad]
+    assert data_of(recording.records()) == ["after"]
+
+
+def test_data_that_fails_to_unpickle_in_worker(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Data that fails to unpickle in the worker fails alone; its batch-mates run, in order."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    bad = Event("test", recording, FailsToUnpickle())
+    events = [
+        Event("test", recording, "one"),
+        Event("test", recording, "two"),
+        bad,
+        Event("test", recording, "three"),
+        Event("test", recording, "four"),
+    ]
+    # One poll of one generator: all five events go to the worker in one batch.
+    generator = ListEventGenerator(events)
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)
+    assert [type(exc) for exc in errors.exceptions] == [SerializationError]
+    assert "refusing to unpickle" in str(errors.exceptions[0])
+    assert errors.failed_events == [bad]
+    assert data_of(recording.records()) == ["one", "two", "three", "four"]
+    stats = dispatcher.stats()
+    assert (stats.processed, stats.failed, stats.pending) == (4, 1, 0)
+
+
+def test_data_that_fails_to_unpickle_among_submitted_events(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """An unpicklable event among a stream of submitted events fails alone, order is kept."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    expected = []
+    for i in range(200):
+        if i % 50 == 25:
+            dispatcher.submit(Event("test", recording, FailsToUnpickle()))
+        else:
+            dispatcher.submit(Event("test", recording, i))
+            expected.append(i)
+    assert dispatcher.wait(WAIT)
+    assert [type(exc) for exc in errors.exceptions] == [SerializationError] * 4
+    assert data_of(recording.records()) == expected
+
+
+# == generators ==================================================================================
+
+
+def test_generator_events_run(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """Events from a ListEventGenerator run in the worker; its stop() is called by stop()."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    generator = ListEventGenerator([Event("gen", recording, i) for i in range(5)], per_poll=2)
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)
+    records = recording.records()
+    assert data_of(records) == [0, 1, 2, 3, 4]
+    assert all(record["pid"] != os.getpid() for record in records)
+    assert generator.polls >= 3
+    assert not generator.stopped
+    dispatcher.stop()
+    assert generator.stopped
+
+
+def test_generator_that_raises_gives_error_event_and_is_polled_again(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """get_events() raising is an error event (exc, None) from the generator; it is re-polled."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    generator = FailingGenerator([Event("gen", recording, "later")])
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)
+    assert len(errors.events) == 1
+    error_event = errors.events[0]
+    assert error_event.originator is generator
+    exception, original = error_event.data
+    assert isinstance(exception, OSError)
+    assert str(exception) == "the log file vanished"
+    assert original is None
+    assert generator.polls >= 2
+    assert data_of(recording.records()) == ["later"]
+    dispatcher.stop()
+    assert generator.stopped
+
+
+# == errors in error handling ====================================================================
+
+
+def test_error_handler_that_raises_is_logged_and_ignored(
+    make_dispatcher: MakeDispatcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception from the error handler is logged on "eventmp"; the pipeline continues."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    recording = RecordingHandler(tmp_path / "out.jsonl", fail_on=["bad1", "bad2"])
+    calls: list[Event] = []
+
+    def raising_error_handler(event: Event) -> bool:
+        calls.append(event)
+        raise RuntimeError("the error handler broke")
+
+    dispatcher = make_dispatcher()
+    dispatcher.error_handler(raising_error_handler)
+    dispatcher.start()
+    for data in ["bad1", "ok1", "bad2", "ok2"]:
+        dispatcher.submit(Event("test", recording, data))
+    assert dispatcher.wait(WAIT)
+    assert [call.data[1].data for call in calls] == ["bad1", "bad2"]
+    assert data_of(recording.records()) == ["ok1", "ok2"]
+    logged = [
+        record
+        for record in caplog.records
+        if record.name == "eventmp"
+        and record.exc_info is not None
+        and isinstance(record.exc_info[1], RuntimeError)
+        and "the error handler broke" in str(record.exc_info[1])
+    ]
+    assert len(logged) == 2
+    assert dispatcher.is_alive()
+
+
+def test_failures_without_error_handler_are_logged_at_warning(
+    make_dispatcher: MakeDispatcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no error handler set, a failed event is logged at WARNING on "eventmp"."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    recording = RecordingHandler(tmp_path / "out.jsonl", fail_on=["bad"])
+    dispatcher = make_dispatcher()
+    dispatcher.error_handler(None)
+    dispatcher.start()
+    dispatcher.submit(Event("test", recording, "bad"))
+    dispatcher.submit(Event("test", recording, "ok"))
+    assert dispatcher.wait(WAIT)
+    warnings = [
+        record
+        for record in caplog.records
+        if record.name == "eventmp" and record.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "failing on 'bad'" in warnings[0].getMessage()
+    assert data_of(recording.records()) == ["ok"]
+
+
+# == stop, wait, stats ===========================================================================
+
+
+def test_stop_drains_a_thousand_queued_events(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Every one of 1,000 events submitted just before stop() has its outcome when it returns."""
+    failing = {i for i in range(0, 1000, 97)}
+    recording = RecordingHandler(tmp_path / "out.jsonl", fail_on=sorted(failing))
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    for i in range(1000):
+        dispatcher.submit(Event("test", recording, i))
+    dispatcher.stop()
+    assert data_of(recording.records()) == [i for i in range(1000) if i not in failing]
+    assert sorted(event.data for event in errors.failed_events if event) == sorted(failing)
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed, stats.pending) == (
+        1000,
+        1000 - len(failing),
+        len(failing),
+        0,
+    )
+    assert not dispatcher.is_alive()
+
+
+def test_submit_after_stop_raises(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """submit() after stop() raises DispatcherStoppedError, an EventmpError."""
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    dispatcher.stop()
+    with pytest.raises(EventmpError) as raised:
+        dispatcher.submit(Event("test", RecordingHandler(tmp_path / "out.jsonl"), 1))
+    assert isinstance(raised.value, DispatcherStoppedError)
+
+
+def test_stop_is_idempotent_and_safe_before_start(make_dispatcher: MakeDispatcher) -> None:
+    """stop() may be called twice, and before start(); nothing starts afterwards."""
+    generator = ListEventGenerator([])
+    never_started = make_dispatcher()
+    never_started.add_event_generator(generator)
+    never_started.stop()
+    never_started.stop()
+    assert generator.stopped
+    with pytest.raises(EventmpError):
+        never_started.submit(Event("test", print, 1))
+
+    started = make_dispatcher()
+    started.start()
+    started.stop()
+    started.stop()
+    assert not started.is_alive()
+    assert started.stats().worker_pids == ()
+
+
+def test_unstarted_dispatcher_leaves_no_process(make_dispatcher: MakeDispatcher) -> None:
+    """Building a dispatcher (and stopping it unstarted) starts no process."""
+    before = child_pids()
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(ListEventGenerator([]))
+    assert child_pids() == before
+    dispatcher.stop()
+    assert child_pids() == before
+    assert not dispatcher.is_alive()
+
+
+def test_stop_before_start_gives_submitted_events_an_outcome(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """An event submitted before start() still has an outcome once stop() returns."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher()
+    event = Event("test", recording, "submitted before start")
+    dispatcher.submit(event)
+    dispatcher.stop()
+    outcomes = len(recording.records()) + len(errors.events)
+    assert outcomes == 1, "the event vanished without an outcome"
+    stats = dispatcher.stats()
+    assert stats.pending == 0
+    assert stats.processed + stats.failed == stats.accepted == 1
+
+
+def test_no_child_process_left_after_stop(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """After stop() the worker processes have exited and been reaped."""
+    before = child_pids()
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(workers=2)
+    dispatcher.start()
+    workers = set(dispatcher.stats().worker_pids)
+    assert len(workers) == 2
+    assert workers <= child_pids() - before
+    dispatcher.submit(Event("test", recording, 1))
+    assert recording.wait_for(1, WAIT)
+    dispatcher.stop()
+    assert child_pids() == before
+    for pid in workers:
+        # Reaped: not even a zombie is left (a pid reused by an unrelated process is no child).
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid()
+
+
+def test_wait_true_when_finished_false_on_timeout(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """wait() is False while a handler is still busy, True once generators and events are done."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    generator = ListEventGenerator([Event("gen", recording, i) for i in range(3)], per_poll=1)
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(0.3) is False
+    assert recording.records() == []
+    gate.touch()
+    assert dispatcher.wait(WAIT) is True
+    assert generator.finished
+    assert data_of(recording.records()) == [0, 1, 2]
+
+
+def test_wait_false_while_a_generator_is_unfinished(make_dispatcher: MakeDispatcher) -> None:
+    """wait() does not return True while a generator has not said it is finished."""
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(Endless())
+    dispatcher.start()
+    assert dispatcher.wait(0.3) is False
+
+
+def test_stats_counts_outcomes(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """stats() counts accepted, processed, failed and pending events."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    recording.fail_on = ["bad"]
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed, stats.pending) == (0, 0, 0, 0)
+    for data in ["a", "bad", "b", "bad", "c"]:
+        dispatcher.submit(Event("test", recording, data))
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed, stats.pending) == (5, 0, 0, 5)
+    gate.touch()
+    assert dispatcher.wait(WAIT)
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed, stats.pending) == (5, 3, 2, 0)
+    assert len(errors.events) == 2
+
+
+def test_context_manager_starts_and_stops(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """``with dispatcher:`` starts the dispatcher and its worker, and stops both on exit."""
+    before = child_pids()
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    with make_dispatcher() as dispatcher:
+        assert dispatcher.is_alive()
+        assert len(child_pids() - before) == 1
+        dispatcher.submit(Event("test", recording, "inside"))
+    assert not dispatcher.is_alive()
+    assert data_of(recording.records()) == ["inside"]
+    assert child_pids() == before
+    with pytest.raises(DispatcherStoppedError):
+        dispatcher.submit(Event("test", recording, "after"))
+
+
+# == submit ======================================================================================
+
+
+def test_submit_does_not_wait_for_the_poll_interval(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """With poll_interval=60, a submitted event is still processed (and acknowledged) at once."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(poll_interval=60)
+    dispatcher.add_event_generator(ListEventGenerator([]))
+    dispatcher.start()
+    time.sleep(0.1)  # the first poll is over: the next one is a minute away
+    dispatcher.submit(Event("test", recording, "now"))
+    # Deadlines far below the poll interval, far above any honest latency.
+    assert data_of(recording.wait_for(1, 10)) == ["now"]
+    assert dispatcher.wait(10)
+    # A second event, submitted while the dispatcher thread sleeps in its wait.
+    time.sleep(0.1)
+    dispatcher.submit(Event("test", recording, "again"))
+    assert dispatcher.wait(10)
+    assert data_of(recording.records()) == ["now", "again"]
+
+
+def test_submit_rejects_non_events(make_dispatcher: MakeDispatcher) -> None:
+    """submit() of anything but an Event raises TypeError."""
+    dispatcher = make_dispatcher()
+    with pytest.raises(TypeError):
+        dispatcher.submit("not an event")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        dispatcher.submit(("originator", print, "data"))  # type: ignore[arg-type]
+    assert dispatcher.stats().accepted == 0
+
+
+def test_max_pending_applies_backpressure(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """With max_pending events pending, submit(timeout=...) raises SubmitTimeoutError."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    dispatcher = make_dispatcher(max_pending=5)
+    dispatcher.start()
+    for i in range(5):
+        dispatcher.submit(Event("test", recording, i), timeout=0.5)
+    with pytest.raises(SubmitTimeoutError) as raised:
+        dispatcher.submit(Event("test", recording, 5), timeout=0.5)
+    assert isinstance(raised.value, TimeoutError)
+    assert dispatcher.stats().accepted == 5
+    gate.touch()
+    dispatcher.submit(Event("test", recording, 5), timeout=WAIT)
+    assert dispatcher.wait(WAIT)
+    assert data_of(recording.records()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_submit_blocks_until_room_then_succeeds(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """A submit() blocked by max_pending returns once the worker makes room."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    dispatcher = make_dispatcher(max_pending=2)
+    dispatcher.start()
+    dispatcher.submit(Event("test", recording, 0))
+    dispatcher.submit(Event("test", recording, 1))
+    threading.Timer(0.3, gate.touch).start()
+    dispatcher.submit(Event("test", recording, 2), timeout=WAIT)
+    assert dispatcher.wait(WAIT)
+    assert data_of(recording.records()) == [0, 1, 2]
+
+
+# == timeouts and workers ========================================================================
+
+
+class Endless(EventGenerator):
+    """A generator that never has events and never finishes: the loop wakes every poll."""
+
+    def get_events(self) -> list[Event]:
+        return []
+
+
+@pytest.mark.parametrize("polled", [False, True], ids=["submit-only", "with-polled-generator"])
+def test_event_timeout_kills_the_worker(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path, polled: bool
+) -> None:
+    """A handler running past event_timeout fails with HandlerTimeoutError; a new worker goes on.
+
+    ``submit-only`` is the plain case; ``with-polled-generator`` adds a generator whose polls
+    keep waking the dispatcher thread, to tell a broken timeout from a loop that sleeps.
+    """
+    path = tmp_path / "out.jsonl"
+    recording = RecordingHandler(path)
+    dispatcher = make_dispatcher(event_timeout=1, kill_grace=0.2)
+    if polled:
+        dispatcher.add_event_generator(Endless())
+    dispatcher.start()
+    slow = Event("test", sleepy_handler, (str(path), 50))
+    dispatcher.submit(slow)
+    dispatcher.submit(Event("test", recording, "next"))
+    # Far more than event_timeout + kill_grace, far less than the 50s the handler sleeps.
+    assert errors.wait_for(1, 15), "the hung handler was not timed out"
+    records = recording.wait_for(2, WAIT)
+    assert len(errors.events) == 1
+    exception, original = errors.events[0].data
+    assert isinstance(exception, HandlerTimeoutError)
+    assert isinstance(exception, TimeoutError)
+    assert exception.timeout == 1
+    assert original is slow
+    assert data_of(records) == ["started", "next"]
+    assert records[0]["pid"] != records[1]["pid"]
+    assert records[1]["pid"] in dispatcher.stats().worker_pids
+
+
+def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """With workers=2, events run in two distinct worker processes."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    dispatcher = make_dispatcher(workers=2)
+    dispatcher.start()
+    workers = set(dispatcher.stats().worker_pids)
+    assert len(workers) == 2
+    # The first worker holds at most two unacknowledged batches: the rest go to the second.
+    for i in range(6):
+        dispatcher.submit(Event("test", recording, i))
+    gate.touch()
+    assert dispatcher.wait(WAIT)
+    records = recording.records()
+    assert sorted(data_of(records)) == list(range(6))
+    assert {record["pid"] for record in records} == workers
+
+
+def test_run_called_directly_in_a_thread(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
+    """run() on an unstarted dispatcher starts its workers; stop() from another thread ends it."""
+    before = child_pids()
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher()
+    dispatcher.submit(Event("test", recording, "first"))
+    thread = threading.Thread(target=dispatcher.run, daemon=True)
+    thread.start()
+    records = recording.wait_for(1, WAIT)
+    assert data_of(records) == ["first"]
+    assert records[0]["pid"] != os.getpid()
+    dispatcher.submit(Event("test", recording, "second"))
+    dispatcher.stop()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert data_of(recording.records()) == ["first", "second"]
+    assert child_pids() == before
