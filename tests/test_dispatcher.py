@@ -29,6 +29,7 @@ from eventmp import (
     RemoteTraceback,
     SerializationError,
     SubmitTimeoutError,
+    WorkerCrashedError,
 )
 from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
 
@@ -869,3 +870,75 @@ def test_run_called_directly_in_a_thread(make_dispatcher: MakeDispatcher, tmp_pa
     assert not thread.is_alive()
     assert data_of(recording.records()) == ["first", "second"]
     assert child_pids() == before
+
+
+# == routing by key =============================================================================
+
+
+def file_key(event: Event) -> str:
+    """The routing key of the key tests: the first item of the event's data."""
+    return str(event.data[0])
+
+
+def test_key_keeps_per_key_order_on_one_worker_each(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Events with equal keys run on one worker, in acceptance order; keys spread over workers."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    dispatcher = make_dispatcher(workers=2, key=file_key)
+    dispatcher.start()
+    keys = [f"file{n}" for n in range(6)]
+    for n in range(300):
+        dispatcher.submit(Event("key", recorder, [keys[n % 6], n]))
+    assert dispatcher.wait(WAIT)
+    by_key: dict[str, list[tuple[int, int]]] = {}
+    for record in recorder.records():
+        key, n = record["data"]
+        by_key.setdefault(key, []).append((n, record["pid"]))
+    assert sorted(by_key) == keys
+    for runs in by_key.values():
+        assert [n for n, _pid in runs] == sorted(n for n, _pid in runs)
+        assert len({pid for _n, pid in runs}) == 1
+    assert len({pid for runs in by_key.values() for _n, pid in runs}) == 2
+    assert errors.events == []
+
+
+def test_key_function_that_raises_fails_only_that_event(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """An event whose key cannot be computed becomes an error event; the others run."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    dispatcher = make_dispatcher(workers=2, key=file_key)
+    dispatcher.start()
+    dispatcher.submit(Event("key", recorder, ["a", 1]))
+    dispatcher.submit(Event("key", recorder, None))
+    dispatcher.submit(Event("key", recorder, ["b", 2]))
+    assert dispatcher.wait(WAIT)
+    assert sorted(r["data"][1] for r in recorder.records()) == [1, 2]
+    assert len(errors.events) == 1
+    exception, original = errors.events[0].data
+    assert isinstance(exception, EventmpError)
+    assert "key function raised TypeError" in str(exception)
+    assert isinstance(exception.__cause__, TypeError)
+    assert original.data is None
+
+
+def test_keyed_events_survive_a_crash_in_order(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """A crash on one key's worker re-sends that worker's other events to its replacement."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    dispatcher = make_dispatcher(workers=2, key=file_key)
+    dispatcher.start()
+    for n in range(40):
+        dispatcher.submit(Event("key", recorder, ["same", n]))
+        if n == 10:
+            dispatcher.submit(Event("key", os_exit, ["same", "crash"]))
+    assert dispatcher.wait(WAIT)
+    assert [r["data"][1] for r in recorder.records()] == list(range(40))
+    assert [type(e) for e in errors.exceptions] == [WorkerCrashedError]
+
+
+def os_exit(event: Event) -> None:
+    """A handler that ends its worker process at once."""
+    os._exit(7)
