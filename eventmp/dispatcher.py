@@ -193,6 +193,7 @@ class _Slot:
         self.crash_streak = 0
         self.start_failures = 0
         self.backlog: deque[int] = deque()  # events routed here by key, not yet sent
+        self.resync: list[int] = []  # events for the next worker to receive one at a time
         self.retired = False  # processed its poison pill: not to be restarted
 
 
@@ -433,6 +434,7 @@ class EventDispatcher(threading.Thread):
                 # Events submitted before start() were accepted: they get their outcome too.
                 self._abandoning = "the dispatcher was stopped before it was started"
                 self._abandon_all()
+                self._log_abandoned()
                 return True
             if self._state == _STOPPED:
                 return False
@@ -1060,6 +1062,7 @@ class EventDispatcher(threading.Thread):
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
         slot.worker = _Worker(slot.index, process, task_w, result_r)
+        slot.worker.resync, slot.resync = slot.resync, []
         slot.restart_at = None
         logger.debug("started worker %s in slot %d", process.pid, slot.index)
 
@@ -1202,7 +1205,14 @@ class EventDispatcher(threading.Thread):
                 )
             else:
                 requeue.append(seq)
-        self._backlog_of(slot).extendleft(reversed(requeue))
+        if requeue and crashed is None and exitcode != 0 and self._abandoning is None:
+            # It died holding events, none of them started: something in the batch killed it
+            # while being unpickled (a __reduce__ that exits, say). The replacement gets them
+            # one at a time, each marked started before it is unpickled, so the next death
+            # names its event instead of looping.
+            slot.resync = requeue + slot.resync
+        else:
+            self._backlog_of(slot).extendleft(reversed(requeue))
 
         if worker.stop_seq is not None and finished >= worker.stop_seq:
             slot.retired = True  # it took its poison pill and left
@@ -1282,7 +1292,10 @@ class EventDispatcher(threading.Thread):
             (slot.worker is None or slot.worker.exited)
             and (slot.retired or slot.restart_at is None)
             for slot in self._slots
-        ) and (self._abandoning is not None or not any(self._backlogs()))
+        ) and (
+            self._abandoning is not None
+            or not (any(self._backlogs()) or any(slot.resync for slot in self._slots))
+        )
 
     # -- outcomes -------------------------------------------------------------------------------
 
@@ -1299,28 +1312,32 @@ class EventDispatcher(threading.Thread):
     def _abandon_all(self) -> None:
         """Abandon the backlog; make every worker finish its event in hand and leave."""
         reason = self._abandoning or "abandoned"
-        abandoned = 0
         for backlog in self._backlogs():
             while backlog:
                 seq = backlog.popleft()
                 if seq in self._pending:
                     self._fail(seq, self.name, EventAbandonedError(reason))
-                    abandoned += 1
         for slot in self._slots:
             slot.restart_at = None
             worker = slot.worker
+            held = slot.resync + (worker.resync if worker is not None else [])
+            slot.resync = []
+            if worker is not None:
+                worker.resync = []
+            for seq in held:
+                if seq in self._pending:
+                    self._fail(seq, self.name, EventAbandonedError(reason))
             if worker is None or worker.exited:
                 continue
-            if worker.resync:
-                for seq in worker.resync:
-                    if seq in self._pending:
-                        self._fail(seq, self.name, EventAbandonedError(reason))
-                        abandoned += 1
-                worker.resync = []
             if worker.kill_at is None:
                 self._terminate(worker)
-        if abandoned:
-            logger.warning("%d queued events abandoned: %s", abandoned, reason)
+
+    def _log_abandoned(self) -> None:
+        """One line with the total, once the dispatcher has stopped."""
+        if self._abandoned:
+            logger.warning(
+                "%d events abandoned: %s", self._abandoned, self._abandoning or "stopped"
+            )
 
     def _break(self, error: EventmpError) -> None:
         """A replacement worker cannot start: fail everything rather than loop."""
@@ -1389,11 +1406,9 @@ class EventDispatcher(threading.Thread):
                 with self._lock:
                     self._on_worker_exit(worker)
         with self._lock:
-            leftover = list(self._pending)
-            for seq in leftover:
+            for seq in list(self._pending):
                 self._fail(seq, self.name, EventAbandonedError("the dispatcher stopped"))
-            if leftover:
-                logger.warning("%d events abandoned at shutdown", len(leftover))
+            self._log_abandoned()
         self._stop_generators()
         self._deliver_outcomes()
         with self._lock:

@@ -192,10 +192,12 @@ class EventProcessor:
                 return False
             if batch.resync:
                 seq, blob = item  # type: ignore[misc]
+                # Marked before unpickling: if unpickling kills the process, this event is
+                # the one to blame.
+                self._mark_started(seq)
                 try:
                     item = serialization.loads(blob)
                 except Exception as exc:
-                    self._mark_started(seq)
                     error = SerializationError(
                         f"event could not be deserialized in the worker: "
                         f"{type(exc).__name__}: {exc}"
