@@ -285,6 +285,10 @@ class EventDispatcher(threading.Thread):
         # events submitted before start() have somewhere to go).
         self._keyed_backlogs: list[deque[int]] = [deque() for _ in range(workers)]
         self._outcomes: deque[_Outcome] = deque()
+        # Generators with ``track_outcomes`` hear of each of their events' outcome, from the
+        # dispatcher thread (a tail saves its checkpoint only up to settled lines).
+        self._trackers: dict[int, Any] = {}
+        self._settled: deque[tuple[Any, Event, BaseException | None]] = deque()
         self._slots: list[_Slot] = []
         self._handler_ids: OrderedDict[Any, tuple[int, Any, bytes | SerializationError]] = (
             OrderedDict()
@@ -663,10 +667,11 @@ class EventDispatcher(threading.Thread):
                 with self._lock:
                     self._outcomes.append(_Outcome(generator, exc, None))
                 continue
+            tracker = generator if getattr(generator, "track_outcomes", False) else None
             with self._lock:
                 for event in events:
                     if isinstance(event, Event):
-                        self._accept(event)
+                        self._accept(event, tracker)
                     else:
                         self._outcomes.append(
                             _Outcome(
@@ -701,10 +706,12 @@ class EventDispatcher(threading.Thread):
                 "the dispatcher is stopped; it accepts no more events"
             ) from self._broken
 
-    def _accept(self, event: Event) -> None:
+    def _accept(self, event: Event, tracker: Any = None) -> None:
         seq = next(self._seq)
         self._pending[seq] = event
         self._accepted += 1
+        if tracker is not None:
+            self._trackers[seq] = tracker
         if self.key is None:
             self._backlog.append(seq)
             return
@@ -980,8 +987,11 @@ class EventDispatcher(threading.Thread):
         while worker.inflight:
             batch_no, seqs = worker.inflight.popleft()
             for seq in seqs:
-                if self._pending.pop(seq, None) is not None:
+                event = self._pending.pop(seq, None)
+                if event is not None:
                     self._processed += 1
+                    if self._trackers:
+                        self._track(seq, event, None)
             if batch_no == message.batch_no:
                 break
         self._slots[worker.slot].crash_streak = 0
@@ -1196,8 +1206,10 @@ class EventDispatcher(threading.Thread):
             if seq not in self._pending:
                 continue
             if seq <= finished:
-                self._pending.pop(seq)
+                event = self._pending.pop(seq)
                 self._processed += 1
+                if self._trackers:
+                    self._track(seq, event, None)
             elif seq == crashed:
                 lost_event = True
                 self._fail(
@@ -1307,7 +1319,15 @@ class EventDispatcher(threading.Thread):
             self._abandoned += 1
         self._failed += 1
         self._outcomes.append(_Outcome(originator, exc, event))
+        if self._trackers:
+            self._track(seq, event, exc)
         self._changed.notify_all()
+
+    def _track(self, seq: int, event: Event, exc: BaseException | None) -> None:
+        """Queue the outcome for the generator that asked to hear of it (a checkpointing tail)."""
+        tracker = self._trackers.pop(seq, None)
+        if tracker is not None:
+            self._settled.append((tracker, event, exc))
 
     def _abandon_all(self) -> None:
         """Abandon the backlog; make every worker finish its event in hand and leave."""
@@ -1355,16 +1375,30 @@ class EventDispatcher(threading.Thread):
         """Call the error handler for each failure, in this (the dispatcher's) thread."""
         while True:
             with self._lock:
-                if not self._outcomes:
+                if self._outcomes:
+                    outcome: _Outcome | None = self._outcomes.popleft()
+                    settled = None
+                elif self._settled:
+                    outcome = None
+                    settled = self._settled.popleft()
+                else:
                     self._changed.notify_all()
                     return
-                outcome = self._outcomes.popleft()
                 self._delivering += 1
             try:
-                self._deliver(outcome)
+                if outcome is not None:
+                    self._deliver(outcome)
+                elif settled is not None:
+                    self._notify_settled(*settled)
             finally:
                 with self._lock:
                     self._delivering -= 1
+
+    def _notify_settled(self, tracker: Any, event: Event, exc: BaseException | None) -> None:
+        try:
+            tracker.settled(event, exc)
+        except Exception:
+            logger.exception("generator %s failed in settled()", tracker)
 
     def _deliver(self, outcome: _Outcome) -> None:
         handler = self._error_handler
@@ -1387,6 +1421,7 @@ class EventDispatcher(threading.Thread):
         return (
             not self._pending
             and not self._outcomes
+            and not self._settled
             and not self._delivering
             and self._all_exhausted()
         )
@@ -1409,6 +1444,7 @@ class EventDispatcher(threading.Thread):
             for seq in list(self._pending):
                 self._fail(seq, self.name, EventAbandonedError("the dispatcher stopped"))
             self._log_abandoned()
+        self._deliver_outcomes()  # before the generators stop: a tail's last checkpoint
         self._stop_generators()
         self._deliver_outcomes()
         with self._lock:

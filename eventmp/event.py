@@ -80,15 +80,23 @@ class EventGenerator:
     its own thread, after the last poll. A generator that will never produce more events sets
     ``finished`` true (it may do so in the same call that returns its last events); the
     dispatcher then stops polling it and ``EventDispatcher.wait()`` can return.
+
+    A generator that sets ``track_outcomes`` true has ``settled(event, exception)`` called,
+    from the dispatcher thread, once each event it produced has its outcome (``exception`` is
+    None when the handler returned): a file tail saves its position only up to settled lines.
     """
 
     finished: bool = False
+    track_outcomes: bool = False
 
     def get_events(self) -> list[Event]:
         raise NotImplementedError(f"{type(self).__qualname__}.get_events()")
 
     def stop(self) -> None:
         """Release resources; the base has none."""
+
+    def settled(self, event: Event, exception: BaseException | None) -> None:
+        """Called for each of this generator's events once it has its outcome (if tracked)."""
 
     def __str__(self) -> str:
         return type(self).__qualname__

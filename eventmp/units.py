@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["parse_bool", "parse_duration", "parse_size"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
@@ -40,3 +40,18 @@ def parse_duration(value: int | float | str) -> float:
         raise ValueError(f"not a duration: {value!r} (expected e.g. 2, '250ms', '5m')")
     number, unit = match.groups()
     return float(number) * _DURATION_UNITS[(unit or "s").lower()]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(value: bool | int | str) -> bool:
+    """A boolean from ``True``, ``1``, ``"true"``, ``"yes"``, ``"on"`` (and their opposites)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"not a boolean: {value!r} (expected true/false, yes/no, on/off, 1/0)")

@@ -942,3 +942,38 @@ def test_keyed_events_survive_a_crash_in_order(
 def os_exit(event: Event) -> None:
     """A handler that ends its worker process at once."""
     os._exit(7)
+
+
+class TrackingGenerator(ListEventGenerator):
+    """A ListEventGenerator that asks to hear of each of its events' outcome."""
+
+    track_outcomes = True
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__(events)
+        self.outcomes: list[tuple[Any, str | None, int]] = []
+
+    def settled(self, event: Event, exception: BaseException | None) -> None:
+        name = None if exception is None else type(exception).__name__
+        self.outcomes.append((event.data, name, threading.get_ident()))
+
+
+def test_tracking_generator_hears_every_outcome_before_stop(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """A generator with track_outcomes gets settled() for each event, in the dispatcher thread."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl", fail_on=[2])
+    generator = TrackingGenerator([Event("track", recorder, n) for n in range(5)])
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)
+    dispatcher.stop()
+    assert sorted((data, name) for data, name, _ in generator.outcomes) == [
+        (0, None),
+        (1, None),
+        (2, "ValueError"),
+        (3, None),
+        (4, None),
+    ]
+    assert {ident for _, _, ident in generator.outcomes} == {dispatcher.ident}
