@@ -563,8 +563,8 @@ class EventDispatcher(threading.Thread):
             if poll_due:
                 self._poll_generators(generators)
                 next_poll = now + self.poll_interval
-                continue
-            self._wait_for_io(self._next_timer(now, next_poll))
+            # Even right after a poll: with poll_interval=0 the loop must still read results.
+            self._wait_for_io(self._next_timer(time.monotonic(), next_poll))
 
     def _wait_for_io(self, timeout: float | None) -> None:
         poller = select.poll()
@@ -1094,9 +1094,9 @@ class EventDispatcher(threading.Thread):
                     ready.append(worker.sentinel)
             if worker.sentinel in ready:
                 worker.process.join(self.kill_grace)
-                raise WorkerStartError(self._start_failure_message(worker))
+                raise WorkerStartError(self._start_failure_message(worker, worker.process.exitcode))
 
-    def _start_failure_message(self, worker: _Worker) -> str:
+    def _start_failure_message(self, worker: _Worker, exitcode: int | None) -> str:
         hint = ""
         if self.start_method != "fork":
             hint = (
@@ -1105,10 +1105,7 @@ class EventDispatcher(threading.Thread):
                 "module the handlers use must be importable; the worker's traceback is on "
                 "stderr."
             )
-        return (
-            f"worker process {worker.pid} {describe_exit(worker.process.exitcode)} before it "
-            f"was ready.{hint}"
-        )
+        return f"worker process {worker.pid} {describe_exit(exitcode)} before it was ready.{hint}"
 
     def _maintain(self, now: float) -> None:
         """Timers: restarts due, handler timeouts, kill deadlines, the stop deadline."""
@@ -1197,7 +1194,7 @@ class EventDispatcher(threading.Thread):
         slot.worker = None
 
         if not worker.ready and self._state == _RUNNING and (exitcode or 0) > 0:
-            self._break(WorkerStartError(self._start_failure_message(worker)))
+            self._break(WorkerStartError(self._start_failure_message(worker, exitcode)))
 
         crashed = started if started > finished else None
         requeue: list[int] = []

@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -840,3 +841,57 @@ def test_parent_sigkill_leaves_no_orphans(
     assert wait_until(lambda: all(gone(p.pid) for p in descendants), timeout=10), [
         (p.pid, p.name()) for p in descendants if not gone(p.pid)
     ]
+
+
+REPLACEMENT_FAILS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    FLAG = sys.argv[1] if len(sys.argv) > 1 else os.environ["EVENTMP_TEST_FLAG"]
+    if __name__ == "__mp_main__" and os.path.exists(FLAG):
+        sys.exit(3)  # a replacement worker fails while importing the main module
+
+    from eventmp import Event, EventDispatcher
+    from eventmp.testing import ErrorCollector
+
+    def crash(event):
+        os._exit(1)
+
+    def noop(event):
+        return True
+
+    if __name__ == "__main__":
+        os.environ["EVENTMP_TEST_FLAG"] = FLAG
+        errors = ErrorCollector()
+        d = EventDispatcher(1.0, start_method="spawn")
+        d.error_handler(errors)
+        d.start()
+        open(FLAG, "w").close()
+        d.submit(Event("x", crash, 1))
+        d.submit(Event("x", noop, 2))
+        print("waited", d.wait(20), flush=True)
+        d.stop(timeout=10)
+        print("alive", d.is_alive())
+        print("errors", sorted(type(e).__name__ for e in errors.exceptions))
+        print("stats", d.stats().processed, d.stats().failed, d.stats().pending)
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_replacement_that_cannot_start_fails_pending_events_cleanly(tmp_path: Path) -> None:
+    """A replacement worker that dies before it is ready fails the pending events, no crash."""
+    script = tmp_path / "replacement.py"
+    script.write_text(REPLACEMENT_FAILS_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "flag")],
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "dispatcher thread failed" not in result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["waited"] == "True"
+    assert lines["alive"] == "False"
+    assert lines["errors"] == "['WorkerCrashedError', 'WorkerStartError']"
+    assert lines["stats"] == "0 2 0"

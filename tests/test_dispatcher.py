@@ -977,3 +977,16 @@ def test_tracking_generator_hears_every_outcome_before_stop(
         (4, None),
     ]
     assert {ident for _, _, ident in generator.outcomes} == {dispatcher.ident}
+
+
+def test_poll_interval_zero_still_reads_results(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """With poll_interval=0 the loop polls without pause and still collects outcomes."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    dispatcher = make_dispatcher(poll_interval=0)
+    dispatcher.add_event_generator(ListEventGenerator(Event("g", recorder, n) for n in range(50)))
+    dispatcher.start()
+    dispatcher.submit(Event("s", recorder, "submitted"))
+    assert dispatcher.wait(WAIT)
+    assert len(recorder.records()) == 51
