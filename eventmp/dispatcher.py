@@ -107,6 +107,8 @@ _READ_CHUNK = 1 << 18
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _START_RETRIES = 5
+_BATCH_WORK_NS = 2_000_000
+_COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 
 
@@ -312,6 +314,10 @@ class EventDispatcher(threading.Thread):
         # Whether some worker could take a batch now: submit() sends at once only then, and
         # otherwise leaves the event to the batch that the next acknowledgement sends.
         self._sendable = False
+        # What an event costs a worker, smoothed: with several workers, batches hold about
+        # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
+        # ones still travel 256 at a time.
+        self._event_cost_ns = 0.0
         self._delivering = 0
 
     # == public API ==============================================================================
@@ -733,7 +739,13 @@ class EventDispatcher(threading.Thread):
 
     def _pump(self) -> None:
         """Send backlog to every worker that has room, then the poison pills when draining."""
-        for slot in self._slots:
+        slots = self._slots
+        if len(slots) > 1 and self.key is None:
+            # The least busy worker first, so that a few slow events spread out.
+            slots = sorted(
+                slots, key=lambda slot: slot.worker.inflight_events if slot.worker else 0
+            )
+        for slot in slots:
             worker = slot.worker
             if (
                 worker is None
@@ -751,7 +763,10 @@ class EventDispatcher(threading.Thread):
             while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
                 share = len(backlog)
                 if self.key is None and len(self._slots) > 1:
-                    share = -(-share // self._workers_with_room())
+                    share = min(
+                        -(-share // self._workers_with_room()),
+                        max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))),
+                    )
                 self._send_batch(worker, backlog, min(_MAX_BATCH_EVENTS, share))
             if (
                 self._state == _STOPPING
@@ -986,6 +1001,9 @@ class EventDispatcher(threading.Thread):
         worker.rss = message.rss
         while worker.inflight:
             batch_no, seqs = worker.inflight.popleft()
+            if batch_no == message.batch_no and seqs:
+                cost = message.busy_ns / len(seqs)
+                self._event_cost_ns += (cost - self._event_cost_ns) * _COST_SMOOTHING
             for seq in seqs:
                 event = self._pending.pop(seq, None)
                 if event is not None:

@@ -117,6 +117,7 @@ class BatchDone(NamedTuple):
 
     batch_no: int
     rss: int  # the worker's resident set size after the batch, in bytes (0 if not measured)
+    busy_ns: int = 0  # time the worker spent running the batch (the parent sizes batches by it)
 
 
 _SHORT = struct.Struct("!i")
@@ -132,7 +133,7 @@ _BATCH_HEADER = struct.Struct("!BQ")  # kind, batch_no
 # (failures, readiness, recycling) are pickled named tuples.
 _RESULT_DONE = 1
 _RESULT_PICKLED = 2
-_DONE = struct.Struct("!BQQ")  # kind, batch_no, rss
+_DONE = struct.Struct("!BQQQ")  # kind, batch_no, rss, busy_ns
 
 
 def encode_batch(batch_no: int, events: bytes, resync: bool = False) -> bytes:
@@ -158,15 +159,15 @@ def decode_task(payload: bytes) -> EventBatch | HandlerUpdate:
 def encode_result(message: tuple[Any, ...]) -> bytes:
     """A framed worker-to-parent message."""
     if type(message) is BatchDone:
-        return frame(_DONE.pack(_RESULT_DONE, message.batch_no, message.rss))
+        return frame(_DONE.pack(_RESULT_DONE, message.batch_no, message.rss, message.busy_ns))
     return frame(bytes((_RESULT_PICKLED,)) + pickle.dumps(message, _PROTOCOL))
 
 
 def decode_result(payload: bytes) -> Any:
     """Decode a frame's payload read from a result pipe."""
     if payload[0] == _RESULT_DONE:
-        _kind, batch_no, rss = _DONE.unpack(payload)
-        return BatchDone(batch_no, rss)
+        _kind, batch_no, rss, busy_ns = _DONE.unpack(payload)
+        return BatchDone(batch_no, rss, busy_ns)
     return pickle.loads(memoryview(payload)[1:])
 
 

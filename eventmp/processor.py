@@ -187,6 +187,7 @@ class EventProcessor:
         callables = self._callables
         recycling = self._max_events is not None or self._max_memory is not None
         monotonic_ns = time.monotonic_ns
+        batch_started = monotonic_ns()
         for item in events:
             if not self._running:
                 return False
@@ -221,7 +222,7 @@ class EventProcessor:
             progress[FINISHED] = seq
             if recycling and self._retire_after_event():
                 return False
-        self._send(BatchDone(batch.batch_no, self._rss()))
+        self._send(BatchDone(batch.batch_no, self._rss(), monotonic_ns() - batch_started))
         return True
 
     def _retire_after_event(self) -> bool:
