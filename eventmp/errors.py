@@ -2,8 +2,9 @@
 
 Errors that describe what happened to one event (:class:`WorkerCrashedError`,
 :class:`HandlerTimeoutError`, :class:`EventAbandonedError`, :class:`SerializationError`,
-:class:`RemoteError`) reach the error handler as ``event.data[0]`` of an error event; the others
-are raised to the caller.
+:class:`RemoteError`, and the built-in handlers' :class:`TemplateError`,
+:class:`CommandFailedError`, :class:`CommandTimeoutError`, :class:`WebhookError`) reach the error
+handler as ``event.data[0]`` of an error event; the others are raised to the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "CommandFailedError",
+    "CommandTimeoutError",
     "DispatcherStoppedError",
     "EventAbandonedError",
     "EventmpError",
@@ -19,6 +22,8 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SubmitTimeoutError",
+    "TemplateError",
+    "WebhookError",
     "WorkerCrashedError",
     "WorkerStartError",
 ]
@@ -158,3 +163,102 @@ class DispatcherStoppedError(EventmpError):
 
 class SubmitTimeoutError(EventmpError, TimeoutError):
     """``submit(event, timeout=...)`` gave up waiting for room in a full pipeline."""
+
+
+class TemplateError(EventmpError):
+    """A template could not be filled from an event: a field it names is missing, or a value
+    does not take the format spec the template gives it.
+
+    ``field`` is the field's name, ``available`` the names the event did offer (sorted),
+    ``template`` the template, ``reason`` set when the field was there but could not be
+    formatted.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        available: list[str] | tuple[str, ...] = (),
+        template: str = "",
+        reason: str = "",
+    ) -> None:
+        super().__init__(field, list(available), template, reason)
+        self.field = field
+        self.available = list(available)
+        self.template = template
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"template {self.template!r}: " if self.template else ""
+        if self.reason:
+            return f"{where}field {{{self.field}}}: {self.reason}"
+        offered = ", ".join(self.available) if self.available else "none"
+        return f"{where}the event has no field {{{self.field}}}; available: {offered}"
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class CommandFailedError(EventmpError):
+    """A command run by ``CommandEventHandler`` exited with a non-zero status.
+
+    ``argv`` is the argument list it ran, ``returncode`` its exit status (negative: the number
+    of the signal that killed it), ``stderr`` the tail of what it wrote to its standard error.
+    """
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str = "") -> None:
+        super().__init__(argv, returncode, stderr)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        if self.returncode < 0:
+            how = f"was killed by {_signal_name(-self.returncode)}"
+        else:
+            how = f"exited with status {self.returncode}"
+        text = f"command {self.argv!r} {how}"
+        tail = _tail(self.stderr)
+        return f"{text}; stderr ends with:\n{tail}" if tail else text
+
+
+class CommandTimeoutError(EventmpError, TimeoutError):
+    """A command run by ``CommandEventHandler`` ran longer than its ``timeout`` and was killed.
+
+    ``argv`` is the argument list it ran, ``timeout`` the limit in seconds, ``stderr`` the tail
+    of what it wrote to its standard error before it was killed.
+    """
+
+    def __init__(self, argv: list[str], timeout: float, stderr: str = "") -> None:
+        super().__init__(argv, timeout, stderr)
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        text = f"command {self.argv!r} ran longer than timeout={self.timeout:g}s and was killed"
+        tail = _tail(self.stderr)
+        return f"{text}; stderr ends with:\n{tail}" if tail else text
+
+
+class WebhookError(EventmpError):
+    """``WebhookEventHandler`` gave up on a request.
+
+    ``url`` is the URL (any password in it replaced by ``***``), ``status`` the HTTP status of
+    the last answer (None when there was none: a connection error or a timeout), ``attempts``
+    how many requests were made, ``reason`` what went wrong the last time.
+    """
+
+    def __init__(self, url: str, status: int | None, attempts: int, reason: str = "") -> None:
+        super().__init__(url, status, attempts, reason)
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+        self.reason = reason
+
+    def __str__(self) -> str:
+        what = f"HTTP {self.status}" if self.status is not None else "no answer"
+        if self.reason:
+            what = f"{what} ({self.reason})"
+        tries = "attempt" if self.attempts == 1 else "attempts"
+        return f"webhook {self.url} failed after {self.attempts} {tries}: {what}"

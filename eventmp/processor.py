@@ -305,7 +305,10 @@ class EventProcessor:
             # would keep pipes open that must close when their owner dies.
             with contextlib.suppress(OSError):
                 os.close(fd)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C reaches the whole process group; the parent decides what it means. A handler
+        # that does nothing, rather than SIG_IGN, because an ignored signal stays ignored in
+        # every program a handler starts, and a handled one is reset to its default by exec.
+        signal.signal(signal.SIGINT, _ignore_signal)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         # A forked worker inherits the parent's heap; freezing it spares the collector from
         # re-scanning (and copy-on-write touching) objects the worker never changes.
@@ -318,6 +321,10 @@ class EventProcessor:
         self._running = False
         if self._waiting:
             raise _Stop
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT in a worker: nothing to do (see _setup_process)."""
 
 
 def _callable_for(handler: Any) -> Callable[[Event], Any]:

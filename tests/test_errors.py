@@ -12,6 +12,8 @@ import pytest
 import eventmp
 from eventmp import errors
 from eventmp.errors import (
+    CommandFailedError,
+    CommandTimeoutError,
     DispatcherStoppedError,
     EventAbandonedError,
     EventmpError,
@@ -20,6 +22,8 @@ from eventmp.errors import (
     RemoteTraceback,
     SerializationError,
     SubmitTimeoutError,
+    TemplateError,
+    WebhookError,
     WorkerCrashedError,
     WorkerStartError,
     describe_exit,
@@ -51,6 +55,19 @@ SAMPLES: list[tuple[BaseException, dict[str, object]]] = [
     (WorkerStartError("import failed"), {"args": ("import failed",)}),
     (DispatcherStoppedError("stopped"), {"args": ("stopped",)}),
     (SubmitTimeoutError("no room"), {"args": ("no room",)}),
+    (
+        TemplateError("host", ["ip", "line"], "{host}"),
+        {"field": "host", "available": ["ip", "line"], "template": "{host}"},
+    ),
+    (
+        CommandFailedError(["notify", "x"], 3, "boom"),
+        {"argv": ["notify", "x"], "returncode": 3, "stderr": "boom"},
+    ),
+    (CommandTimeoutError(["sleep", "9"], 2.5), {"argv": ["sleep", "9"], "timeout": 2.5}),
+    (
+        WebhookError("http://x/", 503, 4, "Service Unavailable"),
+        {"url": "http://x/", "status": 503, "attempts": 4},
+    ),
 ]
 
 

@@ -1,0 +1,502 @@
+"""Pipeline files: a TOML description of inputs, rules and handlers, checked before anything runs.
+
+Everything here runs in the parent process, before the dispatcher starts. A pipeline file that
+is wrong in any way gives one :class:`PipelineError` naming the file, the table and key, and
+what was expected; the command prints it and exits with status 2, never a traceback.
+
+The file (read with the standard library's ``tomllib``)::
+
+    [dispatcher]                    # optional; every key optional
+    poll_interval = "250ms"         # numbers are seconds; strings may say ms, s, m, h
+    workers = 2
+    start_method = "forkserver"
+    event_timeout = "30s"
+    max_pending = 10000
+    max_events_per_worker = 10000
+    max_memory_per_worker = "512MB"
+    kill_grace = "1s"
+    key = "{file}"                  # route equal keys to one worker, in order (default with
+                                    # several workers: "{file}", per-file order)
+
+    [error_handler]                 # optional: a handler run in this process for each failure
+    type = "json"
+    file = "failures.jsonl"
+
+    [[inputs]]
+    name = "auth"                   # default "input1", "input2", ...
+    paths = ["/var/log/auth.log"]   # or path = "..."; glob patterns allowed
+    start_at = "end"                # or "beginning" (the default with --once)
+    encoding = "utf-8"
+    state_file = "auth.state"       # checkpoints; relative paths are relative to this file
+
+    [[rules]]
+    name = "failed-password"
+    inputs = ["auth"]               # default: every input
+    regex = 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'
+    exclude = 'invalid user'
+    quick = true
+    handlers = [                    # several handlers make a chain; `handler = ...` for one
+      { type = "throttle", limit = 3, interval = "1m", key = "{ip}" },
+      { type = "json", file = "alerts.jsonl" },
+    ]
+
+A handler is a short built-in name (``"print"``) or a table with ``type`` (a built-in name or
+``"module:Class"``, imported with the pipeline file's directory on ``sys.path``) and the
+handler's settings as keys. ``${NAME}`` in any string is replaced by
+the environment variable ``NAME`` (``$$`` is a literal ``$``); an unset variable is an error.
+Relative paths (inputs, ``state_file``, a built-in handler's ``file``) are relative to the
+pipeline file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EventmpError
+from .event import Event
+from .handlers import ChainEventHandler
+from .units import parse_bool, parse_duration, parse_size
+
+__all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
+
+_DISPATCHER_KEYS = {
+    "poll_interval": "duration",
+    "workers": "count",
+    "start_method": "start_method",
+    "event_timeout": "duration",
+    "max_pending": "count",
+    "max_events_per_worker": "count",
+    "max_memory_per_worker": "size",
+    "kill_grace": "duration",
+    "start_timeout": "duration",
+    "key": "template",
+}
+_INPUT_KEYS = {"name", "path", "paths", "start_at", "encoding", "state_file", "rescan_interval"}
+_RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PipelineError(EventmpError):
+    """A pipeline file is wrong: the message names the file, the key, and what was expected."""
+
+
+@dataclass
+class InputSpec:
+    """One ``[[inputs]]`` table, checked."""
+
+    name: str
+    paths: list[str]
+    start_at: str | None
+    encoding: str
+    state_file: str | None
+    rescan_interval: float
+
+
+@dataclass
+class RuleSpec:
+    """One ``[[rules]]`` table, checked, with its handler built."""
+
+    name: str
+    inputs: list[str]
+    regex: re.Pattern[str]
+    exclude: re.Pattern[str] | None
+    quick: bool
+    handler: Any
+
+
+@dataclass
+class Pipeline:
+    """A checked pipeline file: dispatcher settings, inputs, rules and the error handler."""
+
+    path: str
+    dispatcher_options: dict[str, Any] = field(default_factory=dict)
+    key_template: str | None = None
+    error_handler: Any = None
+    inputs: list[InputSpec] = field(default_factory=list)
+    rules: list[RuleSpec] = field(default_factory=list)
+
+    def rules_for(self, input_name: str) -> list[RuleSpec]:
+        return [rule for rule in self.rules if input_name in rule.inputs]
+
+    def key_function(self, workers: int) -> Callable[[Event], Hashable] | None:
+        """The routing key: the file's template, or per-file order when there are workers."""
+        template = self.key_template
+        if template is None and workers > 1:
+            template = "{file}"
+        if not template:
+            return None
+        return _TemplateKey(template)
+
+
+class _TemplateKey:
+    """Routes an event by a template of its fields (runs in the parent, at acceptance)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def __call__(self, event: Event) -> Hashable:
+        from .templates import render
+
+        return render(self.template, event)
+
+
+def load_pipeline(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> Pipeline:
+    """Read and check a pipeline file; raise :class:`PipelineError` on the first problem."""
+    loader = _Loader(Path(path), os.environ if environ is None else environ)
+    return loader.load()
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.environ = environ
+
+    def fail(self, where: str, message: str) -> PipelineError:
+        location = f"{self.path}: {where}: " if where else f"{self.path}: "
+        return PipelineError(location + message)
+
+    # -- the file -------------------------------------------------------------------------------
+
+    def load(self) -> Pipeline:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise self.fail("", f"cannot read the pipeline file: {exc.strerror}") from None
+        try:
+            document = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise self.fail("", f"not UTF-8 text (byte {exc.start})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise self.fail("", f"not valid TOML: {exc}") from None
+        document = self.substitute(document, "")
+        unknown = set(document) - {"dispatcher", "error_handler", "inputs", "rules"}
+        if unknown:
+            raise self.fail(
+                _first(unknown),
+                "unknown table or key (expected dispatcher, error_handler, inputs, rules)",
+            )
+        pipeline = Pipeline(str(self.path))
+        self.load_dispatcher(pipeline, self.table(document, "dispatcher", "dispatcher"))
+        if "error_handler" in document:
+            pipeline.error_handler = self.handler(document["error_handler"], "error_handler")
+        pipeline.inputs = [
+            self.load_input(table, f"inputs[{n}]", n)
+            for n, table in enumerate(self.array(document, "inputs"), 1)
+        ]
+        if not pipeline.inputs:
+            raise self.fail("inputs", "at least one [[inputs]] table is required")
+        names = [spec.name for spec in pipeline.inputs]
+        for name in names:
+            if names.count(name) > 1:
+                raise self.fail("inputs", f"two inputs are named {name!r}")
+        pipeline.rules = [
+            self.load_rule(table, f"rules[{n}]", n, names)
+            for n, table in enumerate(self.array(document, "rules"), 1)
+        ]
+        if not pipeline.rules:
+            raise self.fail("rules", "at least one [[rules]] table is required")
+        return pipeline
+
+    def substitute(self, value: Any, where: str) -> Any:
+        """Replace ``${NAME}`` in every string by the environment variable ``NAME``."""
+        if isinstance(value, str):
+
+            def replace(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name is None:
+                    return "$"
+                if name not in self.environ:
+                    raise self.fail(where, f"environment variable {name} is not set")
+                return self.environ[name]
+
+            return _ENV.sub(replace, value)
+        if isinstance(value, dict):
+            return {k: self.substitute(v, _join(where, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.substitute(v, f"{where}[{n}]") for n, v in enumerate(value, 1)]
+        return value
+
+    def table(self, document: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = document.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a table, got {_kind(value)}")
+        return value
+
+    def array(self, document: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = document.get(key, [])
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(key, f"expected an array of tables ([[{key}]]), got {_kind(value)}")
+        return value
+
+    # -- sections -------------------------------------------------------------------------------
+
+    def load_dispatcher(self, pipeline: Pipeline, table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            where = f"dispatcher.{key}"
+            kind = _DISPATCHER_KEYS.get(key)
+            if kind is None:
+                raise self.fail(
+                    where, f"unknown setting (expected one of {', '.join(_DISPATCHER_KEYS)})"
+                )
+            if kind == "template":
+                pipeline.key_template = self.template(value, where)
+                continue
+            pipeline.dispatcher_options[key] = self.convert(value, kind, where)
+
+    def load_input(self, table: dict[str, Any], where: str, number: int) -> InputSpec:
+        self.no_unknown(table, _INPUT_KEYS, where)
+        name = self.string(table.get("name", f"input{number}"), f"{where}.name")
+        if "path" in table and "paths" in table:
+            raise self.fail(where, "give either path or paths, not both")
+        raw_paths = table.get("paths", table.get("path"))
+        if raw_paths is None:
+            raise self.fail(where, "missing required setting 'paths' (a file or glob, or a list)")
+        if isinstance(raw_paths, str):
+            raw_paths = [raw_paths]
+        key = "paths" if "paths" in table else "path"
+        if not isinstance(raw_paths, list) or not raw_paths:
+            raise self.fail(f"{where}.{key}", "expected a path or a non-empty list of paths")
+        paths = [
+            self.relative(self.string(p, f"{where}.{key}[{n}]")) for n, p in enumerate(raw_paths, 1)
+        ]
+        start_at = table.get("start_at")
+        if start_at is not None and start_at not in ("end", "beginning"):
+            raise self.fail(f"{where}.start_at", f'expected "end" or "beginning", got {start_at!r}')
+        encoding = self.string(table.get("encoding", "utf-8"), f"{where}.encoding")
+        try:
+            "".encode(encoding)
+        except LookupError:
+            raise self.fail(f"{where}.encoding", f"unknown encoding {encoding!r}") from None
+        state_file = table.get("state_file")
+        if state_file is not None:
+            state_file = self.relative(self.string(state_file, f"{where}.state_file"))
+        rescan = self.convert(
+            table.get("rescan_interval", 1.0), "duration", f"{where}.rescan_interval"
+        )
+        return InputSpec(name, paths, start_at, encoding, state_file, rescan)
+
+    def load_rule(
+        self, table: dict[str, Any], where: str, number: int, input_names: list[str]
+    ) -> RuleSpec:
+        self.no_unknown(table, _RULE_KEYS, where)
+        name = self.string(table.get("name", f"rule{number}"), f"{where}.name")
+        where = f'{where} ("{name}")' if "name" in table else where
+        if "regex" not in table:
+            raise self.fail(where, "missing required setting 'regex'")
+        regex = self.regex(table["regex"], f"{where}.regex")
+        exclude = None
+        if "exclude" in table:
+            exclude = self.regex(table["exclude"], f"{where}.exclude")
+        quick = self.convert(table.get("quick", False), "bool", f"{where}.quick")
+        inputs_key = "inputs" if "inputs" in table else "input"
+        wanted = table.get(inputs_key, input_names)
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        if not isinstance(wanted, list):
+            raise self.fail(f"{where}.{inputs_key}", "expected an input name or a list of them")
+        for input_name in wanted:
+            if input_name not in input_names:
+                raise self.fail(
+                    f"{where}.{inputs_key}",
+                    f"no input named {input_name!r} (inputs: {', '.join(input_names)})",
+                )
+        if "handler" in table and "handlers" in table:
+            raise self.fail(where, "give either handler or handlers, not both")
+        specs = table.get("handlers", table.get("handler"))
+        if specs is None:
+            raise self.fail(where, "missing required setting 'handlers'")
+        key = "handlers" if "handlers" in table else "handler"
+        if not isinstance(specs, list):
+            specs = [specs]
+        if not specs:
+            raise self.fail(f"{where}.{key}", "expected at least one handler")
+        handlers = [self.handler(spec, f"{where}.{key}[{n}]") for n, spec in enumerate(specs, 1)]
+        handler = handlers[0] if len(handlers) == 1 else ChainEventHandler(*handlers)
+        return RuleSpec(name, list(wanted), regex, exclude, quick, handler)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def handler(self, spec: Any, where: str) -> Any:
+        if isinstance(spec, str):
+            spec = {"type": spec}
+        if not isinstance(spec, dict):
+            raise self.fail(where, f"expected a handler name or table, got {_kind(spec)}")
+        settings = dict(spec)
+        type_name = settings.pop("type", None)
+        if not isinstance(type_name, str):
+            raise self.fail(
+                where, "missing required setting 'type' (a handler name or module:Class)"
+            )
+        cls = self.handler_class(type_name, f"{where}.type")
+        if ":" not in type_name:
+            # Built-in handlers use `file` and `cwd` in the worker, whose working directory is
+            # not the pipeline's: a relative path means next to the pipeline file, like inputs.
+            for key in ("file", "cwd"):
+                value = settings.get(key)
+                if isinstance(value, str) and value not in ("stdout", "stderr"):
+                    settings[key] = self.relative(value)
+        try:
+            signature = inspect.signature(cls)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None:
+            accepts_any = any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+            )
+            # Keyword-only parameters are for code (a test's clock, say), not pipeline files.
+            accepted = [
+                p.name
+                for p in signature.parameters.values()
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ]
+            for key in settings:
+                if not accepts_any and key not in accepted:
+                    raise self.fail(
+                        f"{where}.{key}",
+                        f"unknown setting for handler {type_name!r} "
+                        f"(accepted: {', '.join(accepted) or 'none'})",
+                    )
+            try:
+                signature.bind(**settings)
+            except TypeError as exc:
+                missing = re.search(r"missing a required argument: '(\w+)'", str(exc))
+                if missing:
+                    raise self.fail(
+                        where, f"missing required setting {missing.group(1)!r} for {type_name!r}"
+                    ) from None
+                raise self.fail(where, f"bad settings for {type_name!r}: {exc}") from None
+        try:
+            return cls(**settings)
+        except (TypeError, ValueError, SyntaxError, re.error, EventmpError) as exc:
+            raise self.fail(where, f"handler {type_name!r}: {exc}") from None
+
+    def handler_class(self, type_name: str, where: str) -> Any:
+        if ":" in type_name:
+            module_name, _, attribute = type_name.partition(":")
+            # A module next to the pipeline file can hold the user's handlers, as a script's
+            # directory holds its modules; the workers inherit this sys.path.
+            directory = str(self.path.parent.resolve())
+            if directory not in sys.path:
+                sys.path.insert(0, directory)
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise self.fail(where, f"cannot import {module_name!r}: {exc}") from None
+            cls = getattr(module, attribute, None)
+            if cls is None:
+                raise self.fail(where, f"module {module_name!r} has no {attribute!r}")
+            if not callable(cls):
+                raise self.fail(where, f"{type_name!r} is not a class or callable")
+            return cls
+        builtins = _builtin_handlers()
+        if type_name not in builtins:
+            raise self.fail(
+                where,
+                f"unknown handler type {type_name!r} (built-in: {', '.join(sorted(builtins))}; "
+                "or module:Class)",
+            )
+        return builtins[type_name]
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def no_unknown(self, table: dict[str, Any], known: set[str], where: str) -> None:
+        for key in table:
+            if key not in known:
+                raise self.fail(
+                    f"{where}.{key}",
+                    f"unknown setting (expected one of {', '.join(sorted(known))})",
+                )
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def regex(self, value: Any, where: str) -> re.Pattern[str]:
+        pattern = self.string(value, where)
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            position = f" at position {exc.pos}" if exc.pos is not None else ""
+            raise self.fail(where, f"bad regular expression{position}: {exc.msg}") from None
+
+    def template(self, value: Any, where: str) -> str:
+        from .templates import check
+
+        text = self.string(value, where)
+        try:
+            check(text)
+        except ValueError as exc:
+            raise self.fail(where, f"bad template: {exc}") from None
+        return text
+
+    def relative(self, path: str) -> str:
+        expanded = os.path.expanduser(path)
+        if os.path.isabs(expanded):
+            return expanded
+        return str(self.path.parent / expanded)
+
+    def convert(self, value: Any, kind: str, where: str) -> Any:
+        try:
+            if kind == "duration":
+                return parse_duration(value)
+            if kind == "size":
+                return parse_size(value)
+            if kind == "bool":
+                return parse_bool(value)
+            if kind == "count":
+                number = int(value) if not isinstance(value, bool) else None
+                if number is None or number < 1 or (isinstance(value, float) and value != number):
+                    raise ValueError
+                return number
+            if kind == "start_method":
+                if value not in ("fork", "spawn", "forkserver"):
+                    raise ValueError
+                return value
+        except (TypeError, ValueError):
+            expected = {
+                "duration": "a number of seconds or a string such as '250ms', '30s', '5m'",
+                "size": "a number of bytes or a string such as '512MB'",
+                "bool": "true or false",
+                "count": "a whole number >= 1",
+                "start_method": '"fork", "spawn" or "forkserver"',
+            }[kind]
+            raise self.fail(where, f"expected {expected}, got {value!r}") from None
+        raise AssertionError(kind)
+
+
+def _builtin_handlers() -> dict[str, Any]:
+    from .actions import BUILTIN_HANDLERS
+
+    return dict(BUILTIN_HANDLERS)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _first(keys: set[str]) -> str:
+    return sorted(keys)[0]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"

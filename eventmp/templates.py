@@ -1,0 +1,217 @@
+"""Templates that built-in handlers fill from an event: ``"{rule} on {file}: {line}"``.
+
+The syntax is that of :meth:`str.format` restricted to plain field names, so a template from a
+pipeline file can read an event but never run code:
+
+- ``{name}`` is replaced by the field ``name``; ``{{`` and ``}}`` stand for literal braces;
+- a conversion (``!r``, ``!s``, ``!a``) and a standard format spec (``{count:>5}``,
+  ``{timestamp:.0f}``) are allowed;
+- attribute access (``{a.b}``), indexing (``{a[0]}``), positional fields (``{}``) and nested
+  fields in a format spec (``{a:{width}}``) are rejected when the template is checked.
+
+The fields an event offers are listed by :func:`fields`. A field the event lacks raises
+:class:`~eventmp.errors.TemplateError`, naming it and the fields that are there; a field whose
+value is ``None`` (a regex group that did not take part in the match) renders as ``""``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from .errors import TemplateError
+from .event import Event, describe_originator
+
+__all__ = ["check", "fields", "render", "render_fields"]
+
+# A field name is anything up to the closing brace but these: '.' and '[' would be attribute
+# access and indexing, '!' and ':' start a conversion and a format spec, braces nest.
+_FORBIDDEN_IN_NAME = ".[]{}!:"
+
+# The standard format-spec mini-language: [[fill]align][sign][z][#][0][width][,_][.prec][type].
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[+\- ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?", re.S)
+
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
+
+
+def fields(event: Event) -> dict[str, Any]:
+    """The names a template may use for ``event``, with their values.
+
+    Always: ``originator`` (str), ``timestamp`` (float, seconds since the epoch) and ``time``
+    (ISO 8601 in local time, with its UTC offset). When ``event.data`` is a dict: each of its
+    string keys (``line``, ``file``, ``line_number``, ``rule``, ``match``... for a log tail's
+    events), then ``"0"`` for ``data["match"]`` and ``"1"``, ``"2"``... for ``data["groups"]``,
+    then the named groups of ``data["named"]`` at the top level. Later ones win, so a named
+    group called ``file`` shadows the data's ``file``: the regex's author asked for it by name.
+    When ``event.data`` is anything else: ``data``.
+    """
+    values: dict[str, Any] = {
+        "originator": describe_originator(event.originator),
+        "timestamp": event.timestamp,
+        "time": datetime.fromtimestamp(event.timestamp)
+        .astimezone()
+        .isoformat(timespec="milliseconds"),
+    }
+    data = event.data
+    if not isinstance(data, dict):
+        values["data"] = data
+        return values
+    values.update((key, value) for key, value in data.items() if isinstance(key, str))
+    if "match" in data:
+        values["0"] = data["match"]
+    groups = data.get("groups")
+    if isinstance(groups, (list, tuple)):
+        values.update((str(number), group) for number, group in enumerate(groups, 1))
+    named = data.get("named")
+    if isinstance(named, Mapping):
+        values.update((key, value) for key, value in named.items() if isinstance(key, str))
+    return values
+
+
+# A parsed template: literal text, and fields as (name, conversion or "", format spec).
+_Part = str | tuple[str, str, str]
+
+
+@lru_cache(maxsize=256)
+def _parse(template: str) -> tuple[_Part, ...]:
+    parts: list[_Part] = []
+    literal: list[str] = []
+    i, end = 0, len(template)
+    while i < end:
+        char = template[i]
+        if char == "}":
+            if template.startswith("}}", i):
+                literal.append("}")
+                i += 2
+                continue
+            raise _syntax(template, i, "single '}' (write '}}' for a literal brace)")
+        if char != "{":
+            literal.append(char)
+            i += 1
+            continue
+        if template.startswith("{{", i):
+            literal.append("{")
+            i += 2
+            continue
+        close = template.find("}", i + 1)
+        opened = template.find("{", i + 1)
+        if close < 0:
+            raise _syntax(template, i, "'{' is never closed (write '{{' for a literal brace)")
+        if 0 <= opened < close:
+            raise _syntax(
+                template,
+                opened,
+                "nested '{' inside a field (fields in a format spec are not "
+                "supported; write '{{' for a literal brace)",
+            )
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(_parse_field(template, i, close))
+        i = close + 1
+    if literal:
+        parts.append("".join(literal))
+    return tuple(parts)
+
+
+def _parse_field(template: str, start: int, close: int) -> tuple[str, str, str]:
+    body = template[start + 1 : close]
+    name_end = len(body)
+    for mark in "!:":
+        at = body.find(mark)
+        if 0 <= at < name_end:
+            name_end = at
+    name, rest = body[:name_end], body[name_end:]
+    for offset, char in enumerate(name):
+        if char == ".":
+            raise _syntax(
+                template,
+                start + 1 + offset,
+                f"attribute access in {{{body}}} is not "
+                "allowed: a template names fields, it does not run code",
+            )
+        if char in "[]":
+            raise _syntax(
+                template,
+                start + 1 + offset,
+                f"indexing in {{{body}}} is not allowed: "
+                "a template names fields, it does not run code",
+            )
+        if char.isspace():
+            raise _syntax(template, start + 1 + offset, f"space in field name {{{body}}}")
+    if not name:
+        raise _syntax(template, start, "empty field '{}': name a field, e.g. {line}")
+    conversion = ""
+    if rest.startswith("!"):
+        conversion, rest = rest[1:2], rest[2:]
+        if conversion not in _CONVERSIONS:
+            raise _syntax(
+                template,
+                start + 1 + name_end,
+                f"bad conversion in {{{body}}}: expected !r, !s or !a",
+            )
+        if rest and not rest.startswith(":"):
+            raise _syntax(
+                template,
+                start + 1 + name_end + 2,
+                f"expected ':' or '}}' after the conversion in {{{body}}}",
+            )
+    spec = rest[1:]
+    if not _FORMAT_SPEC.fullmatch(spec):
+        raise _syntax(
+            template, start + 2 + len(body) - len(rest), f"bad format spec {spec!r} in {{{body}}}"
+        )
+    return name, conversion, spec
+
+
+def _syntax(template: str, position: int, problem: str) -> ValueError:
+    return ValueError(f"bad template {template!r} at position {position}: {problem}")
+
+
+def check(template: str) -> None:
+    """Raise ``ValueError`` (with the position of the problem) unless ``template`` is valid.
+
+    Handlers call it when they are built, so a pipeline file with a bad template fails to load
+    instead of failing in the worker on every event.
+    """
+    if not isinstance(template, str):
+        raise ValueError(f"a template must be a string, not {type(template).__name__}")
+    _parse(template)
+
+
+def render(template: str, event: Event) -> str:
+    """Fill ``template`` from ``event``'s :func:`fields`.
+
+    Raises ``ValueError`` for a template that :func:`check` rejects, and
+    :class:`~eventmp.errors.TemplateError` for a field the event does not have.
+    """
+    return render_fields(template, fields(event))
+
+
+def render_fields(template: str, values: Mapping[str, Any]) -> str:
+    """Fill ``template`` from ``values`` (what :func:`fields` returned, computed once for
+    several templates)."""
+    out: list[str] = []
+    for part in _parse(template):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, conversion, spec = part
+        try:
+            value = values[name]
+        except KeyError:
+            raise TemplateError(name, sorted(values), template) from None
+        if conversion:
+            value = _CONVERSIONS[conversion](value)
+        elif value is None:
+            value = ""
+        try:
+            out.append(format(value, spec))
+        except (ValueError, TypeError) as exc:
+            raise TemplateError(
+                name, sorted(values), template, f"cannot format {value!r} with {spec!r}: {exc}"
+            ) from None
+    return "".join(out)

@@ -1,0 +1,1044 @@
+"""eventmp.actions: the built-in handlers, each against the real thing it talks to.
+
+Webhooks go to an http.server on 127.0.0.1, mail to an aiosmtpd server on 127.0.0.1, commands
+are real subprocesses, JSON goes to real files; count and throttle are driven by a clock the
+test sets, and the end-to-end tests run handlers in real worker processes.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import math
+import os
+import pickle
+import shlex
+import signal
+import smtplib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import dill
+import psutil
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from eventmp import ChainEventHandler, Event, EventHandler, ExecEventHandler, PrintEventHandler
+from eventmp.actions import (
+    BUILTIN_HANDLERS,
+    CommandEventHandler,
+    CountEventHandler,
+    JsonEventHandler,
+    MailEventHandler,
+    ThrottleEventHandler,
+    WebhookEventHandler,
+    event_record,
+)
+from eventmp.errors import (
+    CommandFailedError,
+    CommandTimeoutError,
+    EventmpError,
+    TemplateError,
+    WebhookError,
+)
+from eventmp.testing import RecordingHandler, run_events
+
+STAMP = 1_700_000_000.5
+
+# Generous upper bounds for waits: they only matter when something is broken.
+WAIT = 30.0
+
+
+def tail_data(
+    line: str = "Failed password for root from 203.0.113.9 port 22", **changes: Any
+) -> Any:
+    """Event data shaped like the file tail's, for an sshd line that matched a rule."""
+    data: dict[str, Any] = {
+        "input": "auth",
+        "file": "/var/log/auth.log",
+        "line_number": 42,
+        "line": line,
+        "rule": "ssh-failure",
+        "match": "for root from 203.0.113.9",
+        "groups": ["root", "203.0.113.9"],
+        "named": {"user": "root", "ip": "203.0.113.9"},
+    }
+    data.update(changes)
+    return data
+
+
+def tail_event(handler: Any = None, **changes: Any) -> Event:
+    """An event shaped like the file tail's, with a fixed timestamp."""
+    return Event("tail", handler, tail_data(**changes), timestamp=STAMP)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class FakeClock:
+    """A clock the test moves by hand, standing in for time.monotonic."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep proxy settings of the environment away from requests to 127.0.0.1."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+# == HTTP server for webhooks ====================================================================
+
+
+class HookServer:
+    """An HTTP server on 127.0.0.1 that records requests and answers with given statuses.
+
+    ``statuses`` are the answers to the first, second... request; the last one repeats. With
+    ``hang``, it reads each request and never answers (until the test ends).
+    """
+
+    def __init__(self, statuses: list[int], hang: bool = False) -> None:
+        self.statuses = statuses
+        self.hang = hang
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with hook.lock:
+                    hook.requests.append(
+                        {
+                            "method": self.command,
+                            "path": self.path,
+                            "headers": dict(self.headers),
+                            "body": body,
+                        }
+                    )
+                    number = len(hook.requests)
+                if hook.hang:
+                    hook.release.wait(WAIT)
+                    self.close_connection = True
+                    return
+                status = hook.statuses[min(number, len(hook.statuses)) - 1]
+                payload = b"" if status < 300 else f"answer {status}".encode()
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_PUT = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(WAIT)
+
+
+@pytest.fixture
+def hook_server() -> Iterator[Callable[..., HookServer]]:
+    """Start HookServers on demand; shut them all down after the test."""
+    started: list[HookServer] = []
+
+    def start(statuses: list[int] | None = None, hang: bool = False) -> HookServer:
+        server = HookServer(statuses or [200], hang)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+# == SMTP server for mail ========================================================================
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every envelope it receives."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.logins: list[tuple[str, str]] = []
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def authenticate(
+        self,
+        server: SMTPServer,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        self.logins.append((login, password))
+        accepted = (login, password) == ("watcher", "s3cret")
+        # handled=False: aiosmtpd itself answers a refusal with 535.
+        return AuthResult(success=accepted, handled=False)
+
+    def message(self, index: int = 0) -> email.message.EmailMessage:
+        """The index-th mail received, parsed."""
+        content = self.envelopes[index].original_content
+        assert content is not None
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(parsed, email.message.EmailMessage)
+        return parsed
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Callable[..., tuple[Inbox, int]]]:
+    """Start aiosmtpd servers on 127.0.0.1 on demand; stop them all after the test."""
+    controllers: list[Controller] = []
+
+    def start(**options: Any) -> tuple[Inbox, int]:
+        inbox = Inbox()
+        if options.pop("auth", False):
+            options.update(auth_require_tls=False, authenticator=inbox.authenticate)
+        for _attempt in range(5):
+            port = free_port()
+            controller = Controller(inbox, hostname="127.0.0.1", port=port, **options)
+            try:
+                controller.start()
+            except OSError:
+                continue  # someone took the port between asking and binding
+            controllers.append(controller)
+            return inbox, port
+        raise RuntimeError("no free port for the SMTP server")
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+# == registry and settings =======================================================================
+
+
+def test_builtin_handlers_registry() -> None:
+    """BUILTIN_HANDLERS maps each short name a pipeline file uses to its handler class."""
+    registry = dict(BUILTIN_HANDLERS)
+    assert registry == {
+        "print": PrintEventHandler,
+        "exec": ExecEventHandler,
+        "json": JsonEventHandler,
+        "command": CommandEventHandler,
+        "webhook": WebhookEventHandler,
+        "mail": MailEventHandler,
+        "count": CountEventHandler,
+        "throttle": ThrottleEventHandler,
+    }
+    assert all(issubclass(cls, EventHandler) for cls in BUILTIN_HANDLERS.values())
+
+
+def test_every_setting_accepted_as_a_string() -> None:
+    """Numbers, durations and booleans given as strings are parsed when the handler is built."""
+    assert CommandEventHandler("true", timeout="1m").timeout == 60.0
+    webhook = WebhookEventHandler("http://x/", timeout="250ms", retries="2", backoff="0")
+    assert (webhook.timeout, webhook.retries, webhook.backoff) == (0.25, 2, 0.0)
+    mail = MailEventHandler("a@example.com", port="2525", timeout="5s", starttls="true")
+    assert (mail.port, mail.timeout, mail.starttls) == (2525, 5.0, True)
+    count = CountEventHandler("3", window="2m")
+    assert (count.count, count.window) == (3, 120.0)
+    throttle = ThrottleEventHandler("10", interval="1h")
+    assert (throttle.limit, throttle.interval) == (10, 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "settings", "setting"),
+    [
+        (JsonEventHandler, {"fields": 3}, "fields"),
+        (JsonEventHandler, {"file": ""}, "file"),
+        (CommandEventHandler, {"argv": []}, "argv"),
+        (CommandEventHandler, {"argv": "echo 'unbalanced"}, "argv"),
+        (CommandEventHandler, {"argv": ["echo", "{line.upper}"]}, "argv[1]"),
+        (CommandEventHandler, {"argv": "true", "timeout": "soon"}, "timeout"),
+        (CommandEventHandler, {"argv": "true", "timeout": "0"}, "timeout"),
+        (CommandEventHandler, {"argv": "true", "env": {"A=B": "1"}}, "env"),
+        (WebhookEventHandler, {"url": "ftp://example.com/"}, "url"),
+        (WebhookEventHandler, {"url": "http://x/{"}, "url"),
+        (WebhookEventHandler, {"url": "http://x/", "retries": "-1"}, "retries"),
+        (WebhookEventHandler, {"url": "http://x/", "retries": "three"}, "retries"),
+        (WebhookEventHandler, {"url": "http://x/", "backoff": "x"}, "backoff"),
+        (WebhookEventHandler, {"url": "http://x/", "headers": {"X": "a\nb"}}, "headers"),
+        (WebhookEventHandler, {"url": "http://x/", "method": "PO ST"}, "method"),
+        (MailEventHandler, {"to": ""}, "to"),
+        (MailEventHandler, {"to": "a@example.com", "port": "70000"}, "port"),
+        (MailEventHandler, {"to": "a@example.com", "starttls": "maybe"}, "starttls"),
+        (MailEventHandler, {"to": "a@example.com", "subject": "{rule"}, "subject"),
+        (MailEventHandler, {"to": "a@example.com", "username": "u"}, "password"),
+        (CountEventHandler, {"count": "0"}, "count"),
+        (CountEventHandler, {"count": True}, "count"),
+        (CountEventHandler, {"count": 2, "window": "-1"}, "window"),
+        (CountEventHandler, {"count": 2, "key": "{ip[0]}"}, "key"),
+        (CountEventHandler, {"count": 2, "clock": "monotonic"}, "clock"),
+        (ThrottleEventHandler, {"limit": "1.5"}, "limit"),
+        (ThrottleEventHandler, {"limit": 1, "interval": "forever"}, "interval"),
+    ],
+)
+def test_bad_setting_is_a_value_error_naming_it(
+    cls: type[EventHandler], settings: dict[str, Any], setting: str
+) -> None:
+    """A setting that cannot be right fails when the handler is built, naming the setting."""
+    with pytest.raises(ValueError) as caught:
+        cls(**settings)
+    assert f"setting {setting!r}" in str(caught.value)
+    assert cls.__name__ in str(caught.value)
+
+
+# == event_record ================================================================================
+
+
+def test_event_record_default_keys() -> None:
+    """The default record has the timestamp, ISO time, originator and the data whole."""
+    record = event_record(tail_event())
+    assert list(record) == ["timestamp", "time", "originator", "data"]
+    assert record["timestamp"] == STAMP
+    assert datetime.fromisoformat(record["time"]).timestamp() == STAMP
+    assert record["originator"] == "tail"
+    assert record["data"] == tail_data()
+
+
+def test_event_record_with_field_names_missing_one() -> None:
+    """Asking for a field the event lacks raises TemplateError, as a template would."""
+    with pytest.raises(TemplateError, match="host"):
+        event_record(tail_event(), ["line", "host"])
+
+
+# == json ========================================================================================
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line of a file, parsed."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_json_appends_one_object_per_event(tmp_path: Path) -> None:
+    """Each event becomes one JSON line, appended to what the file already held."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"earlier": true}\n', encoding="utf-8")
+    handler = JsonEventHandler(path)
+    assert handler.process_event(tail_event()) is True
+    assert handler.process_event(Event("app", None, 7, timestamp=STAMP + 1)) is True
+    handler.close()
+    lines = read_lines(path)
+    assert lines[0] == {"earlier": True}
+    assert lines[1]["data"] == tail_data()
+    assert lines[1]["originator"] == "tail"
+    assert lines[2] == {
+        "timestamp": STAMP + 1,
+        "time": datetime.fromtimestamp(STAMP + 1).astimezone().isoformat(timespec="milliseconds"),
+        "originator": "app",
+        "data": 7,
+    }
+
+
+def test_json_with_fields_writes_only_those(tmp_path: Path) -> None:
+    """With fields, each line holds those fields of the event, named groups included."""
+    path = tmp_path / "events.jsonl"
+    handler = JsonEventHandler(str(path), fields="time, rule, ip, 1")
+    handler.process_event(tail_event())
+    (line,) = read_lines(path)
+    assert list(line) == ["time", "rule", "ip", "1"]
+    assert line["ip"] == "203.0.113.9"
+    assert line["1"] == "root"
+
+
+def test_json_writes_unserializable_values_as_repr(tmp_path: Path) -> None:
+    """Values JSON cannot hold are written as their repr(), and the line is still valid JSON."""
+    path = tmp_path / "events.jsonl"
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    data = {
+        "raw": b"\x00\xff",
+        "tags": frozenset({"a"}),
+        "ratio": math.nan,
+        (1, 2): "tuple key",
+        "cycle": cyclic,
+        "text": "caf\u00e9 \udcff",
+    }
+    JsonEventHandler(path).process_event(Event("app", None, data, timestamp=STAMP))
+    (line,) = read_lines(path)
+    written = line["data"]
+    assert written["raw"] == repr(b"\x00\xff")
+    assert written["tags"] == repr(frozenset({"a"}))
+    assert written["ratio"] == "nan"
+    assert written["(1, 2)"] == "tuple key"
+    assert written["cycle"] == [1, repr(cyclic)]
+    assert written["text"] == "caf\u00e9 \udcff"
+
+
+def test_json_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """file="stdout" writes each line to the process's standard output."""
+    JsonEventHandler("stdout").process_event(tail_event())
+    out = capsys.readouterr().out
+    assert json.loads(out)["data"]["rule"] == "ssh-failure"
+    assert out.endswith("\n")
+
+
+def test_json_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """file="stderr" writes each line to the process's standard error."""
+    JsonEventHandler("stderr", fields=["line"]).process_event(tail_event(line="x"))
+    assert capsys.readouterr().err == '{"line": "x"}\n'
+
+
+def test_json_handler_travels_without_its_open_file(tmp_path: Path) -> None:
+    """A handler that already wrote is serialized without its descriptor; the copy reopens."""
+    path = tmp_path / "events.jsonl"
+    handler = JsonEventHandler(path)
+    handler.process_event(tail_event(line="before"))
+    for module in (pickle, dill):
+        copy = module.loads(module.dumps(handler))
+        assert copy._fd is None
+        copy.process_event(tail_event(line=f"from a {module.__name__} copy"))
+        copy.close()
+    handler.close()
+    assert [line["data"]["line"] for line in read_lines(path)] == [
+        "before",
+        "from a pickle copy",
+        "from a dill copy",
+    ]
+
+
+def test_json_str_shows_settings(tmp_path: Path) -> None:
+    """str() of the handler shows where it writes and which fields."""
+    text = str(JsonEventHandler(tmp_path / "x.jsonl", fields=["line"]))
+    assert text == f"JsonEventHandler(file={str(tmp_path / 'x.jsonl')!r}, fields=['line'])"
+
+
+# == command =====================================================================================
+
+# Writes its arguments (after the output path), working directory and EVENTMP_* environment
+# to the file named by its first argument. No braces: every argument is a template.
+REPORT = (
+    "import json, os, sys; json.dump(dict(argv=sys.argv[2:], cwd=os.getcwd(), "
+    "env=dict((k, v) for k, v in os.environ.items() if k.startswith('EVENTMP_') "
+    "or k == 'EXTRA')), open(sys.argv[1], 'w'))"
+)
+
+
+def test_command_gets_arguments_and_environment_from_the_event(tmp_path: Path) -> None:
+    """Each argument is filled from the event, and every field is in the environment."""
+    out = tmp_path / "report.json"
+    handler = CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out), "{ip}", "user={user}", "{line}"],
+        env={"EXTRA": "yes"},
+    )
+    assert handler.process_event(tail_event()) is True
+    report = json.loads(out.read_text())
+    assert report["argv"] == [
+        "203.0.113.9",
+        "user=root",
+        "Failed password for root from 203.0.113.9 port 22",
+    ]
+    env = report["env"]
+    assert env["EVENTMP_IP"] == "203.0.113.9"
+    assert env["EVENTMP_LINE"] == "Failed password for root from 203.0.113.9 port 22"
+    assert env["EVENTMP_LINE_NUMBER"] == "42"
+    assert env["EVENTMP_0"] == "for root from 203.0.113.9"
+    assert env["EVENTMP_2"] == "203.0.113.9"
+    assert json.loads(env["EVENTMP_GROUPS"]) == ["root", "203.0.113.9"]
+    assert env["EVENTMP_ORIGINATOR"] == "tail"
+    assert float(env["EVENTMP_TIMESTAMP"]) == STAMP
+    assert env["EXTRA"] == "yes"
+
+
+def test_command_string_is_split_before_filling_and_never_shell(tmp_path: Path) -> None:
+    """A command string is split like a shell would, but a field's value stays one argument
+    and shell syntax in it is never interpreted."""
+    out = tmp_path / "report.json"
+    hostile = "a b; touch pwned $(touch pwned) `touch pwned` 'q\" | cat"
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(REPORT)} {out} '{{line}}' tail"
+    handler = CommandEventHandler(command)
+    handler.process_event(tail_event(line=hostile))
+    assert json.loads(out.read_text())["argv"] == [hostile, "tail"]
+    assert not (tmp_path / "pwned").exists()
+    assert not Path("pwned").exists()
+
+
+def test_command_runs_in_cwd(tmp_path: Path) -> None:
+    """cwd sets the working directory of the command."""
+    out = tmp_path / "report.json"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    CommandEventHandler([sys.executable, "-c", REPORT, str(out)], cwd=workdir).process_event(
+        tail_event()
+    )
+    assert json.loads(out.read_text())["cwd"] == str(workdir)
+
+
+def test_command_environment_for_non_dict_data_and_nul(tmp_path: Path) -> None:
+    """Non-dict data goes in EVENTMP_DATA; a NUL in a value does not stop the command."""
+    out = tmp_path / "report.json"
+    handler = CommandEventHandler([sys.executable, "-c", REPORT, str(out)])
+    handler.process_event(Event("app", None, "bad\x00byte", timestamp=STAMP))
+    assert json.loads(out.read_text())["env"]["EVENTMP_DATA"] == "bad\ufffdbyte"
+
+
+def test_command_non_zero_exit_raises_command_failed(tmp_path: Path) -> None:
+    """A command that exits 3 raises CommandFailedError with the status and its stderr."""
+    script = "import sys; sys.stderr.write('first line' + chr(10) + 'user not found'); sys.exit(3)"
+    handler = CommandEventHandler([sys.executable, "-c", script, "{user}"])
+    with pytest.raises(CommandFailedError) as caught:
+        handler.process_event(tail_event())
+    error = caught.value
+    assert isinstance(error, EventmpError)
+    assert error.returncode == 3
+    assert error.argv == [sys.executable, "-c", script, "root"]
+    assert error.stderr.endswith("user not found")
+    assert "status 3" in str(error)
+    assert "user not found" in str(error)
+
+
+def test_command_killed_by_signal_is_a_failure() -> None:
+    """A command killed by a signal raises CommandFailedError naming the signal."""
+    script = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(CommandFailedError) as caught:
+        CommandEventHandler([sys.executable, "-c", script]).process_event(tail_event())
+    assert caught.value.returncode == -signal.SIGKILL
+    assert "SIGKILL" in str(caught.value)
+
+
+def test_command_stderr_passes_through_on_success(capsys: pytest.CaptureFixture[str]) -> None:
+    """What a successful command writes to stderr reaches the worker's stderr."""
+    script = "import sys; sys.stderr.write('warning: disk almost full')"
+    CommandEventHandler([sys.executable, "-c", script]).process_event(tail_event())
+    assert "warning: disk almost full" in capsys.readouterr().err
+
+
+def test_command_past_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
+    """A command past its timeout is killed, its children too, and CommandTimeoutError raised."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "open(sys.argv[1], 'w').write(str(child.pid)); "
+        "sys.stderr.write('started'); sys.stderr.flush(); time.sleep(60)"
+    )
+    handler = CommandEventHandler([sys.executable, "-c", script, str(pid_file)], timeout="1s")
+    with pytest.raises(CommandTimeoutError) as caught:
+        handler.process_event(tail_event())
+    error = caught.value
+    assert isinstance(error, TimeoutError)
+    assert error.timeout == 1.0
+    assert error.stderr == "started"
+    child = int(pid_file.read_text())
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_until(gone)
+
+
+def test_command_returns_though_a_child_it_left_holds_stderr(tmp_path: Path) -> None:
+    """A command that exits, leaving a background child with its stderr open, still returns."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "open(sys.argv[1], 'w').write(str(child.pid))"
+    )
+    handler = CommandEventHandler([sys.executable, "-c", script, str(pid_file)], timeout="30s")
+    try:
+        assert handler.process_event(tail_event()) is True
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_command_that_does_not_exist() -> None:
+    """A program that does not exist raises FileNotFoundError naming it."""
+    with pytest.raises(FileNotFoundError, match="no-such-program-eventmp"):
+        CommandEventHandler("no-such-program-eventmp {ip}").process_event(tail_event())
+
+
+def test_command_errors_survive_a_round_trip() -> None:
+    """CommandFailedError and CommandTimeoutError cross pickle with their attributes."""
+    failed = CommandFailedError(["notify", "x"], 3, "boom")
+    timed_out = CommandTimeoutError(["sleep", "9"], 2.5, "")
+    for module in (pickle, dill):
+        loaded = module.loads(module.dumps(failed))
+        assert (loaded.argv, loaded.returncode, loaded.stderr) == (["notify", "x"], 3, "boom")
+        assert str(loaded) == str(failed)
+        loaded_timeout = module.loads(module.dumps(timed_out))
+        assert (loaded_timeout.argv, loaded_timeout.timeout) == (["sleep", "9"], 2.5)
+        assert str(loaded_timeout) == str(timed_out)
+
+
+def test_command_env_as_string() -> None:
+    """env given as a string is read as NAME=value items, quoted like a shell's."""
+    handler = CommandEventHandler("true", env="A=1 'B=two words'")
+    assert handler.env == {"A": "1", "B": "two words"}
+
+
+# == webhook =====================================================================================
+
+
+def test_webhook_posts_the_event_as_json(hook_server: Callable[..., HookServer]) -> None:
+    """The event is POSTed as the JSON record to the URL filled from the event, with headers."""
+    server = hook_server([200])
+    handler = WebhookEventHandler(
+        server.url + "/hooks/{rule}", headers={"X-Source": "eventmp-tests"}
+    )
+    assert handler.process_event(tail_event()) is True
+    (request,) = server.requests
+    assert request["method"] == "POST"
+    assert request["path"] == "/hooks/ssh-failure"
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["headers"]["X-Source"] == "eventmp-tests"
+    assert json.loads(request["body"]) == event_record(tail_event())
+
+
+def test_webhook_method_put(hook_server: Callable[..., HookServer]) -> None:
+    """method chooses the HTTP method."""
+    server = hook_server([204])
+    WebhookEventHandler(server.url, method="put").process_event(tail_event())
+    assert server.requests[0]["method"] == "PUT"
+
+
+def test_webhook_retries_after_503_then_succeeds(hook_server: Callable[..., HookServer]) -> None:
+    """Two 503 answers are retried with exponential backoff and the third attempt succeeds."""
+    server = hook_server([503, 503, 200])
+    delays: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        time.sleep(seconds)
+
+    handler = WebhookEventHandler(server.url, retries=3, backoff="10ms", sleep=sleep)
+    assert handler.process_event(tail_event()) is True
+    assert len(server.requests) == 3
+    assert delays == [0.01, 0.02]
+    bodies = {request["body"] for request in server.requests}
+    assert len(bodies) == 1
+
+
+def test_webhook_does_not_retry_400(hook_server: Callable[..., HookServer]) -> None:
+    """A 400 answer is not retried: WebhookError with the status after one attempt."""
+    server = hook_server([400, 200])
+    handler = WebhookEventHandler(server.url + "/x", retries=3, backoff=0)
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event())
+    error = caught.value
+    assert (error.url, error.status, error.attempts) == (server.url + "/x", 400, 1)
+    assert "answer 400" in error.reason
+    assert len(server.requests) == 1
+
+
+def test_webhook_gives_up_after_retries_on_5xx(hook_server: Callable[..., HookServer]) -> None:
+    """A server that keeps answering 500 gets retries + 1 attempts, then WebhookError."""
+    server = hook_server([500])
+    handler = WebhookEventHandler(server.url, retries="2", backoff="0")
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event())
+    assert (caught.value.status, caught.value.attempts) == (500, 3)
+    assert len(server.requests) == 3
+    assert "HTTP 500" in str(caught.value)
+
+
+def test_webhook_times_out_retries_and_gives_up(hook_server: Callable[..., HookServer]) -> None:
+    """A server that never answers times each attempt out; after the retries, WebhookError."""
+    server = hook_server(hang=True)
+    handler = WebhookEventHandler(server.url, timeout="0.3s", retries=1, backoff="10ms")
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event())
+    error = caught.value
+    assert error.status is None
+    assert error.attempts == 2
+    assert "timed out" in error.reason
+    assert wait_until(lambda: len(server.requests) == 2)
+
+
+def test_webhook_connection_refused_is_retried() -> None:
+    """Nothing listening is a connection error: retried, then WebhookError without a status."""
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    handler = WebhookEventHandler(url, retries=2, backoff=0)
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event())
+    assert (caught.value.status, caught.value.attempts) == (None, 3)
+    assert "refused" in caught.value.reason.lower()
+
+
+def test_webhook_does_not_follow_redirects(hook_server: Callable[..., HookServer]) -> None:
+    """A redirect is an error, not followed: urllib would resend the POST as a bodiless GET."""
+    server = hook_server([302])
+    with pytest.raises(WebhookError) as caught:
+        WebhookEventHandler(server.url, retries=3).process_event(tail_event())
+    assert (caught.value.status, caught.value.attempts) == (302, 1)
+    assert len(server.requests) == 1
+
+
+def test_webhook_credentials_in_url_become_basic_auth_and_stay_hidden(
+    hook_server: Callable[..., HookServer],
+) -> None:
+    """user:password@ in the URL is sent as basic auth and never shown in str() or errors."""
+    server = hook_server([401])
+    url = server.url.replace("http://", "http://bot:hunter2@") + "/hook"
+    handler = WebhookEventHandler(url, headers={"X-Api-Key": "k3y", "X-Plain": "shown"})
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event())
+    assert server.requests[0]["headers"]["Authorization"] == "Basic Ym90Omh1bnRlcjI="
+    assert server.requests[0]["headers"]["X-Api-Key"] == "k3y"
+    assert "hunter2" not in str(caught.value)
+    assert "bot:***@" in caught.value.url
+    text = str(handler)
+    assert "hunter2" not in text
+    assert "k3y" not in text
+    assert "shown" in text
+
+
+def test_webhook_error_survives_a_round_trip() -> None:
+    """WebhookError crosses pickle with its url, status, attempts and reason."""
+    error = WebhookError("http://x/", 503, 4, "Service Unavailable")
+    loaded = pickle.loads(pickle.dumps(error))
+    assert (loaded.url, loaded.status, loaded.attempts, loaded.reason) == (
+        "http://x/",
+        503,
+        4,
+        "Service Unavailable",
+    )
+    assert str(loaded) == str(error)
+
+
+# == mail ========================================================================================
+
+
+def test_mail_sends_subject_body_and_recipients(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """A mail goes to every recipient, subject and body filled from the event's fields."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler(
+        "ops@example.com, Security <sec@example.com>",
+        subject="[{rule}] {user} from {ip}",
+        body="{time}\n{file}:{line_number}: {line}\n",
+        sender="Watcher <watcher@example.org>",
+        host="127.0.0.1",
+        port=port,
+    )
+    assert handler.process_event(tail_event()) is True
+    (envelope,) = inbox.envelopes
+    assert envelope.mail_from == "watcher@example.org"
+    assert envelope.rcpt_tos == ["ops@example.com", "sec@example.com"]
+    message = inbox.message()
+    assert message["Subject"] == "[ssh-failure] root from 203.0.113.9"
+    assert message["From"] == "Watcher <watcher@example.org>"
+    assert message["To"] == "ops@example.com, Security <sec@example.com>"
+    assert message["Message-ID"].endswith("@example.org>")
+    body = message.get_content()
+    assert "/var/log/auth.log:42: Failed password for root from 203.0.113.9 port 22" in body
+
+
+def test_mail_default_templates_and_list_of_recipients(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """By default the subject names the rule and the body is the line; to may be a list."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler(["a@example.com", "b@example.com"], port=str(port), host="127.0.0.1")
+    handler.process_event(tail_event(line="caf\u00e9 down"))
+    assert inbox.envelopes[0].rcpt_tos == ["a@example.com", "b@example.com"]
+    message = inbox.message()
+    assert message["Subject"] == "eventmp: ssh-failure"
+    assert message.get_content().splitlines() == ["caf\u00e9 down"]
+
+
+def test_mail_event_cannot_inject_headers(smtp_server: Callable[..., tuple[Inbox, int]]) -> None:
+    """Line breaks in a filled subject become spaces: an event cannot add a header."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler("ops@example.com", subject="{line}", host="127.0.0.1", port=port)
+    handler.process_event(tail_event(line="alert\r\nBcc: thief@example.net"))
+    assert inbox.envelopes[0].rcpt_tos == ["ops@example.com"]
+    message = inbox.message()
+    assert message["Bcc"] is None
+    assert message["Subject"] == "alert Bcc: thief@example.net"
+
+
+def test_mail_logs_in_with_username_and_password(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """With username and password the handler logs in before sending, even after a dill trip."""
+    inbox, port = smtp_server(auth=True)
+    handler = MailEventHandler(
+        "ops@example.com", host="127.0.0.1", port=port, username="watcher", password="s3cret"
+    )
+    dill.loads(dill.dumps(handler)).process_event(tail_event())
+    assert inbox.logins == [("watcher", "s3cret")]
+    assert len(inbox.envelopes) == 1
+
+
+def test_mail_wrong_password_is_an_error(smtp_server: Callable[..., tuple[Inbox, int]]) -> None:
+    """A login the server refuses raises smtplib's authentication error; nothing is sent."""
+    inbox, port = smtp_server(auth=True)
+    handler = MailEventHandler(
+        "ops@example.com", host="127.0.0.1", port=port, username="watcher", password="wrong"
+    )
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        handler.process_event(tail_event())
+    assert inbox.envelopes == []
+
+
+def test_mail_starttls_against_a_server_without_it(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """starttls=True refuses to go on in clear text when the server does not offer STARTTLS."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler("ops@example.com", host="127.0.0.1", port=port, starttls="yes")
+    with pytest.raises(smtplib.SMTPNotSupportedError):
+        handler.process_event(tail_event())
+    assert inbox.envelopes == []
+
+
+def test_mail_str_never_shows_the_password() -> None:
+    """str() shows the settings, with the password replaced by ***."""
+    handler = MailEventHandler("ops@example.com", username="watcher", password="s3cret")
+    text = str(handler)
+    assert "s3cret" not in text
+    assert "password='***'" in text
+    assert "username='watcher'" in text
+    assert "s3cret" not in repr(handler)
+
+
+def test_mail_missing_field_is_a_template_error() -> None:
+    """A subject naming a field the event lacks fails before any connection is made."""
+    handler = MailEventHandler("ops@example.com", port=free_port(), host="127.0.0.1")
+    with pytest.raises(TemplateError, match="rule"):
+        handler.process_event(Event("app", None, "no rule here"))
+
+
+# == count =======================================================================================
+
+
+def test_count_passes_every_nth_within_window() -> None:
+    """count=3 passes the third event, then starts again and passes the sixth."""
+    clock = FakeClock()
+    handler = CountEventHandler(3, window="10s", clock=clock)
+    results = []
+    for _ in range(6):
+        results.append(handler.process_event(tail_event()))
+        clock.now += 1
+    assert results == [False, False, True, False, False, True]
+
+
+def test_count_forgets_occurrences_older_than_window() -> None:
+    """Occurrences that left the window no longer count towards the next pass."""
+    clock = FakeClock()
+    handler = CountEventHandler(3, window=10, clock=clock)
+    assert handler.process_event(tail_event()) is False  # t=0
+    clock.now += 5
+    assert handler.process_event(tail_event()) is False  # t=5
+    clock.now += 5  # t=10: the first is exactly one window old, so out
+    assert handler.process_event(tail_event()) is False
+    clock.now += 1
+    assert handler.process_event(tail_event()) is True  # t=5, 10, 11
+
+
+def test_count_counts_each_key_apart() -> None:
+    """With a key template, each filled key is counted on its own."""
+    clock = FakeClock()
+    handler = CountEventHandler(2, key="{ip}", clock=clock)
+    a = tail_event(named={"ip": "10.0.0.1"})
+    b = tail_event(named={"ip": "10.0.0.2"})
+    assert [handler.process_event(e) for e in (a, b, a, b)] == [False, False, True, True]
+
+
+def test_count_of_one_passes_everything() -> None:
+    """count=1 passes every event."""
+    handler = CountEventHandler(1, clock=FakeClock())
+    assert all(handler.process_event(tail_event()) for _ in range(5))
+
+
+def test_count_stops_a_chain(tmp_path: Path) -> None:
+    """As a link in a chain, count lets only the events it passes reach the next handler."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    chain = ChainEventHandler(CountEventHandler(2, clock=FakeClock()), recorder)
+    results = [chain.process_event(Event("app", None, n)) for n in range(6)]
+    assert results == [False, True, False, True, False, True]
+    assert [record["data"] for record in recorder.records()] == [1, 3, 5]
+
+
+def test_count_forgets_idle_keys() -> None:
+    """Keys not seen for a window are dropped, so memory follows the active keys."""
+    clock = FakeClock()
+    handler = CountEventHandler(5, window=10, key="{data}", clock=clock)
+    for n in range(100):
+        handler.process_event(Event("app", None, n))
+    clock.now += 20
+    handler.process_event(Event("app", None, "new"))
+    assert list(handler._times) == ["new"]
+
+
+def test_count_state_starts_fresh_in_each_copy() -> None:
+    """A serialized handler (what a worker receives) starts counting from zero."""
+    clock = FakeClock()
+    handler = CountEventHandler(2, clock=clock)
+    assert handler.process_event(tail_event()) is False
+    copy = dill.loads(dill.dumps(handler))
+    assert copy.process_event(tail_event()) is False
+    assert handler.process_event(tail_event()) is True
+
+
+def test_count_str_shows_settings_not_state() -> None:
+    """str() shows count, window and key, not the clock or the counts."""
+    assert str(CountEventHandler("4", "1m", "{ip}")) == (
+        "CountEventHandler(count=4, window=60.0, key='{ip}')"
+    )
+
+
+def test_count_missing_key_field_is_a_template_error() -> None:
+    """A key naming a field the event lacks raises TemplateError."""
+    with pytest.raises(TemplateError, match="ip"):
+        CountEventHandler(2, key="{ip}").process_event(Event("app", None, 1))
+
+
+# == throttle ====================================================================================
+
+
+def test_throttle_passes_at_most_limit_per_interval() -> None:
+    """At most limit events pass in any interval; suppressed ones do not count."""
+    clock = FakeClock()
+    handler = ThrottleEventHandler(2, interval="10s", clock=clock)
+    timeline = []
+    for offset in (0, 1, 2, 9.5, 10, 10.5, 11, 11.5):
+        clock.now = 1000 + offset
+        timeline.append(handler.process_event(tail_event()))
+    # Passed at 0 and 1; at 10 the one of 0 has left the window; at 11 the one of 1 has.
+    assert timeline == [True, True, False, False, True, False, True, False]
+
+
+def test_throttle_is_per_key() -> None:
+    """Each filled key has its own limit."""
+    clock = FakeClock()
+    handler = ThrottleEventHandler(1, key="{ip}", clock=clock)
+    a = tail_event(named={"ip": "10.0.0.1"})
+    b = tail_event(named={"ip": "10.0.0.2"})
+    assert [handler.process_event(e) for e in (a, b, a, b)] == [True, True, False, False]
+
+
+def test_throttle_steady_flood_passes_limit_each_interval() -> None:
+    """A steady flood (one event per second) passes exactly limit events in each interval."""
+    clock = FakeClock(0.0)
+    handler = ThrottleEventHandler(3, interval=10, clock=clock)
+    passed = []
+    for second in range(60):
+        clock.now = float(second)
+        if handler.process_event(tail_event()):
+            passed.append(second)
+    assert passed == [0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52]
+
+
+def test_throttle_str_shows_settings() -> None:
+    """str() shows limit, interval and key."""
+    assert str(ThrottleEventHandler(5, 30, "")) == (
+        "ThrottleEventHandler(limit=5, interval=30.0, key='')"
+    )
+
+
+# == end to end, in real workers =================================================================
+
+APPEND_ARG = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+FAIL_3 = "import sys; sys.stderr.write('no such user: ' + sys.argv[1]); sys.exit(3)"
+
+
+def test_json_and_command_in_a_real_worker(tmp_path: Path, start_method: str) -> None:
+    """json and command handlers run in a worker; a failing command's CommandFailedError
+    comes back to the parent as the error event's exception."""
+    out = tmp_path / "events.jsonl"
+    ran = tmp_path / "ran.txt"
+    record = JsonEventHandler(out, fields=["rule", "ip"])
+    notify = CommandEventHandler([sys.executable, "-c", APPEND_ARG, str(ran), "{ip}"])
+    fail = CommandEventHandler([sys.executable, "-c", FAIL_3, "{user}"])
+    good = ChainEventHandler(record, notify)
+    bad = ChainEventHandler(record, fail)
+    events = [
+        Event("tail", good, tail_data(named={"ip": "10.0.0.1", "user": "a"})),
+        Event("tail", bad, tail_data(named={"ip": "10.0.0.2", "user": "mallory"})),
+        Event("tail", good, tail_data(named={"ip": "10.0.0.3", "user": "c"})),
+    ]
+    errors = run_events(events, timeout=WAIT, start_method=start_method, poll_interval=0.05)
+    assert len(errors) == 1
+    exception, failed = errors[0].data
+    assert isinstance(exception, CommandFailedError)
+    assert exception.returncode == 3
+    assert exception.stderr == "no such user: mallory"
+    assert failed.data["named"]["ip"] == "10.0.0.2"
+    assert [line["ip"] for line in read_lines(out)] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert ran.read_text().split() == ["10.0.0.1", "10.0.0.3"]
+
+
+def test_json_lines_from_several_workers_do_not_interleave(tmp_path: Path) -> None:
+    """Two workers appending long lines to one file leave every line whole."""
+    out = tmp_path / "events.jsonl"
+    handler = JsonEventHandler(out)
+    events = [Event("app", handler, {"n": n, "pad": "x" * 20_000}) for n in range(200)]
+    assert run_events(events, timeout=WAIT, workers=2, poll_interval=0.05) == []
+    lines = read_lines(out)
+    assert sorted(line["data"]["n"] for line in lines) == list(range(200))
+
+
+SIGINT_REPORT = (
+    "import signal, sys; open(sys.argv[1], 'w').write(str(signal.getsignal(signal.SIGINT)))"
+)
+
+
+def test_command_in_a_worker_does_not_inherit_ignored_sigint(tmp_path: Path) -> None:
+    """A command started by a worker (which ignores SIGINT) gets SIGINT's default action."""
+    out = tmp_path / "sigint.txt"
+    handler = CommandEventHandler([sys.executable, "-c", SIGINT_REPORT, str(out)])
+    assert run_events([Event("app", handler, 1)], timeout=WAIT, poll_interval=0.05) == []
+    # Python installs its KeyboardInterrupt handler only where SIGINT was not ignored.
+    assert out.read_text() == str(signal.default_int_handler)

@@ -1,0 +1,219 @@
+"""Pipeline files: every mistake is one clear message naming the file and key."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eventmp import ChainEventHandler, PrintEventHandler
+from eventmp.pipeline import Pipeline, PipelineError, load_pipeline
+
+GOOD = """
+[dispatcher]
+poll_interval = "250ms"
+workers = 2
+event_timeout = 30
+max_memory_per_worker = "512MB"
+
+[[inputs]]
+name = "auth"
+paths = ["auth.log", "more/*.log"]
+state_file = "auth.state"
+
+[[inputs]]
+path = "/var/log/other.log"
+start_at = "beginning"
+
+[[rules]]
+name = "failed"
+inputs = ["auth"]
+regex = 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'
+exclude = "invalid user"
+quick = "true"
+handlers = ["print", { type = "json", file = "${OUT_DIR}/alerts.jsonl" }]
+
+[[rules]]
+regex = "error"
+handler = "print"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path: Path, text: str, **environ: str) -> Pipeline:
+    return load_pipeline(write(tmp_path, text), environ={"OUT_DIR": "/tmp/out", **environ})
+
+
+def error_of(tmp_path: Path, text: str, **environ: str) -> str:
+    with pytest.raises(PipelineError) as info:
+        load(tmp_path, text, **environ)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "pipeline.toml") + ": ")
+    assert "Traceback" not in message
+    return message
+
+
+def test_a_good_pipeline_loads_every_setting(tmp_path: Path) -> None:
+    """A complete pipeline file yields its dispatcher settings, inputs, rules and handlers."""
+    pipeline = load(tmp_path, GOOD)
+    assert pipeline.dispatcher_options == {
+        "poll_interval": 0.25,
+        "workers": 2,
+        "event_timeout": 30.0,
+        "max_memory_per_worker": 512 << 20,
+    }
+    auth, other = pipeline.inputs
+    assert auth.name == "auth"
+    assert auth.paths == [str(tmp_path / "auth.log"), str(tmp_path / "more/*.log")]
+    assert auth.state_file == str(tmp_path / "auth.state")
+    assert auth.start_at is None
+    assert (other.name, other.paths, other.start_at) == (
+        "input2",
+        ["/var/log/other.log"],
+        "beginning",
+    )
+    failed, second = pipeline.rules
+    assert failed.inputs == ["auth"]
+    assert failed.quick is True
+    assert failed.exclude is not None and failed.exclude.pattern == "invalid user"
+    assert isinstance(failed.handler, ChainEventHandler)
+    assert isinstance(failed.handler.handlers[0], PrintEventHandler)
+    assert failed.handler.handlers[1].file == "/tmp/out/alerts.jsonl"
+    assert second.name == "rule2"
+    assert second.inputs == ["auth", "input2"]
+    assert [rule.name for rule in pipeline.rules_for("input2")] == ["rule2"]
+
+
+def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
+    """With several workers and no key, events are routed by their file (per-file order)."""
+    pipeline = load(tmp_path, GOOD)
+    key = pipeline.key_function(2)
+    assert key is not None
+    assert pipeline.key_function(1) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("[[rules]]\nregex='x'\nhandler='print'\n", "inputs", "at least one [[inputs]]"),
+        ("[[inputs]]\npath='a.log'\n", "rules", "at least one [[rules]]"),
+        ("[[inputs]]\nname='a'\n[[rules]]\nregex='x'\nhandler='print'\n", "inputs[1]", "'paths'"),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='nope'\n",
+            "rules[1].handler[1].type",
+            "unknown handler type 'nope'",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='webhook'}\n",
+            "rules[1].handler[1]",
+            "missing required setting 'url'",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='json', colour='red'}\n",
+            "rules[1].handler[1].colour",
+            "unknown setting for handler 'json'",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nname='r'\nregex='(ab'\nhandler='print'\n",
+            'rules[1] ("r").regex',
+            "bad regular expression at position 0: missing ), unterminated subpattern",
+        ),
+        (
+            "[dispatcher]\nworkers='many'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.workers",
+            "expected a whole number >= 1, got 'many'",
+        ),
+        (
+            "[dispatcher]\nevent_timeout='soon'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.event_timeout",
+            "expected a number of seconds",
+        ),
+        (
+            "[dispatcher]\nspeed=3\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.speed",
+            "unknown setting",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\ninputs=['b']\nhandler='print'\n",
+            "rules[1].inputs",
+            "no input named 'b'",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\nstart_at='middle'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].start_at",
+            'expected "end" or "beginning"',
+        ),
+        (
+            "[[inputs]]\npath='a.log'\nencoding='klingon'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].encoding",
+            "unknown encoding 'klingon'",
+        ),
+        (
+            "[[inputs]]\npath='${NOPE}/a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].path",
+            "environment variable NOPE is not set",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='exec', command='if'}\n",
+            "rules[1].handler[1]",
+            "handler 'exec'",
+        ),
+        (
+            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='nosuchmodule:Thing'}\n",
+            "rules[1].handler[1].type",
+            "cannot import 'nosuchmodule'",
+        ),
+        ("[[inputs]\npath='a.log'\n", "", "not valid TOML"),
+        ("[colours]\nred=1\n", "colours", "unknown table or key"),
+    ],
+)
+def test_bad_pipelines_name_file_key_and_expectation(
+    tmp_path: Path, text: str, where: str, what: str
+) -> None:
+    """Each mistake gives one PipelineError naming the file, the table/key and what was expected."""
+    message = error_of(tmp_path, text)
+    if where:
+        assert f": {where}: " in message, message
+    assert what in message, message
+
+
+def test_missing_file_is_a_pipeline_error(tmp_path: Path) -> None:
+    """A pipeline file that does not exist is reported as such, naming it."""
+    with pytest.raises(PipelineError, match=re.escape(str(tmp_path / "nope.toml"))):
+        load_pipeline(tmp_path / "nope.toml")
+
+
+def test_environment_substitution_and_dollar_escape(tmp_path: Path) -> None:
+    """${NAME} is replaced from the environment and $$ stands for a literal dollar sign."""
+    pipeline = load(
+        tmp_path,
+        "[[inputs]]\npath='${LOGS}/a.log'\n[[rules]]\nregex='cost: $$5'\nhandler='print'\n",
+        LOGS="/srv/logs",
+    )
+    assert pipeline.inputs[0].paths == ["/srv/logs/a.log"]
+    assert pipeline.rules[0].regex.pattern == "cost: $5"
+
+
+def test_module_class_handlers_load_from_the_pipeline_directory(tmp_path: Path) -> None:
+    """A module:Class handler is imported with the pipeline file's directory on sys.path."""
+    (tmp_path / "my_pipeline_handlers.py").write_text(
+        "class Shout:\n"
+        "    def __init__(self, word='hey'):\n"
+        "        self.word = word\n"
+        "    def process_event(self, event):\n"
+        "        return True\n"
+    )
+    pipeline = load(
+        tmp_path,
+        "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\n"
+        "handler={type='my_pipeline_handlers:Shout', word='ho'}\n",
+    )
+    assert type(pipeline.rules[0].handler).__name__ == "Shout"
+    assert pipeline.rules[0].handler.word == "ho"

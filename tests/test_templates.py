@@ -1,0 +1,231 @@
+"""eventmp.templates: the fields an event offers, and templates filled from them without code."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime
+from typing import Any
+
+import dill
+import pytest
+
+from eventmp import Event, EventmpError
+from eventmp.errors import TemplateError
+from eventmp.templates import check, fields, render, render_fields
+
+STAMP = 1_700_000_000.5
+
+
+def tail_event(**changes: Any) -> Event:
+    """An event shaped like the file tail's, for an sshd line that matched a rule."""
+    data: dict[str, Any] = {
+        "input": "auth",
+        "file": "/var/log/auth.log",
+        "line_number": 42,
+        "line": "Failed password for root from 203.0.113.9 port 22",
+        "rule": "ssh-failure",
+        "match": "for root from 203.0.113.9",
+        "groups": ["root", "203.0.113.9", None],
+        "named": {"user": "root", "ip": "203.0.113.9"},
+    }
+    data.update(changes)
+    return Event("tail", None, data, timestamp=STAMP)
+
+
+# == fields ======================================================================================
+
+
+def test_fields_of_a_tail_event() -> None:
+    """A tail event offers the event's fields, its data keys, numbered and named groups."""
+    values = fields(tail_event())
+    assert values["originator"] == "tail"
+    assert values["timestamp"] == STAMP
+    assert values["file"] == "/var/log/auth.log"
+    assert values["line_number"] == 42
+    assert values["rule"] == "ssh-failure"
+    assert values["0"] == "for root from 203.0.113.9"
+    assert values["1"] == "root"
+    assert values["2"] == "203.0.113.9"
+    assert values["3"] is None
+    assert values["ip"] == "203.0.113.9"
+    assert values["user"] == "root"
+    assert "data" not in values
+
+
+def test_fields_time_is_iso_8601_local_time() -> None:
+    """The time field is the timestamp in ISO 8601, in local time with its UTC offset."""
+    text = fields(tail_event())["time"]
+    parsed = datetime.fromisoformat(text)
+    assert parsed.utcoffset() is not None
+    assert parsed.timestamp() == STAMP
+    assert parsed.utcoffset() == datetime.fromtimestamp(STAMP).astimezone().utcoffset()
+
+
+def test_fields_of_non_dict_data_offer_data() -> None:
+    """When the data is not a dict, it is offered whole as the data field."""
+    values = fields(Event(("host", 1), None, [1, 2], timestamp=STAMP))
+    assert values["data"] == [1, 2]
+    assert values["originator"] == "('host', 1)"
+    assert set(values) == {"originator", "timestamp", "time", "data"}
+
+
+def test_named_group_shadows_data_key_of_same_name() -> None:
+    """A named group called like a data key wins: the regex's author asked for it by name."""
+    values = fields(tail_event(named={"file": "index.html"}))
+    assert values["file"] == "index.html"
+
+
+def test_fields_of_a_plain_dict_without_groups() -> None:
+    """A dict that is not a tail's offers its string keys and nothing invented."""
+    values = fields(Event("app", None, {"amount": 3, 7: "seven"}, timestamp=STAMP))
+    assert values["amount"] == 3
+    assert "0" not in values
+    assert "7" not in values
+
+
+def test_fields_ignore_malformed_groups() -> None:
+    """Data whose groups and named entries are not a list and a dict adds no numbered fields."""
+    values = fields(tail_event(groups="oops", named=["not", "a", "dict"]))
+    assert "1" not in values
+    assert values["groups"] == "oops"
+
+
+# == render ======================================================================================
+
+
+def test_render_fills_named_and_numbered_fields() -> None:
+    """Fields by name, by group name and by group number are filled from the event."""
+    text = render("{rule}: {user}@{ip} ({2}) in {file}:{line_number}", tail_event())
+    assert text == "ssh-failure: root@203.0.113.9 (203.0.113.9) in /var/log/auth.log:42"
+
+
+def test_render_whole_match_is_field_zero() -> None:
+    """{0} is the whole match, as in a regex."""
+    assert render("[{0}]", tail_event()) == "[for root from 203.0.113.9]"
+
+
+def test_render_doubled_braces_are_literal() -> None:
+    """{{ and }} render as single braces."""
+    assert render("{{rule}} {{{rule}}}", tail_event()) == "{rule} {ssh-failure}"
+
+
+def test_render_conversion_and_format_spec() -> None:
+    """A conversion and a standard format spec apply as in str.format."""
+    event = tail_event()
+    assert render("{line_number:>5}|{timestamp:.0f}|{user!r}", event) == ("   42|1700000000|'root'")
+
+
+def test_render_group_that_did_not_match_is_empty() -> None:
+    """A group that took no part in the match (None) renders as an empty string."""
+    assert render("<{3}>", tail_event()) == "<>"
+
+
+def test_render_non_dict_data() -> None:
+    """An event whose data is not a dict is rendered through {data}."""
+    event = Event("app", None, 17, timestamp=STAMP)
+    assert render("{originator} says {data}", event) == "app says 17"
+
+
+def test_render_missing_field_raises_template_error() -> None:
+    """A field the event lacks raises TemplateError naming it and listing those available."""
+    with pytest.raises(TemplateError) as caught:
+        render("{host} {line}", tail_event())
+    error = caught.value
+    assert isinstance(error, EventmpError)
+    assert error.field == "host"
+    assert "line" in error.available
+    assert "ip" in error.available
+    assert "{host}" in str(error)
+    assert "ip" in str(error)
+
+
+def test_render_value_that_rejects_the_format_spec() -> None:
+    """A value that cannot take the format spec raises TemplateError with the reason."""
+    with pytest.raises(TemplateError) as caught:
+        render("{line:d}", tail_event())
+    assert caught.value.field == "line"
+    assert caught.value.reason
+
+
+def test_render_does_not_reach_attributes_of_values() -> None:
+    """A dunder name is just a field name the event lacks: nothing of Python is reachable."""
+    with pytest.raises(TemplateError):
+        render("{__class__}", tail_event())
+    with pytest.raises(ValueError, match="attribute access"):
+        render("{line.__class__}", tail_event())
+
+
+def test_render_fields_uses_given_values() -> None:
+    """render_fields fills a template from a mapping computed once."""
+    assert render_fields("{a}-{b}", {"a": 1, "b": "x"}) == "1-x"
+
+
+def test_template_error_survives_pickle_and_dill() -> None:
+    """TemplateError keeps its field, available names and message across a round trip."""
+    error = TemplateError("host", ["ip", "line"], "{host}")
+    for module in (pickle, dill):
+        loaded = module.loads(module.dumps(error))
+        assert type(loaded) is TemplateError
+        assert loaded.field == "host"
+        assert loaded.available == ["ip", "line"]
+        assert str(loaded) == str(error)
+
+
+# == check =======================================================================================
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "",
+        "plain text",
+        "{line}",
+        "{0} {1} {ip}",
+        "{{literal}}",
+        "{count:>5}",
+        "{timestamp:.3f}",
+        "{value:,}",
+        "{line!r}",
+        "{line!a:<20}",
+        "{user-agent}",
+    ],
+)
+def test_check_accepts_valid_templates(template: str) -> None:
+    """Plain fields, escapes, conversions and standard format specs pass the check."""
+    check(template)
+
+
+@pytest.mark.parametrize(
+    ("template", "position", "words"),
+    [
+        ("x {a.b}", 4, "attribute access"),
+        ("x {a[0]}", 4, "indexing"),
+        ("x {}", 2, "empty field"),
+        ("x {line", 2, "never closed"),
+        ("x } y", 2, "single '}'"),
+        ("{a!x}", 2, "conversion"),
+        ("{a!r x}", 4, "after the conversion"),
+        ("{a:{w}}", 3, "nested"),
+        ("{a:zz}", 3, "format spec"),
+        ("{ a }", 1, "space"),
+    ],
+)
+def test_check_rejects_with_position(template: str, position: int, words: str) -> None:
+    """A bad template raises ValueError giving the position of the problem and what it is."""
+    with pytest.raises(ValueError) as caught:
+        check(template)
+    message = str(caught.value)
+    assert f"position {position}" in message
+    assert words in message
+
+
+def test_check_rejects_non_string() -> None:
+    """A template that is not a string (a TOML number, say) is a ValueError."""
+    with pytest.raises(ValueError, match="must be a string"):
+        check(42)  # type: ignore[arg-type]
+
+
+def test_bad_template_raises_value_error_when_rendered_too() -> None:
+    """render() refuses a template check() would refuse, rather than guessing."""
+    with pytest.raises(ValueError, match="position"):
+        render("{line", tail_event())
