@@ -314,6 +314,7 @@ class EventDispatcher(threading.Thread):
         # Whether some worker could take a batch now: submit() sends at once only then, and
         # otherwise leaves the event to the batch that the next acknowledgement sends.
         self._sendable = False
+        self._poll_again = False  # a generator said it has more right now (has_more)
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
         # ones still travel 256 at a time.
@@ -561,9 +562,11 @@ class EventDispatcher(threading.Thread):
                 self._pump()
                 poll_due = (
                     self._state == _RUNNING
-                    and now >= next_poll
+                    and (now >= next_poll or self._poll_again)
                     and len(self._pending) < self.max_pending
                 )
+                if poll_due:
+                    self._poll_again = False
                 generators = list(self._generators) if poll_due else []
             self._deliver_outcomes()
             if poll_due:
@@ -641,7 +644,7 @@ class EventDispatcher(threading.Thread):
                 and not self._all_exhausted()
                 and len(self._pending) < self.max_pending
             ):
-                timers.append(next_poll)
+                timers.append(now if self._poll_again else next_poll)
             if self._stop_deadline is not None and self._abandoning is None:
                 timers.append(self._stop_deadline)
             for slot in self._slots:
@@ -691,6 +694,8 @@ class EventDispatcher(threading.Thread):
                         )
                 if getattr(generator, "finished", False):
                     self._exhausted.add(id(generator))
+                elif getattr(generator, "has_more", False):
+                    self._poll_again = True
                 self._pump()
                 self._changed.notify_all()
         self._deliver_outcomes()

@@ -81,6 +81,10 @@ class EventGenerator:
     ``finished`` true (it may do so in the same call that returns its last events); the
     dispatcher then stops polling it and ``EventDispatcher.wait()`` can return.
 
+    A generator that stopped early (a per-poll read budget, say) sets ``has_more`` true: the
+    dispatcher polls it again at once, while ``max_pending`` has room, instead of after
+    ``poll_interval``.
+
     A generator that sets ``track_outcomes`` true has ``settled(event, exception)`` called,
     from the dispatcher thread, once each event it produced has its outcome (``exception`` is
     None when the handler returned): a file tail saves its position only up to settled lines.
@@ -88,6 +92,7 @@ class EventGenerator:
 
     finished: bool = False
     track_outcomes: bool = False
+    has_more: bool = False
 
     def get_events(self) -> list[Event]:
         raise NotImplementedError(f"{type(self).__qualname__}.get_events()")

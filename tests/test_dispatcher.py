@@ -990,3 +990,26 @@ def test_poll_interval_zero_still_reads_results(
     dispatcher.submit(Event("s", recorder, "submitted"))
     assert dispatcher.wait(WAIT)
     assert len(recorder.records()) == 51
+
+
+class Trickle(ListEventGenerator):
+    """Gives one event per poll and says it has more, like a tail on its read budget."""
+
+    def get_events(self) -> list[Event]:
+        events = super().get_events()
+        self.has_more = not self.finished
+        return events
+
+
+def test_generator_with_more_is_polled_again_at_once(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """has_more makes the dispatcher poll again without waiting out poll_interval."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    generator = Trickle([Event("t", recorder, n) for n in range(20)], per_poll=1)
+    dispatcher = make_dispatcher(poll_interval=60)
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)  # 20 polls of 60 s each would blow this bound
+    assert [r["data"] for r in recorder.records()] == list(range(20))
+    assert generator.polls == 20

@@ -1,0 +1,330 @@
+"""The ``eventmp`` command: ``eventmp run PIPELINE.toml``, ``eventmp check PIPELINE.toml``.
+
+Everything here runs in the parent process. Exit status: 0 when the run ended cleanly (in
+``--once`` mode: and every event succeeded), 1 when an event failed in ``--once`` mode or the
+workers could not start, 2 on a bad pipeline file or bad arguments. A bad pipeline file gets
+one line naming the file and key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .dispatcher import EventDispatcher
+from .errors import EventmpError, WorkerStartError
+from .event import Event
+from .handlers import call_handler, describe_handler
+from .pipeline import Pipeline, PipelineError, load_pipeline
+from .tail import FileTailGenerator, Rule
+from .units import parse_duration
+
+__all__ = ["FailureSummary", "StatusReporter", "main"]
+
+logger = logging.getLogger("eventmp")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
+    try:
+        pipeline = load_pipeline(args.pipeline)
+    except PipelineError as exc:
+        print(f"eventmp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check":
+        print(_describe(pipeline))
+        return EXIT_OK
+    return _run(pipeline, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventmp",
+        description="Watch log files and run handlers on matching lines in worker processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"eventmp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run a pipeline (follow mode until SIGINT/SIGTERM)")
+    check = commands.add_parser("check", help="check a pipeline file without running it")
+    for command in (run, check):
+        command.add_argument("pipeline", metavar="PIPELINE.toml", help="the pipeline file")
+        command.add_argument(
+            "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+        )
+        command.add_argument(
+            "-q", "--quiet", action="count", default=0, help="less output (no status line)"
+        )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="batch mode: read every input to its end, process everything, exit "
+        "(0: all succeeded, 1: some failed)",
+    )
+    run.add_argument(
+        "--stats-interval",
+        type=_duration,
+        default=60.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, log a stats line this often (default 60; 0: never)",
+    )
+    return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
+        verbosity, logging.DEBUG if verbosity > 1 else logging.CRITICAL
+    )
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _describe(pipeline: Pipeline) -> str:
+    lines = [f"{pipeline.path}: OK"]
+    for spec in pipeline.inputs:
+        rules = ", ".join(rule.name for rule in pipeline.rules_for(spec.name)) or "no rules"
+        lines.append(f"  input {spec.name}: {', '.join(spec.paths)} -> {rules}")
+    for rule in pipeline.rules:
+        lines.append(
+            f"  rule {rule.name}: /{rule.regex.pattern}/ -> {describe_handler(rule.handler)}"
+        )
+    return "\n".join(lines)
+
+
+def build(pipeline: Pipeline, *, once: bool) -> tuple[EventDispatcher, list[FileTailGenerator]]:
+    """The dispatcher and tails that a pipeline describes (not started)."""
+    options = dict(pipeline.dispatcher_options)
+    dispatcher = EventDispatcher(
+        key=pipeline.key_function(int(options.get("workers", 1))), **options
+    )
+    tails = []
+    for spec in pipeline.inputs:
+        rules = [
+            Rule(rule.name, rule.regex, rule.handler, rule.exclude, rule.quick)
+            for rule in pipeline.rules_for(spec.name)
+        ]
+        tail = FileTailGenerator(
+            spec.paths,
+            rules,
+            name=spec.name,
+            start_at=spec.start_at or ("beginning" if once else "end"),
+            encoding=spec.encoding,
+            state_file=spec.state_file,
+            once=once,
+            rescan_interval=spec.rescan_interval,
+        )
+        dispatcher.add_event_generator(tail)
+        tails.append(tail)
+    return dispatcher, tails
+
+
+def _run(pipeline: Pipeline, args: argparse.Namespace) -> int:
+    dispatcher, tails = build(pipeline, once=args.once)
+    failures = FailureSummary(pipeline.error_handler)
+    dispatcher.error_handler(failures)
+    started = time.monotonic()
+    try:
+        dispatcher.start()
+    except WorkerStartError as exc:
+        print(f"eventmp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    reporter = StatusReporter(
+        dispatcher,
+        tails,
+        stream=sys.stderr,
+        interactive=sys.stderr.isatty() and args.quiet == 0,
+        interval=args.stats_interval if args.quiet == 0 else 0.0,
+        progress=args.once,
+    )
+    reporter.start()
+    if args.once:
+        threading.Thread(
+            target=_stop_when_done, args=(dispatcher,), name="eventmp-once", daemon=True
+        ).start()
+    try:
+        dispatcher.serve_forever()
+    finally:
+        reporter.stop()
+    if args.quiet < 2:
+        print(_summary(dispatcher, tails, failures, time.monotonic() - started), file=sys.stderr)
+    if args.once and dispatcher.stats().failed:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _stop_when_done(dispatcher: EventDispatcher) -> None:
+    """In --once mode: stop (with a drain) as soon as every input is read and handled."""
+    while dispatcher.is_alive():
+        if dispatcher.wait(0.2):
+            dispatcher.stop()
+            return
+
+
+class FailureSummary:
+    """The command's error handler: counts failures by handler and error class, logs each one,
+    then passes the error event on to the pipeline's own error handler, if any."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.then = then
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def process_event(self, event: Event) -> bool:
+        exception, original = event.data
+        where = _where(original)
+        handler = (
+            describe_handler(original.handler) if original is not None else str(event.originator)
+        )
+        self.counts[(handler, type(exception).__name__)] += 1
+        logger.warning("%s failed: %s: %s", where, type(exception).__name__, exception)
+        if self.then is not None:
+            call_handler(self.then, Event(event.originator, self.then, event.data, event.timestamp))
+        return True
+
+    def lines(self) -> list[str]:
+        return [
+            f"{count} x {error} in {handler}"
+            for (handler, error), count in self.counts.most_common()
+        ]
+
+
+def _where(event: Event | None) -> str:
+    if event is None:
+        return "input"
+    data = event.data
+    if isinstance(data, dict) and "file" in data:
+        return f"rule {data.get('rule')!s} on {data['file']}:{data.get('line_number')}"
+    return f"event {data!r}"[:200]
+
+
+class StatusReporter:
+    """A live status line on a terminal, or a periodic plain log line when not on one."""
+
+    def __init__(
+        self,
+        dispatcher: EventDispatcher,
+        tails: list[FileTailGenerator],
+        *,
+        stream: TextIO,
+        interactive: bool,
+        interval: float,
+        progress: bool,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.tails = tails
+        self.stream = stream
+        self.interactive = interactive
+        self.interval = 0.5 if interactive else interval
+        self.progress = progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="eventmp-status", daemon=True)
+        self._last = (time.monotonic(), 0)
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        if self.interactive and self.interval > 0:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            line = self.line()
+            if self.interactive:
+                self.stream.write("\r\x1b[K" + line)
+            else:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+                self.stream.write(f"{stamp} eventmp stats: {line}\n")
+            self.stream.flush()
+
+    def line(self) -> str:
+        stats = self.dispatcher.stats()
+        now = time.monotonic()
+        then, done_before = self._last
+        done = stats.processed + stats.failed
+        rate = (done - done_before) / max(now - then, 1e-9)
+        self._last = (now, done)
+        rss = max(stats.worker_rss, default=0)
+        parts = [
+            f"{rate:,.0f} ev/s",
+            f"pending {stats.pending:,}",
+            f"processed {stats.processed:,}",
+            f"failed {stats.failed:,}",
+            f"restarts {stats.worker_restarts}",
+            f"worker rss {rss / 1e6:,.0f} MB",
+        ]
+        if self.progress:
+            parts.insert(0, _progress_bar(self.tails))
+        return " | ".join(parts)
+
+
+def _progress_bar(tails: list[FileTailGenerator], width: int = 20) -> str:
+    read = sum(tail.bytes_read for tail in tails)
+    total = sum(tail.bytes_total for tail in tails)
+    fraction = min(read / total, 1.0) if total else 1.0
+    filled = int(fraction * width)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
+        f"{read / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+    )
+
+
+def _summary(
+    dispatcher: EventDispatcher,
+    tails: list[FileTailGenerator],
+    failures: FailureSummary,
+    seconds: float,
+) -> str:
+    stats = dispatcher.stats()
+    lines = sum(tail.lines_read for tail in tails)
+    read = sum(tail.bytes_read for tail in tails)
+    text = (
+        f"eventmp: read {lines:,} lines ({read / 1e6:,.1f} MB) in {seconds:,.1f} s; "
+        f"{stats.accepted:,} events: {stats.processed:,} processed, {stats.failed:,} failed"
+    )
+    if stats.abandoned:
+        text += f" ({stats.abandoned:,} abandoned)"
+    text += f"; {stats.worker_restarts} worker restarts."
+    if failures.counts:
+        text += " Failures: " + "; ".join(failures.lines()) + "."
+    return text
+
+
+def run_main() -> None:
+    """Console-script entry point."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        status = 130
+    except EventmpError as exc:
+        print(f"eventmp: {exc}", file=sys.stderr)
+        status = EXIT_FAILED
+    sys.exit(status)
