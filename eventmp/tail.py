@@ -398,14 +398,8 @@ class FileTailGenerator(EventGenerator):
             if path in self._files:
                 continue
             self._seen_paths.add(path)
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
-                continue
-            if not stat.S_ISREG(st.st_mode):
+            st = self._stat_regular(path)
+            if st is None:
                 continue
             identity = (st.st_dev, st.st_ino)
             adopted = self._draining.pop(identity, None)
@@ -421,17 +415,22 @@ class FileTailGenerator(EventGenerator):
                 opened.predecessor = detached.get(path)
                 self._files[path] = opened
 
+    def _stat_regular(self, path: str) -> os.stat_result | None:
+        """The stat of a regular file at ``path``; None if it is gone, unreadable or not one."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
     def _queue(self, matched: list[str]) -> None:
         """Once mode: note the files to read (and their sizes, for the progress figures)."""
         for path in matched:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
-                continue
-            if stat.S_ISREG(st.st_mode):
+            st = self._stat_regular(path)
+            if st is not None:
                 self._seen_paths.add(path)
                 self._queued.append((path, st.st_size))
 
