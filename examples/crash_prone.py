@@ -1,6 +1,6 @@
 """A crash-prone handler: a segfault, an os._exit and a hang cost one event each, no more.
 
-    python examples/crash_prone.py
+python examples/crash_prone.py
 """
 
 from __future__ import annotations
