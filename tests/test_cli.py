@@ -286,3 +286,50 @@ def test_the_shipped_example_shows_matches_an_error_event_and_the_summary() -> N
     assert '"process": "java"' in result.stdout
     assert "ValueError: order 1235: amount -5 below 0" in result.stderr
     assert "1 x ValueError in CheckPayment" in result.stderr
+
+
+def test_live_status_line_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal, --once redraws a status line with a progress bar in place."""
+    import pty
+
+    append(tmp_path / "a.log", *[f"amount={n}" for n in range(20)])
+    # A handler slow enough for the status line (every 0.5 s) to be drawn a few times.
+    slow = textwrap.dedent(
+        """
+        [dispatcher]
+        poll_interval = "50ms"
+
+        [[inputs]]
+        paths = ["a.log"]
+
+        [[rules]]
+        regex = 'amount=(?P<amount>\\d+)'
+        handler = { type = "exec", command = "import time; time.sleep(0.1)" }
+        """
+    )
+    (tmp_path / "pipeline.toml").write_text(slow)
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventmp", "run", "--once", str(tmp_path / "pipeline.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        output = bytearray()
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closes when the command exits
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=WAIT) == 0
+    finally:
+        os.close(leader)
+    text = output.decode(errors="replace")
+    assert text.count("\r\x1b[K") >= 2, text
+    assert "ev/s" in text and "processed" in text and "worker rss" in text
+    assert "MB" in text and "%" in text and "[" in text  # the progress bar over bytes read
+    assert "eventmp: read 20 lines" in text
