@@ -110,6 +110,8 @@ _START_RETRIES = 5
 _BATCH_WORK_NS = 2_000_000
 _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
+_ACK_CHECK_INTERVAL = 0.0001
+_monotonic = time.monotonic
 
 
 def default_start_method() -> str:
@@ -315,6 +317,7 @@ class EventDispatcher(threading.Thread):
         # otherwise leaves the event to the batch that the next acknowledgement sends.
         self._sendable = False
         self._poll_again = False  # a generator said it has more right now (has_more)
+        self._next_ack_check = 0.0
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
         # ones still travel 256 at a time.
@@ -393,7 +396,7 @@ class EventDispatcher(threading.Thread):
                 self._accepted += 1
                 if self._sendable:
                     self._pump()
-                elif not len(backlog) & 63:
+                elif _monotonic() >= self._next_ack_check:
                     self._collect_acks()
                 return
             self._check_open()
@@ -955,9 +958,12 @@ class EventDispatcher(threading.Thread):
 
         A thread that submits without pause holds the GIL; the dispatcher thread, woken by an
         acknowledgement, may wait a whole switch interval (5 ms) for it while the worker sits
-        idle. So now and then the submitter reads the acknowledgements itself and sends the
-        next batch. A worker's death is left to the dispatcher thread.
+        idle. So every _ACK_CHECK_INTERVAL the submitter reads the acknowledgements itself and
+        sends the next batch: it bounds how long an event waits in the backlog under a busy
+        producer, for a non-blocking read now and then. A worker's death is left to the
+        dispatcher thread.
         """
+        self._next_ack_check = _monotonic() + _ACK_CHECK_INTERVAL
         for slot in self._slots:
             worker = slot.worker
             if worker is not None and not worker.exited and self._read_results(worker):
