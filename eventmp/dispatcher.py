@@ -394,7 +394,7 @@ class EventDispatcher(threading.Thread):
                 backlog = self._backlog
                 backlog.append(seq)
                 self._accepted += 1
-                if self._sendable:
+                if self._sendable or len(backlog) == _MAX_BATCH_EVENTS:
                     self._pump()
                 elif _monotonic() >= self._next_ack_check:
                     self._collect_acks()
@@ -768,14 +768,19 @@ class EventDispatcher(threading.Thread):
             if backlog and not worker.inflight and self.event_timeout is not None:
                 # The dispatcher thread may sleep without a timer; it must now time this.
                 self._wake()
-            while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
+            limit = _MAX_BATCH_EVENTS
+            if self.key is None and len(self._slots) > 1:
+                limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
+            # An idle worker gets what there is at once; a busy one gets a second batch only
+            # once it is full, so that under load batches are full and acknowledgements few.
+            while backlog and (
+                not worker.inflight
+                or (len(worker.inflight) < _MAX_INFLIGHT_BATCHES and len(backlog) >= limit)
+            ):
                 share = len(backlog)
                 if self.key is None and len(self._slots) > 1:
-                    share = min(
-                        -(-share // self._workers_with_room()),
-                        max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))),
-                    )
-                self._send_batch(worker, backlog, min(_MAX_BATCH_EVENTS, share))
+                    share = -(-share // self._workers_with_room())
+                self._send_batch(worker, backlog, min(limit, share))
             if (
                 self._state == _STOPPING
                 and self._drain
@@ -789,7 +794,7 @@ class EventDispatcher(threading.Thread):
             and not slot.worker.exited
             and slot.worker.stop_seq is None
             and slot.worker.retiring is None
-            and len(slot.worker.inflight) < _MAX_INFLIGHT_BATCHES
+            and not slot.worker.inflight
             for slot in self._slots
         )
         if self._outcomes and not self._in_loop_thread():
@@ -968,6 +973,7 @@ class EventDispatcher(threading.Thread):
             worker = slot.worker
             if worker is not None and not worker.exited and self._read_results(worker):
                 self._wake()
+        self._pump()
 
     def _read_results(self, worker: _Worker) -> bool:
         """Read and handle every complete message; true if the pipe reached its end."""
