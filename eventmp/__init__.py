@@ -5,8 +5,12 @@ to an :class:`EventProcessor` in a worker process, which runs the event's handle
 back to the parent as error events ``data=(exception, original_event)``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .dispatcher import DispatcherStats, EventDispatcher, default_start_method
 from .errors import (
+    CommandFailedError,
+    CommandTimeoutError,
     DispatcherStoppedError,
     EventAbandonedError,
     EventmpError,
@@ -15,6 +19,8 @@ from .errors import (
     RemoteTraceback,
     SerializationError,
     SubmitTimeoutError,
+    TemplateError,
+    WebhookError,
     WorkerCrashedError,
     WorkerStartError,
 )
@@ -28,10 +34,51 @@ from .handlers import (
 )
 from .processor import EventProcessor
 
+if TYPE_CHECKING:
+    from .actions import (
+        CommandEventHandler,
+        CountEventHandler,
+        JsonEventHandler,
+        MailEventHandler,
+        ThrottleEventHandler,
+        WebhookEventHandler,
+    )
+    from .pipeline import PipelineError, load_pipeline
+    from .tail import FileTailGenerator, Rule
+
 __version__ = "0.1.0"
+
+# The log-watching parts import urllib, smtplib and the like: every worker process imports
+# this package, so they load on first use instead.
+_LAZY = {
+    "CommandEventHandler": "actions",
+    "CountEventHandler": "actions",
+    "JsonEventHandler": "actions",
+    "MailEventHandler": "actions",
+    "ThrottleEventHandler": "actions",
+    "WebhookEventHandler": "actions",
+    "FileTailGenerator": "tail",
+    "Rule": "tail",
+    "PipelineError": "pipeline",
+    "load_pipeline": "pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eventmp' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "ChainEventHandler",
+    "CommandEventHandler",
+    "CommandFailedError",
+    "CommandTimeoutError",
+    "CountEventHandler",
     "DispatcherStats",
     "DispatcherStoppedError",
     "Event",
@@ -42,15 +89,29 @@ __all__ = [
     "EventProcessor",
     "EventmpError",
     "ExecEventHandler",
+    "FileTailGenerator",
     "HandlerTimeoutError",
+    "JsonEventHandler",
+    "MailEventHandler",
+    "PipelineError",
     "PrintEventHandler",
     "RemoteError",
     "RemoteTraceback",
+    "Rule",
     "SerializationError",
     "StopEventHandler",
     "SubmitTimeoutError",
+    "TemplateError",
+    "ThrottleEventHandler",
+    "WebhookError",
+    "WebhookEventHandler",
     "WorkerCrashedError",
     "WorkerStartError",
     "__version__",
     "default_start_method",
+    "load_pipeline",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
