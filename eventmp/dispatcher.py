@@ -18,8 +18,10 @@ Data flow::
 Actors:
 
 - The submitting threads (``submit()``): accept an event under the dispatcher's lock, give it a
-  sequence number, and append it to the backlog. When a worker has room they encode and write
-  the batch themselves, so an event on an idle pipeline pays for no thread hand-off.
+  sequence number, and append it to the backlog. When a worker is idle they encode and write
+  the batch themselves, so an event on an idle pipeline pays for no thread hand-off; under load
+  they send full batches and, every 100 us, read the acknowledgements themselves (the
+  dispatcher thread may wait a whole GIL switch interval behind a busy submitter).
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe and sentinel, the wake-up pipe, and (while a write is unfinished) the task pipes.
   It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
