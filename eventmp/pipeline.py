@@ -440,7 +440,7 @@ class _Loader:
         try:
             check(text)
         except ValueError as exc:
-            raise self.fail(where, f"bad template: {exc}") from None
+            raise self.fail(where, str(exc)) from None
         return text
 
     def relative(self, path: str) -> str:

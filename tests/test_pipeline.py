@@ -217,3 +217,33 @@ def test_module_class_handlers_load_from_the_pipeline_directory(tmp_path: Path) 
     )
     assert type(pipeline.rules[0].handler).__name__ == "Shout"
     assert pipeline.rules[0].handler.word == "ho"
+
+
+@pytest.mark.parametrize(
+    ("handler", "where", "what"),
+    [
+        (
+            "{type='mail', to='a@b', subject='alert {ip.__class__}'}",
+            "rules[1].handler[1]",
+            "attribute access in {ip.__class__} is not allowed",
+        ),
+        ("{type='count', count='three'}", "rules[1].handler[1]", "expected a whole number"),
+    ],
+)
+def test_bad_handler_settings_name_the_setting(
+    tmp_path: Path, handler: str, where: str, what: str
+) -> None:
+    """A template that tries to run code, or a setting that is not a number, is named."""
+    message = error_of(
+        tmp_path, f"[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={handler}\n"
+    )
+    assert f": {where}: " in message and what in message, message
+
+
+def test_bad_routing_key_template(tmp_path: Path) -> None:
+    """A routing key template with an unclosed brace gives its position."""
+    message = error_of(
+        tmp_path,
+        "[dispatcher]\nkey='{file'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+    )
+    assert ": dispatcher.key: bad template '{file' at position 0" in message
