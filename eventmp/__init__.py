@@ -15,6 +15,7 @@ from .errors import (
     EventAbandonedError,
     EventmpError,
     HandlerTimeoutError,
+    PipelineError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
         ThrottleEventHandler,
         WebhookEventHandler,
     )
-    from .pipeline import PipelineError, load_pipeline
+    from .pipeline import load_pipeline
     from .tail import FileTailGenerator, Rule
 
 __version__ = "0.1.0"
@@ -59,7 +60,6 @@ _LAZY = {
     "WebhookEventHandler": "actions",
     "FileTailGenerator": "tail",
     "Rule": "tail",
-    "PipelineError": "pipeline",
     "load_pipeline": "pipeline",
 }
 

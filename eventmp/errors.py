@@ -18,6 +18,7 @@ __all__ = [
     "EventAbandonedError",
     "EventmpError",
     "HandlerTimeoutError",
+    "PipelineError",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -155,6 +156,10 @@ class WorkerStartError(EventmpError):
 
     Raised by ``start()``; a worker that fails to start is not restarted in a loop.
     """
+
+
+class PipelineError(EventmpError):
+    """A pipeline file is wrong: the message names the file, the key, and what was expected."""
 
 
 class DispatcherStoppedError(EventmpError):

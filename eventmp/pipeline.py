@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EventmpError
+from .errors import EventmpError, PipelineError
 from .event import Event
 from .handlers import ChainEventHandler
 from .units import parse_bool, parse_duration, parse_size
@@ -83,10 +83,6 @@ _DISPATCHER_KEYS = {
 _INPUT_KEYS = {"name", "path", "paths", "start_at", "encoding", "state_file", "rescan_interval"}
 _RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class PipelineError(EventmpError):
-    """A pipeline file is wrong: the message names the file, the key, and what was expected."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from eventmp.errors import (
     EventAbandonedError,
     EventmpError,
     HandlerTimeoutError,
+    PipelineError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -68,6 +69,7 @@ SAMPLES: list[tuple[BaseException, dict[str, object]]] = [
         WebhookError("http://x/", 503, 4, "Service Unavailable"),
         {"url": "http://x/", "status": 503, "attempts": 4},
     ),
+    (PipelineError("pipeline.toml: rules[1].regex: bad"), {}),
 ]
 
 
