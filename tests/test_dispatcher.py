@@ -887,9 +887,11 @@ def test_key_keeps_per_key_order_on_one_worker_each(
     recorder = RecordingHandler(tmp_path / "seen.jsonl")
     dispatcher = make_dispatcher(workers=2, key=file_key)
     dispatcher.start()
-    keys = [f"file{n}" for n in range(6)]
-    for n in range(300):
-        dispatcher.submit(Event("key", recorder, [keys[n % 6], n]))
+    # 40 keys: string hashes are salted per process, and with 6 keys all landing on one of
+    # two workers is a 1-in-32 chance; with 40 it is 1 in 500 billion.
+    keys = [f"file{n}" for n in range(40)]
+    for n in range(400):
+        dispatcher.submit(Event("key", recorder, [keys[n % 40], n]))
     assert dispatcher.wait(WAIT)
     by_key: dict[str, list[tuple[int, int]]] = {}
     for record in recorder.records():
