@@ -113,6 +113,7 @@ _BATCH_WORK_NS = 2_000_000
 _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
+_SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
 
@@ -662,6 +663,8 @@ class EventDispatcher(threading.Thread):
                     timers.append(worker.kill_at)
                 if worker.orphaned:
                     timers.append(now + 0.25)
+                if self._trackers and worker.inflight:
+                    timers.append(now + _SETTLE_INTERVAL)
                 if self.event_timeout is not None and worker.inflight:
                     timers.append(now + min(self.event_timeout / 4, 0.25))
         if not timers:
@@ -1171,6 +1174,30 @@ class EventDispatcher(threading.Thread):
                 _signal(worker.pid, signal.SIGKILL)
             if self.event_timeout is not None and worker.timed_out_seq is None:
                 self._check_timeout(slot, worker)
+            if self._trackers and worker.inflight:
+                self._settle_finished(slot, worker)
+
+    def _settle_finished(self, slot: _Slot, worker: _Worker) -> None:
+        """Give the events a worker has finished their outcome before their batch is done.
+
+        A checkpointing tail saves its position only up to settled lines; one slow event
+        would otherwise hold back every event of its batch, and a kill -9 of the parent would
+        send them all again. The worker reports a failure before it marks the event finished,
+        so once ``finished`` is read and the result pipe drained, every event up to it that
+        has no failure was processed.
+        """
+        finished = int(slot.progress[FINISHED])
+        if self._read_results(worker) or worker.exited:
+            return  # it is leaving: _on_worker_exit settles what it held
+        for _batch_no, seqs in worker.inflight:
+            for seq in seqs:
+                if seq > finished:
+                    return
+                event = self._pending.pop(seq, None)
+                if event is not None:
+                    self._processed += 1
+                    self._track(seq, event, None)
+                    self._changed.notify_all()
 
     def _check_timeout(self, slot: _Slot, worker: _Worker) -> None:
         assert self.event_timeout is not None

@@ -1015,3 +1015,40 @@ def test_generator_with_more_is_polled_again_at_once(
     assert dispatcher.wait(WAIT)  # 20 polls of 60 s each would blow this bound
     assert [r["data"] for r in recorder.records()] == list(range(20))
     assert generator.polls == 20
+
+
+class GateOn(RecordingHandler):
+    """Records each event; the event whose data is ``blocked`` first waits for ``gate``."""
+
+    def __init__(self, path: Path, gate: Path, blocked: object) -> None:
+        super().__init__(path)
+        self.gate = os.fspath(gate)
+        self.blocked = blocked
+
+    def process_event(self, event: Event) -> bool:
+        deadline = time.monotonic() + WAIT
+        while event.data == self.blocked and not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return super().process_event(event)
+
+
+def test_finished_events_settle_before_their_batch_is_done(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """A tracking generator hears of finished events while a later one of the batch still runs."""
+    handler = GateOn(tmp_path / "seen.jsonl", tmp_path / "gate", blocked=1)
+    generator = TrackingGenerator([Event("track", handler, n) for n in range(3)])
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    deadline = time.monotonic() + WAIT
+    while not generator.outcomes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [data for data, _, _ in generator.outcomes] == [0], "event 0 settled, 1 still runs"
+    assert dispatcher.stats().pending == 2
+    (tmp_path / "gate").touch()
+    assert dispatcher.wait(WAIT)
+    assert sorted(data for data, _, _ in generator.outcomes) == [0, 1, 2]
+    assert dispatcher.stats().processed == 3
