@@ -284,10 +284,15 @@ class EventDispatcher(threading.Thread):
         self._generators: list[EventGenerator] = []
         self._exhausted: set[int] = set()  # ids of generators that said they are finished
 
-        self._seq = itertools.count(1)
+        self._next_seq = 1
         self._batch_no = itertools.count(1)
         self._pending: dict[int, Event] = {}
         self._backlog: deque[int] = deque()
+        # submit()'s fast path appends here without the lock (a list append is atomic under
+        # the GIL); whoever holds the lock next moves the events to the backlog, numbered.
+        # _fast says the fast path is open: running, no key, room for a full inbox.
+        self._inbox: list[Event] = []
+        self._fast = False
         # With a key, each slot's events wait in a queue of their own (made here so that
         # events submitted before start() have somewhere to go).
         self._keyed_backlogs: list[deque[int]] = [deque() for _ in range(workers)]
@@ -388,20 +393,26 @@ class EventDispatcher(threading.Thread):
         """
         if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
-        with self._lock:
-            pending = self._pending
-            if self._state is _RUNNING and len(pending) < self.max_pending and self.key is None:
-                # The common case, kept to a few dictionary and deque operations.
-                seq = next(self._seq)
-                pending[seq] = event
-                backlog = self._backlog
-                backlog.append(seq)
-                self._accepted += 1
-                if self._sendable or len(backlog) == _MAX_BATCH_EVENTS:
+        if self._fast:
+            # The common case, without the lock: one append, and the lock once per batch (an
+            # uncontended lock costs more than the rest of this path). CPython 3.11 does not
+            # switch threads between the check above and the append, but nothing promises it:
+            # the second check catches a stop() that came in between.
+            inbox = self._inbox
+            inbox.append(event)
+            queued = len(inbox)
+            if not self._fast:
+                self._submit_raced(event)
+            elif self._sendable or queued >= _MAX_BATCH_EVENTS:
+                with self._lock:
                     self._pump()
-                elif _monotonic() >= self._next_ack_check:
+            # The clock is read every 8th event only: it costs as much as the rest of this path.
+            elif not queued & 7 and _monotonic() >= self._next_ack_check:
+                with self._lock:
                     self._collect_acks()
-                return
+            return
+        with self._lock:
+            self._take_inbox()
             self._check_open()
             if len(self._pending) >= self.max_pending and not self._in_loop_thread():
                 if not self._changed.wait_for(
@@ -418,6 +429,25 @@ class EventDispatcher(threading.Thread):
             self._accept(event)
             if self._state == _RUNNING:
                 self._pump()
+
+    def _submit_raced(self, event: Event) -> None:
+        """The fast path closed between its check and the append: settle who owns ``event``.
+
+        If the dispatcher still runs (the pipeline just filled up), the event is accepted,
+        a little over ``max_pending``. If ``stop()`` came first, its last look at the inbox
+        either took the event (accepted) or not: then it is taken back and refused.
+        """
+        with self._lock:
+            if self._state is _RUNNING:
+                self._pump()
+                return
+            inbox = self._inbox
+            for index in range(len(inbox) - 1, -1, -1):
+                if inbox[index] is event:
+                    del inbox[index]
+                    raise DispatcherStoppedError(
+                        "the dispatcher is stopped; it accepts no more events"
+                    ) from self._broken
 
     def stop(self, timeout: float | None = None, *, drain: bool = True) -> None:
         """Stop the pipeline and return once it has ended.
@@ -456,6 +486,7 @@ class EventDispatcher(threading.Thread):
             if self._state == _STOPPED:
                 return False
             if self._state == _RUNNING:
+                self._close_inbox()
                 self._state = _STOPPING
                 if timeout is not None:
                     self._stop_deadline = time.monotonic() + timeout
@@ -513,6 +544,7 @@ class EventDispatcher(threading.Thread):
     def stats(self) -> DispatcherStats:
         """A consistent snapshot of the dispatcher's counters."""
         with self._lock:
+            self._take_inbox()
             workers = [s.worker for s in self._slots if s.worker is not None]
             return DispatcherStats(
                 accepted=self._accepted,
@@ -552,6 +584,7 @@ class EventDispatcher(threading.Thread):
         except BaseException:
             logger.exception("eventmp dispatcher thread failed; stopping its workers")
             with self._lock:
+                self._close_inbox()
                 self._abandoning = self._abandoning or "the dispatcher thread failed"
                 self._abandon_all()
         finally:
@@ -725,8 +758,38 @@ class EventDispatcher(threading.Thread):
                 "the dispatcher is stopped; it accepts no more events"
             ) from self._broken
 
+    def _new_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return seq
+
+    def _take_inbox(self) -> None:
+        """Accept what submit()'s fast path queued, in order (lock held; only while running).
+
+        After stop() the inbox is left alone: an event still there was appended after stop()
+        took its last look, and its submitter takes it back and refuses it.
+        """
+        inbox = self._inbox
+        if not inbox or self._state is not _RUNNING:
+            return
+        count = len(inbox)
+        events = inbox[:count]
+        del inbox[:count]
+        first = self._next_seq
+        self._next_seq = first + count
+        seqs = range(first, first + count)
+        self._pending.update(zip(seqs, events, strict=True))
+        self._backlog.extend(seqs)
+        self._accepted += count
+
+    def _close_inbox(self) -> None:
+        """Close submit()'s fast path and accept what it queued (lock held, before a stop)."""
+        self._fast = False
+        self._take_inbox()
+
     def _accept(self, event: Event, tracker: Any = None) -> None:
-        seq = next(self._seq)
+        self._take_inbox()
+        seq = self._new_seq()
         self._pending[seq] = event
         self._accepted += 1
         if tracker is not None:
@@ -752,6 +815,15 @@ class EventDispatcher(threading.Thread):
 
     def _pump(self) -> None:
         """Send backlog to every worker that has room, then the poison pills when draining."""
+        while True:
+            self._pump_once()
+            if not (self._sendable and self._inbox and self._state is _RUNNING):
+                return
+            # Appended after _pump_once took the inbox, by a submitter that saw _sendable
+            # still false: it counts on this pump to send it.
+
+    def _pump_once(self) -> None:
+        self._take_inbox()
         slots = self._slots
         if len(slots) > 1 and self.key is None:
             # The least busy worker first, so that a few slow events spread out.
@@ -801,6 +873,11 @@ class EventDispatcher(threading.Thread):
             and slot.worker.retiring is None
             and not slot.worker.inflight
             for slot in self._slots
+        )
+        self._fast = (
+            self._state is _RUNNING
+            and self.key is None
+            and len(self._pending) + _MAX_BATCH_EVENTS <= self.max_pending
         )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
@@ -870,7 +947,7 @@ class EventDispatcher(threading.Thread):
         self._write_batch(worker, definitions, blob, [item[0] for item in kept], resync=True)
 
     def _send_stop(self, worker: _Worker) -> None:
-        seq = next(self._seq)
+        seq = self._new_seq()
         worker.stop_seq = seq
         blob = serialization.dumps([(seq, STOP_HANDLER_ID, "EventDispatcher", None, time.time())])
         if worker.forget:
@@ -1424,6 +1501,7 @@ class EventDispatcher(threading.Thread):
         """A replacement worker cannot start: fail everything rather than loop."""
         logger.error("%s", error)
         self._broken = error
+        self._close_inbox()
         self._state = _STOPPING
         self._abandoning = str(error)
         for seq in list(self._pending):
@@ -1481,6 +1559,7 @@ class EventDispatcher(threading.Thread):
     def _idle(self) -> bool:
         return (
             not self._pending
+            and not self._inbox
             and not self._outcomes
             and not self._settled
             and not self._delivering
@@ -1502,6 +1581,7 @@ class EventDispatcher(threading.Thread):
                 with self._lock:
                     self._on_worker_exit(worker)
         with self._lock:
+            self._close_inbox()
             for seq in list(self._pending):
                 self._fail(seq, self.name, EventAbandonedError("the dispatcher stopped"))
             self._log_abandoned()

@@ -793,6 +793,85 @@ def test_submit_blocks_until_room_then_succeeds(
     assert data_of(recording.records()) == [0, 1, 2]
 
 
+def noop_handler(event: Event) -> bool:
+    """Does nothing: for tests that count outcomes, not what handlers do."""
+    return True
+
+
+def test_submits_racing_stop_each_end_accepted_or_refused(make_dispatcher: MakeDispatcher) -> None:
+    """Four threads submit while stop() runs: each submit that returned has an outcome, no other.
+
+    submit() queues without the lock, and stop() must take what is queued before it closes.
+    """
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    returned = [0] * 4
+    refused = [0] * 4
+    go = threading.Event()
+
+    def submitter(index: int) -> None:
+        go.wait(WAIT)
+        while True:
+            try:
+                dispatcher.submit(Event("test", noop_handler, index))
+            except DispatcherStoppedError:
+                refused[index] += 1
+                return
+            returned[index] += 1
+
+    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    # Threads switch every few bytecodes instead of every 5 ms: more interleavings of the
+    # submitters' appends with stop().
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        go.set()
+        time.sleep(0.3)
+        dispatcher.stop(timeout=WAIT)
+        for thread in threads:
+            thread.join(WAIT)
+    finally:
+        sys.setswitchinterval(interval)
+    stats = dispatcher.stats()
+    assert refused == [1, 1, 1, 1]
+    assert min(returned) > 0
+    assert stats.accepted == sum(returned)
+    assert stats.processed + stats.failed == sum(returned)
+    assert (stats.failed, stats.pending) == (0, 0)
+
+
+def test_fast_and_locked_submits_keep_order_within_max_pending(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """Near max_pending, submit() switches between its two paths; order and the bound hold."""
+    recorder = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(max_pending=400)
+    dispatcher.start()
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, dispatcher.stats().pending)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for i in range(3000):
+            dispatcher.submit(Event("test", recorder, i), timeout=WAIT)
+        assert dispatcher.wait(WAIT)
+    finally:
+        done.set()
+        sampler.join(WAIT)
+    assert data_of(recorder.records()) == list(range(3000))
+    # One submitting thread: at most one event over, the one whose append raced the check.
+    assert 0 < peak <= 401
+
+
 # == timeouts and workers ========================================================================
 
 
