@@ -872,6 +872,38 @@ def test_fast_and_locked_submits_keep_order_within_max_pending(
     assert 0 < peak <= 401
 
 
+def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector
+) -> None:
+    """Failures reach the error handler, and all events count, without anyone calling wait().
+
+    A busy submitter reads acknowledgements itself and the dispatcher thread leaves the
+    result pipe to it; once the submitter goes quiet, the dispatcher thread reads them again.
+    """
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+
+    def produce() -> None:
+        for i in range(20_000):
+            dispatcher.submit(
+                Event("test", noop_handler if i % 400 else failing_handler_function, i)
+            )
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(WAIT)
+    assert errors.wait_for(50, WAIT)
+    deadline = time.monotonic() + WAIT
+    while dispatcher.stats().processed + dispatcher.stats().failed < 20_000:
+        assert time.monotonic() < deadline, dispatcher.stats()
+        time.sleep(0.01)
+    stats = dispatcher.stats()
+    assert (stats.processed, stats.failed, stats.pending) == (19_950, 50, 0)
+    assert sorted(event.data for event in errors.failed_events if event) == list(
+        range(0, 20_000, 400)
+    )
+
+
 # == timeouts and workers ========================================================================
 
 
