@@ -105,7 +105,11 @@ _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 
 # Unacknowledged batches a worker may hold: two keep it busy while the next one is in flight.
 _MAX_INFLIGHT_BATCHES = 2
-_MAX_BATCH_EVENTS = 256
+# A batch holds at most this many events and, past its first event, this many bytes. 1,024
+# events: fewer batches cost the parent less per event (interleaved A/B: 523k events/s at 256,
+# 554k at 512, 616k-657k at 1,024, 578k at 2,048).
+_MAX_BATCH_EVENTS = 1024
+_MAX_BATCH_BYTES = 1 << 20
 _HANDLER_CACHE_SIZE = 1024
 _READ_CHUNK = 1 << 18
 _BACKOFF_FIRST = 0.05
@@ -335,6 +339,7 @@ class EventDispatcher(threading.Thread):
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
         # ones still travel 256 at a time.
         self._event_cost_ns = 0.0
+        self._event_bytes = 0.0  # what an event weighs pickled, smoothed
         self._delivering = 0
 
     # == public API ==============================================================================
@@ -873,7 +878,7 @@ class EventDispatcher(threading.Thread):
             if backlog and not worker.inflight and self.event_timeout is not None:
                 # The dispatcher thread may sleep without a timer; it must now time this.
                 self._wake()
-            limit = _MAX_BATCH_EVENTS
+            limit = min(_MAX_BATCH_EVENTS, max(1, int(_MAX_BATCH_BYTES / (self._event_bytes or 1))))
             if self.key is None and len(self._slots) > 1:
                 limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
             # An idle worker gets what there is at once; a busy one gets a second batch only
@@ -953,6 +958,14 @@ class EventDispatcher(threading.Thread):
         blob, kept, failures = serialization.encode_events(items)
         for seq, error in failures:
             self._fail(seq, "EventDispatcher", error)
+        while len(blob) > _MAX_BATCH_BYTES and len(kept) > 1:
+            # Heavier events than the estimate said: the second half goes back to the front.
+            half = len(kept) // 2
+            backlog.extendleft(item[0] for item in reversed(kept[half:]))
+            kept = kept[:half]
+            blob = serialization.dumps(kept)
+        if kept:
+            self._event_bytes += (len(blob) / len(kept) - self._event_bytes) * _COST_SMOOTHING
         self._write_batch(worker, definitions, blob, [item[0] for item in kept])
 
     def _send_resync(self, worker: _Worker) -> None:

@@ -847,7 +847,7 @@ def test_fast_and_locked_submits_keep_order_within_max_pending(
 ) -> None:
     """Near max_pending, submit() switches between its two paths; order and the bound hold."""
     recorder = RecordingHandler(tmp_path / "out.jsonl")
-    dispatcher = make_dispatcher(max_pending=400)
+    dispatcher = make_dispatcher(max_pending=1500)
     dispatcher.start()
     peak = 0
     done = threading.Event()
@@ -861,15 +861,15 @@ def test_fast_and_locked_submits_keep_order_within_max_pending(
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        for i in range(3000):
+        for i in range(6000):
             dispatcher.submit(Event("test", recorder, i), timeout=WAIT)
         assert dispatcher.wait(WAIT)
     finally:
         done.set()
         sampler.join(WAIT)
-    assert data_of(recorder.records()) == list(range(3000))
+    assert data_of(recorder.records()) == list(range(6000))
     # One submitting thread: at most one event over, the one whose append raced the check.
-    assert 0 < peak <= 401
+    assert 0 < peak <= 1501
 
 
 def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
@@ -902,6 +902,41 @@ def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
     assert sorted(event.data for event in errors.failed_events if event) == list(
         range(0, 20_000, 400)
     )
+
+
+class BatchSizeSpy(EventDispatcher):
+    """Records the size of every batch it writes (the pipes and worker are real)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.batches: list[tuple[int, int]] = []  # (events, bytes)
+
+    def _write_batch(
+        self, worker: Any, definitions: Any, blob: bytes, seqs: Any, **kw: Any
+    ) -> None:
+        self.batches.append((len(seqs), len(blob)))
+        super()._write_batch(worker, definitions, blob, seqs, **kw)
+
+
+def test_batches_are_capped_in_bytes(errors: ErrorCollector, tmp_path: Path) -> None:
+    """Heavy events that pile up go in batches of at most 1 MiB past their first event, in order."""
+    gate = tmp_path / "gate"
+    recorder = GatedRecorder(tmp_path / "out.jsonl", gate)
+    dispatcher = BatchSizeSpy(poll_interval=0.05)
+    dispatcher.error_handler(errors)
+    dispatcher.start()
+    try:
+        for i in range(40):
+            dispatcher.submit(Event("test", recorder, [i, "x" * 200_000]))
+        gate.touch()
+        assert dispatcher.wait(WAIT)
+    finally:
+        dispatcher.stop(timeout=10)
+    assert [record["data"][0] for record in recorder.records()] == list(range(40))
+    assert not errors.events
+    assert sum(count for count, _size in dispatcher.batches) == 40
+    assert all(size <= 1 << 20 for count, size in dispatcher.batches if count > 1)
+    assert max(count for count, _size in dispatcher.batches) > 1  # still batched
 
 
 # == timeouts and workers ========================================================================
