@@ -298,9 +298,10 @@ class EventDispatcher(threading.Thread):
         self._backlog: deque[int] = deque()
         # submit()'s fast path appends here without the lock (a list append is atomic under
         # the GIL); whoever holds the lock next moves the events to the backlog, numbered.
-        # _fast says the fast path is open: running, no key, room for a full inbox.
+        # _inbox_room is how many events it may take before the lock is needed: 0 closes the
+        # fast path (not running, events routed by key, or max_pending reached).
         self._inbox: list[Event] = []
-        self._fast = False
+        self._inbox_room = 0
         # With a key, each slot's events wait in a queue of their own (made here so that
         # events submitted before start() have somewhere to go).
         self._keyed_backlogs: list[deque[int]] = [deque() for _ in range(workers)]
@@ -403,7 +404,7 @@ class EventDispatcher(threading.Thread):
         """
         if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
-        if self._fast:
+        if self._inbox_room:
             # The common case, without the lock: one append, and the lock once per batch (an
             # uncontended lock costs more than the rest of this path). CPython 3.11 does not
             # switch threads between the check above and the append, but nothing promises it:
@@ -411,9 +412,9 @@ class EventDispatcher(threading.Thread):
             inbox = self._inbox
             inbox.append(event)
             queued = len(inbox)
-            if not self._fast:
+            if not self._inbox_room:
                 self._submit_raced(event)
-            elif self._sendable or queued >= _MAX_BATCH_EVENTS:
+            elif self._sendable or queued >= self._inbox_room:
                 with self._lock:
                     self._pump()
             # The clock is read every 8th event only: it costs as much as the rest of this path.
@@ -817,7 +818,7 @@ class EventDispatcher(threading.Thread):
 
     def _close_inbox(self) -> None:
         """Close submit()'s fast path and accept what it queued (lock held, before a stop)."""
-        self._fast = False
+        self._inbox_room = 0
         self._take_inbox()
 
     def _accept(self, event: Event, tracker: Any = None) -> None:
@@ -907,10 +908,10 @@ class EventDispatcher(threading.Thread):
             and not slot.worker.inflight
             for slot in self._slots
         )
-        self._fast = (
-            self._state is _RUNNING
-            and self.key is None
-            and len(self._pending) + _MAX_BATCH_EVENTS <= self.max_pending
+        self._inbox_room = (
+            max(0, min(_MAX_BATCH_EVENTS, self.max_pending - len(self._pending) - len(self._inbox)))
+            if self._state is _RUNNING and self.key is None
+            else 0
         )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
