@@ -119,8 +119,9 @@ _BATCH_WORK_NS = 2_000_000
 _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
-# While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it.
-_ACK_HANDOFF = 0.002
+# While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
+# (each of its wake-ups takes the GIL from the producer for a loop iteration).
+_ACK_HANDOFF = 0.02
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
