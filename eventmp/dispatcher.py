@@ -17,11 +17,15 @@ Data flow::
 
 Actors:
 
-- The submitting threads (``submit()``): accept an event under the dispatcher's lock, give it a
-  sequence number, and append it to the backlog. When a worker is idle they encode and write
-  the batch themselves, so an event on an idle pipeline pays for no thread hand-off; under load
-  they send full batches and, every 100 us, read the acknowledgements themselves (the
-  dispatcher thread may wait a whole GIL switch interval behind a busy submitter).
+- The submitting threads (``submit()``): append the event to the inbox without the lock (a list
+  append is atomic under the GIL); whoever next holds the lock numbers the inbox's events and
+  moves them to the backlog, so the lock, the sequence numbers and the pending entries cost
+  once per batch. When a worker is idle a submitter takes the lock at once, encodes and writes
+  the batch itself, so an event on an idle pipeline pays for no thread hand-off; under load it
+  sends full batches (up to 1,024 events, 1 MiB) and, every 100 us at most, reads the
+  acknowledgements itself: the dispatcher thread may wait a whole GIL switch interval behind a
+  busy submitter, so meanwhile it stops watching the result pipes (for 20 ms, renewed by each
+  read; ``wait()`` and ``stop()`` take them back at once).
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe and sentinel, the wake-up pipe, and (while a write is unfinished) the task pipes.
   It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
@@ -30,12 +34,14 @@ Actors:
   handler. The user's error handler and generators run only in this thread.
 - The worker processes: see :mod:`eventmp.processor`.
 
-Bookkeeping: every accepted event stays in ``_pending`` (by sequence number) until it has its
-outcome. Each worker handle knows which batches it was sent and not yet acknowledged; the shared
-progress array tells which event the worker started and which it finished last. When a worker
-dies, events up to ``finished`` were processed, the one it had started is the one that killed
-it, and the rest go back to the front of the backlog for a fresh worker on fresh pipes: a pipe
-that a killed process wrote half a message into is never trusted again.
+Bookkeeping: every accepted event is in the inbox (not yet numbered) or in ``_pending`` (by
+sequence number) until it has its outcome; ``stop()`` takes the inbox before it closes, and a
+submit whose append raced it takes its own event back and raises. Each worker handle knows
+which batches it was sent and not yet acknowledged; the shared progress array tells which event
+the worker started and which it finished last. When a worker dies, events up to ``finished``
+were processed, the one it had started is the one that killed it, and the rest go back to the
+front of the backlog for a fresh worker on fresh pipes: a pipe that a killed process wrote half
+a message into is never trusted again.
 """
 
 from __future__ import annotations
