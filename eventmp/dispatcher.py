@@ -116,6 +116,7 @@ _MAX_INFLIGHT_BATCHES = 2
 # 554k at 512, 616k-657k at 1,024, 578k at 2,048).
 _MAX_BATCH_EVENTS = 1024
 _MAX_BATCH_BYTES = 1 << 20
+_PIPELINE_BELOW = 64  # events in flight under which a busy worker gets its next batch at once
 _HANDLER_CACHE_SIZE = 1024
 _READ_CHUNK = 1 << 18
 _BACKOFF_FIRST = 0.05
@@ -891,10 +892,15 @@ class EventDispatcher(threading.Thread):
             if self.key is None and len(self._slots) > 1:
                 limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
             # An idle worker gets what there is at once; a busy one gets a second batch only
-            # once it is full, so that under load batches are full and acknowledgements few.
+            # once it is full, so that under load batches are full and acknowledgements few,
+            # or if the batch in hand is small (a modest rate): then the next one waits in the
+            # pipe for the worker instead of a round trip through this process.
             while backlog and (
                 not worker.inflight
-                or (len(worker.inflight) < _MAX_INFLIGHT_BATCHES and len(backlog) >= limit)
+                or (
+                    len(worker.inflight) < _MAX_INFLIGHT_BATCHES
+                    and (len(backlog) >= limit or worker.inflight_events < _PIPELINE_BELOW)
+                )
             ):
                 share = len(backlog)
                 if self.key is None and len(self._slots) > 1:
