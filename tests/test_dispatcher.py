@@ -939,6 +939,33 @@ def test_batches_are_capped_in_bytes(errors: ErrorCollector, tmp_path: Path) -> 
     assert max(count for count, _size in dispatcher.batches) > 1  # still batched
 
 
+def test_a_busy_worker_with_a_small_batch_gets_the_next_one_at_once(
+    errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """While a worker holds one slow event, the next events go to its pipe, not to a queue."""
+    gate = tmp_path / "gate"
+    recorder = GatedRecorder(tmp_path / "out.jsonl", gate)
+    dispatcher = BatchSizeSpy(poll_interval=0.05)
+    dispatcher.error_handler(errors)
+    dispatcher.start()
+    try:
+        dispatcher.submit(Event("test", recorder, 0))
+        # Far fewer than a full batch: only a small batch in hand lets these go before it.
+        for _ in range(100):
+            time.sleep(0.001)  # each submit() past 100 us reads acknowledgements and sends
+            dispatcher.submit(Event("test", recorder, "more"))
+            if len(dispatcher.batches) >= 2:
+                break
+        assert len(dispatcher.batches) >= 2, dispatcher.batches
+        assert not gate.exists()  # the worker is still on event 0
+        gate.touch()
+        assert dispatcher.wait(WAIT)
+    finally:
+        dispatcher.stop(timeout=10)
+    assert data_of(recorder.records())[0] == 0
+    assert not errors.events
+
+
 # == timeouts and workers ========================================================================
 
 
