@@ -73,6 +73,13 @@ What is measured:
    of events; for scale, the table also shows what holding every event at once would take
    (traced with ``tracemalloc`` on a sample of events kept in a dict).
 
+7. GC in a forked worker (the issue asks to measure it): the parent holds 2,000,000 small lists
+   when the worker forks; the handler keeps a small list per event (as a handler that
+   aggregates does), so the worker's collector keeps promoting objects and now and then runs a
+   full collection, which re-scans whatever it inherited. eventmp's worker calls
+   ``gc.freeze()`` as it starts; the second row patches that out. The figure is the worker's
+   CPU time per event (psutil), since the parent, not the worker, limits the events/s.
+
 Worker-side functions and classes are at module level and the script only runs under
 ``if __name__ == "__main__":``, so ``spawn`` and ``forkserver`` workers can import it.
 """
@@ -166,6 +173,17 @@ class CpuBurner:
                 os.write(fd, f"{os.getpid()}\n".encode())
             finally:
                 os.close(fd)
+        return True
+
+
+class Keeper:
+    """A stateful handler: keeps a small list per event, as a handler that aggregates does."""
+
+    def __init__(self) -> None:
+        self.kept: list[list[Any]] = []
+
+    def process_event(self, event: Event) -> bool:
+        self.kept.append([event.data])
         return True
 
 
@@ -280,6 +298,8 @@ class Sizes:
     cpu_handler_ms: float = 5.0
     restarts: int = 10
     rss_events: int = 1_000_000
+    gc_events: int = 500_000
+    gc_heap_objects: int = 2_000_000
 
 
 QUICK_SIZES = Sizes(
@@ -291,6 +311,8 @@ QUICK_SIZES = Sizes(
     cpu_events=80,
     restarts=3,
     rss_events=200_000,
+    gc_events=50_000,
+    gc_heap_objects=200_000,
 )
 
 
@@ -688,6 +710,49 @@ def lat_raw_pipe(method: str, tmp: Path, sizes: Sizes, busy: bool) -> dict[str, 
 # == 4. CPU-heavy handler ========================================================================
 
 
+def worker_cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def gc_in_worker(freeze: bool, count: int, heap_objects: int) -> dict[str, Any]:
+    """Worker CPU per event for a stateful handler, forked from a parent with a large heap.
+
+    eventmp's worker calls ``gc.freeze()`` as it starts; with ``freeze`` false it is patched
+    out (``fork`` copies the patched module), to show what the collector costs the worker
+    when it re-scans the heap it inherited.
+    """
+    heap = [[i] for i in range(heap_objects)]  # containers the collector tracks
+    handler = Keeper()
+    events = [Event("bench", handler, i) for i in range(count)]
+    with contextlib.ExitStack() as stack:
+        real_freeze = gc.freeze
+        if not freeze:
+            gc.freeze = lambda: None
+        try:
+            instance, errors = stack.enter_context(
+                dispatcher(poll_interval=1.0, start_method="fork")
+            )
+        finally:
+            gc.freeze = real_freeze
+        before = warm_up(instance, handler)
+        pid = instance.stats().worker_pids[0]
+        cpu_before = worker_cpu_seconds(pid)
+        start = time.perf_counter()
+        for event in events:
+            instance.submit(event)
+        wait_idle(instance)
+        elapsed = time.perf_counter() - start
+        cpu = worker_cpu_seconds(pid) - cpu_before
+        check_outcomes(instance, errors, before + count)
+    del heap
+    return {
+        **rate(count, elapsed),
+        "worker_cpu_us_per_event": cpu / count * 1e6,
+        "heap_objects": heap_objects,
+    }
+
+
 def calibrate_burn(milliseconds: float) -> int:
     """Iterations of :func:`burn` that take about ``milliseconds`` here (best of 5)."""
     probe = 200_000
@@ -1004,6 +1069,17 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
             lambda m=method: restart_time(m, tmp, sizes.restarts),
         )
 
+    for freeze in (True, False):
+        add(
+            f"gc.{'freeze' if freeze else 'nofreeze'}",
+            "gc",
+            "`gc.freeze()` as the worker starts (as shipped)"
+            if freeze
+            else "without `gc.freeze()` (patched out)",
+            "fork",
+            lambda f=freeze: gc_in_worker(f, sizes.gc_events, sizes.gc_heap_objects),
+        )
+
     limit = default_max_pending()
     per_event = holding_bytes_per_event()
     meta["holding_bytes_per_event"] = per_event
@@ -1183,6 +1259,20 @@ class Report:
                 f"{self.cell(case.key, 'peak_mb', ',.0f')} | "
                 f"{self.cell(case.key, 'growth_mb', ',.1f')} | "
                 f"{self.cell(case.key, 'peak_pending', ',.0f')} | "
+                f"{self.cell(case.key, 'events_per_s', ',.0f')} |"
+            )
+        lines += [
+            "",
+            f"**GC in a forked worker**: a handler that keeps a small list per event, "
+            f"{self.sizes.gc_events:,} events, the parent holding {self.sizes.gc_heap_objects:,} "
+            "extra objects when the worker forks",
+            "",
+            "| worker | worker CPU µs/event | events/s |",
+            "|---|---:|---:|",
+        ]
+        for case in self.group("gc"):
+            lines.append(
+                f"| {case.label} | {self.cell(case.key, 'worker_cpu_us_per_event', ',.2f')} | "
                 f"{self.cell(case.key, 'events_per_s', ',.0f')} |"
             )
         return "\n".join(lines)
