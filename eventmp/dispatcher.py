@@ -127,8 +127,10 @@ _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
 # While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
-# (each of its wake-ups takes the GIL from the producer for a loop iteration).
+# (each of its wake-ups takes the GIL from the producer for a loop iteration): 20 ms while no
+# event waits for a busy worker, 2 ms while some do (the submitter may have paused).
 _ACK_HANDOFF = 0.02
+_ACK_HANDOFF_WAITING = 0.002
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
@@ -344,6 +346,7 @@ class EventDispatcher(threading.Thread):
         self._poll_again = False  # a generator said it has more right now (has_more)
         self._next_ack_check = 0.0
         self._submitter_read_acks_at = -math.inf
+        self._long_handoff = False  # the dispatcher thread sleeps on the long hand-off
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
         # ones still travel 256 at a time.
@@ -435,6 +438,7 @@ class EventDispatcher(threading.Thread):
             self._take_inbox()
             self._check_open()
             if len(self._pending) >= self.max_pending and not self._in_loop_thread():
+                self._take_back_acks()  # a blocked submitter reads nothing
                 if not self._changed.wait_for(
                     lambda: (
                         self._state not in (_NEW, _RUNNING) or len(self._pending) < self.max_pending
@@ -641,9 +645,11 @@ class EventDispatcher(threading.Thread):
         watched: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
         poller.register(self._wake_r, select.POLLIN)
         with self._lock:
-            leave_acks = _monotonic() - self._submitter_read_acks_at < _ACK_HANDOFF
-            if leave_acks and (timeout is None or timeout > _ACK_HANDOFF):
-                timeout = _ACK_HANDOFF
+            handoff = _ACK_HANDOFF_WAITING if self._events_waiting() else _ACK_HANDOFF
+            leave_acks = _monotonic() - self._submitter_read_acks_at < handoff
+            self._long_handoff = leave_acks and handoff == _ACK_HANDOFF
+            if leave_acks and (timeout is None or timeout > handoff):
+                timeout = handoff
             for slot in self._slots:
                 worker = slot.worker
                 if worker is None or worker.exited:
@@ -772,6 +778,9 @@ class EventDispatcher(threading.Thread):
                 logger.exception("generator %s failed in stop()", generator)
 
     # -- acceptance and sending (called with the lock held, from any thread) -------------------
+
+    def _events_waiting(self) -> bool:
+        return bool(self._inbox or any(self._backlogs()))
 
     def _take_back_acks(self) -> None:
         """A submitter that stops to wait: the dispatcher thread reads acknowledgements again."""
@@ -928,6 +937,11 @@ class EventDispatcher(threading.Thread):
             else 0
         )
         if self._outcomes and not self._in_loop_thread():
+            self._wake()
+        if self._long_handoff and self._events_waiting():
+            # Events now wait for a busy worker: the dispatcher thread shortens its hand-off,
+            # in case the submitter pauses before it reads the acknowledgement they need.
+            self._long_handoff = False
             self._wake()
 
     def _workers_with_room(self) -> int:

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -918,50 +918,49 @@ class BatchSizeSpy(EventDispatcher):
         super()._write_batch(worker, definitions, blob, seqs, **kw)
 
 
-def test_batches_are_capped_in_bytes(errors: ErrorCollector, tmp_path: Path) -> None:
-    """Heavy events that pile up go in batches of at most 1 MiB past their first event, in order."""
-    gate = tmp_path / "gate"
-    recorder = GatedRecorder(tmp_path / "out.jsonl", gate)
+@pytest.fixture
+def spy(errors: ErrorCollector) -> Iterator[BatchSizeSpy]:
+    """A started BatchSizeSpy wired to the ``errors`` collector, stopped after the test."""
     dispatcher = BatchSizeSpy(poll_interval=0.05)
     dispatcher.error_handler(errors)
     dispatcher.start()
-    try:
-        for i in range(40):
-            dispatcher.submit(Event("test", recorder, [i, "x" * 200_000]))
-        gate.touch()
-        assert dispatcher.wait(WAIT)
-    finally:
-        dispatcher.stop(timeout=10)
+    yield dispatcher
+    dispatcher.stop(timeout=10)
+
+
+def test_batches_are_capped_in_bytes(
+    spy: BatchSizeSpy, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Heavy events that pile up go in batches of at most 1 MiB past their first event, in order."""
+    recorder = GatedRecorder(tmp_path / "out.jsonl", tmp_path / "gate")
+    for i in range(40):
+        spy.submit(Event("test", recorder, [i, "x" * 200_000]))
+    (tmp_path / "gate").touch()
+    assert spy.wait(WAIT)
     assert [record["data"][0] for record in recorder.records()] == list(range(40))
     assert not errors.events
-    assert sum(count for count, _size in dispatcher.batches) == 40
-    assert all(size <= 1 << 20 for count, size in dispatcher.batches if count > 1)
-    assert max(count for count, _size in dispatcher.batches) > 1  # still batched
+    assert sum(count for count, _size in spy.batches) == 40
+    assert all(size <= 1 << 20 for count, size in spy.batches if count > 1)
+    assert max(count for count, _size in spy.batches) > 1  # still batched
 
 
 def test_a_busy_worker_with_a_small_batch_gets_the_next_one_at_once(
-    errors: ErrorCollector, tmp_path: Path
+    spy: BatchSizeSpy, errors: ErrorCollector, tmp_path: Path
 ) -> None:
     """While a worker holds one slow event, the next events go to its pipe, not to a queue."""
     gate = tmp_path / "gate"
     recorder = GatedRecorder(tmp_path / "out.jsonl", gate)
-    dispatcher = BatchSizeSpy(poll_interval=0.05)
-    dispatcher.error_handler(errors)
-    dispatcher.start()
-    try:
-        dispatcher.submit(Event("test", recorder, 0))
-        # Far fewer than a full batch: only a small batch in hand lets these go before it.
-        for _ in range(100):
-            time.sleep(0.001)  # each submit() past 100 us reads acknowledgements and sends
-            dispatcher.submit(Event("test", recorder, "more"))
-            if len(dispatcher.batches) >= 2:
-                break
-        assert len(dispatcher.batches) >= 2, dispatcher.batches
-        assert not gate.exists()  # the worker is still on event 0
-        gate.touch()
-        assert dispatcher.wait(WAIT)
-    finally:
-        dispatcher.stop(timeout=10)
+    spy.submit(Event("test", recorder, 0))
+    # Far fewer than a full batch: only a small batch in hand lets these go before it.
+    for _ in range(100):
+        time.sleep(0.001)  # each submit() past 100 us reads acknowledgements and sends
+        spy.submit(Event("test", recorder, "more"))
+        if len(spy.batches) >= 2:
+            break
+    assert len(spy.batches) >= 2, spy.batches
+    assert not gate.exists()  # the worker is still on event 0
+    gate.touch()
+    assert spy.wait(WAIT)
     assert data_of(recorder.records())[0] == 0
     assert not errors.events
 
