@@ -938,7 +938,7 @@ class EventDispatcher(threading.Thread):
         )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
-        if self._long_handoff and self._events_waiting():
+        if self._long_handoff and self._events_waiting() and not self._in_loop_thread():
             # Events now wait for a busy worker: the dispatcher thread shortens its hand-off,
             # in case the submitter pauses before it reads the acknowledgement they need.
             self._long_handoff = False
@@ -1642,7 +1642,9 @@ class EventDispatcher(threading.Thread):
     def _idle(self) -> bool:
         return (
             not self._pending
-            and not self._inbox
+            # After stop() the inbox holds only events that were never accepted (their
+            # submitters take them back), even one whose submit() a KeyboardInterrupt cut short.
+            and (not self._inbox or self._state is not _RUNNING)
             and not self._outcomes
             and not self._settled
             and not self._delivering

@@ -842,6 +842,22 @@ def test_submits_racing_stop_each_end_accepted_or_refused(make_dispatcher: MakeD
     assert (stats.failed, stats.pending) == (0, 0)
 
 
+def test_wait_after_stop_ignores_an_event_left_in_the_inbox(
+    make_dispatcher: MakeDispatcher,
+) -> None:
+    """An event a cut-short submit() left behind after stop() (never accepted) blocks no wait().
+
+    A KeyboardInterrupt between submit()'s append and its second check leaves the event in the
+    inbox; the test puts it there directly, since no signal can be timed to land there.
+    """
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    dispatcher.stop()
+    dispatcher._inbox.append(Event("test", noop_handler, "late"))
+    assert dispatcher.wait(5)
+    assert dispatcher.stats().accepted == 0
+
+
 def test_fast_and_locked_submits_keep_order_within_max_pending(
     make_dispatcher: MakeDispatcher, tmp_path: Path
 ) -> None:
