@@ -131,6 +131,7 @@ _ACK_CHECK_INTERVAL = 0.0001
 # event waits for a busy worker, 2 ms while some do (the submitter may have paused).
 _ACK_HANDOFF = 0.02
 _ACK_HANDOFF_WAITING = 0.002
+_BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
@@ -346,6 +347,7 @@ class EventDispatcher(threading.Thread):
         self._poll_again = False  # a generator said it has more right now (has_more)
         self._next_ack_check = 0.0
         self._submitter_read_acks_at = -math.inf
+        self._submitter_collected_at = -math.inf
         self._long_handoff = False  # the dispatcher thread sleeps on the long hand-off
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
@@ -1127,7 +1129,16 @@ class EventDispatcher(threading.Thread):
         now = _monotonic()
         self._next_ack_check = now + _ACK_CHECK_INTERVAL
         if not self._in_loop_thread():
-            self._submitter_read_acks_at = now
+            # A submitter that comes back within a millisecond is busy: it takes the
+            # acknowledgements over. One that submits now and then (an idle pipeline) leaves
+            # them to the dispatcher thread, so that its next event finds the worker free.
+            if now - self._submitter_collected_at < _BUSY_SUBMITTER:
+                self._submitter_read_acks_at = now
+            self._submitter_collected_at = now
+        # At a modest rate (few events queued), send first: a worker with room (one small
+        # batch in hand) gets the events before the reads, which they would otherwise wait for.
+        if len(self._inbox) <= 8:
+            self._pump()
         for slot in self._slots:
             worker = slot.worker
             if worker is not None and not worker.exited and self._read_results(worker):
