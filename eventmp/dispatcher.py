@@ -24,8 +24,9 @@ Actors:
   the batch itself, so an event on an idle pipeline pays for no thread hand-off; under load it
   sends full batches (up to 1,024 events, 1 MiB) and, every 100 us at most, reads the
   acknowledgements itself: the dispatcher thread may wait a whole GIL switch interval behind a
-  busy submitter, so meanwhile it stops watching the result pipes (for 20 ms, renewed by each
-  read; ``wait()`` and ``stop()`` take them back at once).
+  busy submitter, so meanwhile it stops watching the result pipes (2 ms after the submitter's
+  last read while events wait, 20 ms while none do; a submitter that blocks, ``wait()`` and
+  ``stop()`` give them back at once).
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe and sentinel, the wake-up pipe, and (while a write is unfinished) the task pipes.
   It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
@@ -786,7 +787,7 @@ class EventDispatcher(threading.Thread):
 
     def _take_back_acks(self) -> None:
         """A submitter that stops to wait: the dispatcher thread reads acknowledgements again."""
-        if self._submitter_read_acks_at >= 0:
+        if self._submitter_read_acks_at != -math.inf:
             self._submitter_read_acks_at = -math.inf
             self._wake()
 
@@ -1122,7 +1123,7 @@ class EventDispatcher(threading.Thread):
         producer, for a non-blocking read now and then. A worker's death is left to the
         dispatcher thread.
 
-        Meanwhile the dispatcher thread stops watching the result pipes (for _ACK_HANDOFF):
+        Meanwhile the dispatcher thread stops watching the result pipes (see _ACK_HANDOFF):
         woken by every acknowledgement only to queue for the GIL, it would cost the parent
         about a fifth more CPU per event, and the worker a wake-up per batch.
         """
