@@ -55,6 +55,10 @@ What is measured:
    holds the GIL like a real busy producer; median and p99 latency as above, and the same for
    a raw Pipe sender (one ``send_bytes`` per event) at the same rate.
 
+   Every latency row also shows the share of all CPU time the hypervisor took (steal, from
+   ``/proc/stat``) while it was measured: on a shared VM the worker is now and then not run
+   for milliseconds, which no design on this side of the hypervisor can hide.
+
 4. A CPU-heavy handler (a pure-Python loop of about 5 ms, calibrated in the parent) over
    ``workers=1..os.cpu_count()``: events/s and the speed-up against one worker.
 
@@ -355,6 +359,27 @@ def latency_figures(pairs: list[tuple[int, int]], expected: int) -> dict[str, An
         "max_us": max(micros),
         "mean_us": statistics.fmean(micros),
     }
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def with_steal(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure`` and add the share of CPU time the hypervisor took meanwhile (%)."""
+    before = cpu_ticks()
+    result = measure()
+    after = cpu_ticks()
+    if before is not None and after is not None and after[1] > before[1]:
+        result["steal_pct"] = 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+    return result
 
 
 @contextlib.contextmanager
@@ -1024,28 +1049,28 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
         "latency",
         "eventmp, idle (`submit()` → handler)",
         default,
-        lambda: lat_eventmp(default, tmp, sizes, busy=False),
+        lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=False)),
     )
     add(
         "lat.idle.pipe",
         "latency",
         "raw Pipe one-way, idle (`send_bytes` → `recv_bytes`)",
         default,
-        lambda: lat_raw_pipe(default, tmp, sizes, busy=False),
+        lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=False)),
     )
     add(
         "lat.busy.eventmp",
         "latency",
         f"eventmp, busy producer ({sizes.busy_rate:,}/s offered)",
         default,
-        lambda: lat_eventmp(default, tmp, sizes, busy=True),
+        lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=True)),
     )
     add(
         "lat.busy.pipe",
         "latency",
         f"raw Pipe, `send_bytes` per event ({sizes.busy_rate:,}/s offered)",
         default,
-        lambda: lat_raw_pipe(default, tmp, sizes, busy=True),
+        lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=True)),
     )
 
     log(f"calibrating a {sizes.cpu_handler_ms} ms pure-Python loop ...")
@@ -1196,8 +1221,8 @@ class Report:
             "",
             "**Latency**: `submit()` (or `send_bytes`) to the handler (or `recv_bytes`), µs",
             "",
-            "| path | start method | median µs | p99 µs | samples |",
-            "|---|---|---:|---:|---:|",
+            "| path | start method | median µs | p99 µs | samples | CPU steal % |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for case in self.group("latency"):
             samples = self.value(case.key, "samples")
@@ -1208,7 +1233,8 @@ class Report:
                 label += f", {achieved:,.0f}/s achieved"
             lines.append(
                 f"| {label} | {case.method} | {self.cell(case.key, 'median_us', ',.0f')} | "
-                f"{self.cell(case.key, 'p99_us', ',.0f')} | {shown} |"
+                f"{self.cell(case.key, 'p99_us', ',.0f')} | {shown} | "
+                f"{self.cell(case.key, 'steal_pct', ',.1f')} |"
             )
         iterations = self.meta.get("cpu_handler_iterations", 0)
         lines += [
