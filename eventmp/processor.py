@@ -51,6 +51,7 @@ from .messages import (
     WorkerRetiring,
     decode_task,
     encode_result,
+    plain_batch,
 )
 
 __all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
@@ -147,6 +148,9 @@ class EventProcessor:
             return False
         finally:
             self._waiting = False
+        batch = plain_batch(data)
+        if batch is not None and not self._resyncing:
+            return self._run_events(batch[0], batch[1]) and self._running
         message = decode_task(data)
         if type(message) is HandlerUpdate:
             for handler_id, blob in message.definitions:
@@ -160,7 +164,7 @@ class EventProcessor:
             self._resyncing = False
         if self._resyncing:
             return True
-        return self._run_events(message) and self._running
+        return self._run_events(message.batch_no, message.events, message.resync) and self._running
 
     def _next_frame(self) -> bytes:
         """Block until the next whole frame from the parent; EOFError when the pipe ends."""
@@ -178,13 +182,13 @@ class EventProcessor:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _run_events(self, batch: EventBatch) -> bool:
+    def _run_events(self, batch_no: int, blob: bytes | memoryview, resync: bool = False) -> bool:
         try:
-            events: list[WireEvent | tuple[int, bytes]] = serialization.loads(batch.events)
+            events: list[WireEvent | tuple[int, bytes]] = serialization.loads(blob)
         except Exception as exc:
             # Drop this batch and every one after it until the parent re-sends them one by one.
             self._resyncing = True
-            self._send(BatchRejected(batch.batch_no, f"{type(exc).__name__}: {exc}"))
+            self._send(BatchRejected(batch_no, f"{type(exc).__name__}: {exc}"))
             return True
         progress = self._progress
         callables = self._callables
@@ -196,7 +200,7 @@ class EventProcessor:
         for item in events:
             if not self._running:
                 return False
-            if batch.resync:
+            if resync:
                 seq, blob = item  # type: ignore[misc]
                 # Marked before unpickling: if unpickling kills the process, this event is
                 # the one to blame.
@@ -217,7 +221,7 @@ class EventProcessor:
             progress[STARTED] = seq
             if handler_id == STOP_HANDLER_ID:
                 progress[FINISHED] = seq
-                self._send(BatchDone(batch.batch_no, self._rss()))
+                self._send(BatchDone(batch_no, self._rss()))
                 self._running = False
                 return False
             try:
@@ -235,7 +239,7 @@ class EventProcessor:
             progress[FINISHED] = seq
             if recycling and self._retire_after_event():
                 return False
-        self._send(BatchDone(batch.batch_no, self._rss(), monotonic_ns() - batch_started))
+        self._send(BatchDone(batch_no, self._rss(), monotonic_ns() - batch_started))
         return True
 
     def _retire_after_event(self) -> bool:

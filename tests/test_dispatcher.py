@@ -1023,6 +1023,78 @@ def test_event_timeout_kills_the_worker(
     assert records[1]["pid"] in dispatcher.stats().worker_pids
 
 
+def test_event_timeout_times_an_event_written_straight_to_an_idle_worker(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """A hung event that submit() wrote itself to an idle worker is still timed out.
+
+    The first event teaches the worker the handler, so the second takes the idle fast path
+    (one event, a known handler, plain data), which must wake the dispatcher thread to time it.
+    """
+    path = tmp_path / "out.jsonl"
+    dispatcher = make_dispatcher(event_timeout=1, kill_grace=0.2)
+    dispatcher.start()
+    dispatcher.submit(Event("test", sleepy_handler, (str(path), 0)))
+    assert dispatcher.wait(WAIT)
+    time.sleep(0.5)  # the dispatcher thread goes back to sleep, with nothing to time
+    slow = Event("test", sleepy_handler, (str(path), 50))
+    dispatcher.submit(slow)
+    assert errors.wait_for(1, 15), "the hung handler was not timed out"
+    assert errors.failed_events == [slow]
+    assert isinstance(errors.exceptions[0], HandlerTimeoutError)
+
+
+class Unpicklable:
+    """An originator plain pickle refuses (it holds a lock); eventmp sends its description."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return "unpicklable-originator"
+
+
+def test_events_on_an_idle_pipeline_arrive_whole_whatever_path_they_take(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """One event at a time, each alone on an idle pipeline, each arrives with its own fields.
+
+    Between them: a new handler, the same again, a non-string originator, data that only dill
+    carries, data nothing carries, and a handler the worker already has; submit() writes some
+    itself and leaves the rest to the general path, and none may be lost or mixed up.
+    """
+    first = RecordingHandler(tmp_path / "first.jsonl")
+    second = RecordingHandler(tmp_path / "second.jsonl")
+    dispatcher = make_dispatcher()
+    dispatcher.start()
+    unpicklable_data = Event("test", first, (i for i in range(3)))
+    sequence = [
+        Event("plain", first, 1),
+        Event("plain", first, 2),
+        Event("plain", second, 3),
+        Event(Unpicklable(), second, 4),
+        Event("plain", second, [lambda: 5]),
+        unpicklable_data,
+        Event(7, first, 7),
+        Event("plain", first, {"eight": 8}),
+    ]
+    for event in sequence:
+        dispatcher.submit(event)
+        assert dispatcher.wait(WAIT)
+    assert errors.failed_events == [unpicklable_data]
+    firsts = first.records()
+    seconds = second.records()
+    assert data_of(firsts) == [1, 2, 7, {"eight": 8}]
+    assert [r["originator"] for r in firsts] == ["plain", "plain", "7", "plain"]
+    assert data_of(seconds)[:2] == [3, 4]
+    assert seconds[1]["originator"] == "unpicklable-originator"
+    assert seconds[2]["data"][0].startswith("<function")  # a lambda, by value through dill
+    assert [r["timestamp"] for r in firsts] == [
+        e.timestamp for e in sequence if e.handler is first and e is not unpicklable_data
+    ]
+    assert dispatcher.stats().processed == 7
+
+
 def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
     """With workers=2, events run in two distinct worker processes."""
     gate = tmp_path / "gate"

@@ -27,6 +27,7 @@ from eventmp.messages import (
     encode_handler_update,
     encode_result,
     frame,
+    plain_batch,
 )
 
 # Sizes on both sides of Connection's small-message path (it concatenates below 16 KiB).
@@ -230,6 +231,19 @@ def test_handler_updates_round_trip_through_their_codec() -> None:
     update = HandlerUpdate([(5, b"dill bytes")], [3, 4])
     (payload,) = FrameReader().feed(encode_handler_update(update))
     assert decode_task(payload) == update
+
+
+def test_plain_batch_reads_an_ordinary_batch_and_declines_every_other_frame() -> None:
+    """plain_batch gives (batch_no, events) for an ordinary batch, None for resync or handlers."""
+    events = pickle.dumps([(1, 2, "origin", None, 3.5)], 5)
+    (ordinary,) = FrameReader().feed(encode_batch(2**40 + 7, events))
+    (resync,) = FrameReader().feed(encode_batch(8, events, resync=True))
+    (handlers,) = FrameReader().feed(encode_handler_update(HandlerUpdate([(5, b"x")], [])))
+    decoded = plain_batch(ordinary)
+    assert decoded is not None
+    assert (decoded[0], bytes(decoded[1])) == (2**40 + 7, events)
+    assert plain_batch(resync) is None
+    assert plain_batch(handlers) is None
 
 
 def test_event_batch_resync_defaults_to_false() -> None:
