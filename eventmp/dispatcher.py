@@ -84,6 +84,7 @@ from .errors import (
 from .event import Event, EventGenerator
 from .handlers import call_handler, describe_handler
 from .messages import (
+    ACKED,
     FINISHED,
     PROGRESS_FIELDS,
     STARTED,
@@ -187,6 +188,7 @@ class _Worker:
         self.reader = FrameReader()
         self.outbuf = bytearray()
         self.inflight: deque[tuple[int, list[int]]] = deque()  # (batch_no, seqs), unacked
+        self.last_batch = 0  # batch_no of the last batch sent
         self.known_handlers: set[int] = set()
         # The handler of the last event sent: consecutive events usually share it.
         self.last_handler: Any = _NO_HANDLER
@@ -215,6 +217,8 @@ class _Slot:
     def __init__(self, index: int, progress: Any) -> None:
         self.index = index
         self.progress = progress
+        # The same memory as int64s: an item read costs a fraction of a ctypes one.
+        self.view = memoryview(progress).cast("B").cast("q")
         self.worker: _Worker | None = None
         self.restart_at: float | None = None
         self.crash_streak = 0
@@ -435,7 +439,9 @@ class EventDispatcher(threading.Thread):
                         self._pump()
             # The clock is read for the first 8 queued events, then every 8th: a busy producer
             # at a modest rate sees its worker free sooner, a flood pays for few reads.
-            elif (queued <= 8 or not queued & 7) and _monotonic() >= self._next_ack_check:
+            elif (queued <= 8 or not queued & 7) and (
+                _monotonic() >= self._next_ack_check or self._caught_up()
+            ):
                 with self._lock:
                     self._collect_acks()
             return
@@ -1011,6 +1017,19 @@ class EventDispatcher(threading.Thread):
         )
         self._sendable = self._idle_worker is not None
 
+    def _caught_up(self) -> bool:
+        """True if a worker has acknowledged every batch sent to it, by the progress array.
+
+        A hint, read without the lock, that the acknowledgement waits in the pipe and reading
+        it now frees a worker: under a busy producer at a modest rate, events then wait for a
+        worker to finish, not for the next timed read (every 100 us).
+        """
+        for slot in self._slots:
+            worker = slot.worker
+            if worker is not None and worker.inflight and slot.view[ACKED] >= worker.last_batch:
+                return True
+        return False
+
     def _workers_with_room(self) -> int:
         return max(
             1,
@@ -1109,6 +1128,7 @@ class EventDispatcher(threading.Thread):
             worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
             worker.forget = []
         worker.inflight.append((batch_no, seqs))
+        worker.last_batch = batch_no
 
     def _handler_id(
         self, handler: Any, worker: _Worker, definitions: list[tuple[int, bytes]]

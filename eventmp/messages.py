@@ -11,10 +11,11 @@ Parent to worker: :class:`EventBatch`, :class:`HandlerUpdate`. Worker to parent:
 :class:`WorkerRetiring`.
 
 Besides the messages, each worker shares a tiny array with the parent (:data:`PROGRESS_FIELDS`):
-the sequence number of the event it started, when it started it, and the last one it finished.
-It costs a memory write per event instead of a message, and it survives the worker's death, so
-after a crash the parent knows exactly which event was in hand, which were done, and which never
-started.
+the sequence number of the event it started, when it started it, the last one it finished, and
+the last batch it acknowledged. It costs a memory write per event instead of a message, and it
+survives the worker's death, so after a crash the parent knows exactly which event was in hand,
+which were done, and which never started; a submitting thread reads the acknowledgements as
+soon as the last one shows there.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import struct
 from typing import Any, NamedTuple
 
 __all__ = [
+    "ACKED",
     "FINISHED",
     "PROGRESS_FIELDS",
     "STARTED",
@@ -55,7 +57,8 @@ STOP_HANDLER_ID = 0
 STARTED = 0
 STARTED_AT_NS = 1
 FINISHED = 2
-PROGRESS_FIELDS = 3
+ACKED = 3  # the batch_no of the last BatchDone written
+PROGRESS_FIELDS = 4
 
 # One event on the wire: (seq, handler_id, originator, data, timestamp).
 WireEvent = tuple[int, int, Any, Any, float]

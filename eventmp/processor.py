@@ -36,6 +36,7 @@ from .errors import SerializationError
 from .event import Event
 from .handlers import StopEventHandler, call_handler
 from .messages import (
+    ACKED,
     FINISHED,
     STARTED,
     STARTED_AT_NS,
@@ -240,6 +241,7 @@ class EventProcessor:
             if recycling and self._retire_after_event():
                 return False
         self._send(BatchDone(batch_no, self._rss(), monotonic_ns() - batch_started))
+        progress[ACKED] = batch_no  # after the write: the parent then finds it in the pipe
         return True
 
     def _retire_after_event(self) -> bool:
