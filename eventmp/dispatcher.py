@@ -87,6 +87,7 @@ from .messages import (
     ACKED,
     FINISHED,
     PROGRESS_FIELDS,
+    RING,
     STARTED,
     STARTED_AT_NS,
     STOP_HANDLER_ID,
@@ -129,10 +130,8 @@ _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
 # While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
-# (each of its wake-ups takes the GIL from the producer for a loop iteration): 20 ms while no
-# event waits for a busy worker, 2 ms while some do (the submitter may have paused).
+# and sleeps until a worker rings (see _wait_for_io).
 _ACK_HANDOFF = 0.02
-_ACK_HANDOFF_WAITING = 0.002
 _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
@@ -354,7 +353,8 @@ class EventDispatcher(threading.Thread):
         self._next_ack_check = 0.0
         self._submitter_read_acks_at = -math.inf
         self._submitter_collected_at = -math.inf
-        self._long_handoff = False  # the dispatcher thread sleeps on the long hand-off
+        self._ringing = False  # the workers' RING marks are set (acknowledgements handed off)
+        self._messages_read = 0
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
         # ones still travel 256 at a time.
@@ -655,12 +655,27 @@ class EventDispatcher(threading.Thread):
         poller = select.poll()
         watched: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
         poller.register(self._wake_r, select.POLLIN)
+        exited: list[_Worker] = []
         with self._lock:
-            handoff = _ACK_HANDOFF_WAITING if self._events_waiting() else _ACK_HANDOFF
-            leave_acks = _monotonic() - self._submitter_read_acks_at < handoff
-            self._long_handoff = leave_acks and handoff == _ACK_HANDOFF
-            if leave_acks and (timeout is None or timeout > handoff):
-                timeout = handoff
+            leave_acks = _monotonic() - self._submitter_read_acks_at < _ACK_HANDOFF
+            if leave_acks != self._ringing:
+                self._ringing = leave_acks
+                for slot in self._slots:
+                    slot.view[RING] = int(leave_acks)
+            if leave_acks:
+                # A busy submitter reads the acknowledgements; this thread sleeps through them,
+                # since each wake-up would queue it for the GIL behind the producer. Should the
+                # submitter pause with events waiting, their worker rings the wake-up pipe once
+                # it has been idle a moment (RING). Reading the result pipes after setting RING
+                # closes the race: a worker either wrote its last acknowledgement before this
+                # read (it is read now) or reads RING after it (the pipe's lock orders the two).
+                read_before = self._messages_read
+                for slot in self._slots:
+                    worker = slot.worker
+                    if worker is not None and not worker.exited and self._read_results(worker):
+                        exited.append(worker)
+                if self._messages_read != read_before:
+                    timeout = 0  # what was read (outcomes to deliver, room) needs the loop now
             for slot in self._slots:
                 worker = slot.worker
                 if worker is None or worker.exited:
@@ -676,9 +691,8 @@ class EventDispatcher(threading.Thread):
                     watched[worker.task_fd] = ("task", worker)
             self._wake_pending = False
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        ready = poller.poll(ms)
+        ready = poller.poll(0 if exited else ms)
         with self._lock:
-            exited: list[_Worker] = []
             for fd, _mask in ready:
                 kind, worker = watched[fd]
                 if kind == "wake":
@@ -942,11 +956,6 @@ class EventDispatcher(threading.Thread):
         )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
-        if self._long_handoff and self._events_waiting() and not self._in_loop_thread():
-            # Events now wait for a busy worker: the dispatcher thread shortens its hand-off,
-            # in case the submitter pauses before it reads the acknowledgement they need.
-            self._long_handoff = False
-            self._wake()
 
     def _send_alone(self) -> bool:
         """Send the inbox's only event to the idle worker at once (lock held); false if not.
@@ -1207,7 +1216,7 @@ class EventDispatcher(threading.Thread):
         producer, for a non-blocking read now and then. A worker's death is left to the
         dispatcher thread.
 
-        Meanwhile the dispatcher thread stops watching the result pipes (see _ACK_HANDOFF):
+        Meanwhile the dispatcher thread stops watching the result pipes (see _wait_for_io):
         woken by every acknowledgement only to queue for the GIL, it would cost the parent
         about a fifth more CPU per event, and the worker a wake-up per batch.
         """
@@ -1245,6 +1254,7 @@ class EventDispatcher(threading.Thread):
                 self._handle_message(worker, decode_result(payload))
 
     def _handle_message(self, worker: _Worker, message: Any) -> None:
+        self._messages_read += 1
         kind = type(message)
         if kind is BatchDone:
             self._on_batch_done(worker, message)
@@ -1332,6 +1342,7 @@ class EventDispatcher(threading.Thread):
         result_r, result_w = os.pipe2(os.O_CLOEXEC)
         for index in range(PROGRESS_FIELDS):
             slot.progress[index] = 0
+        slot.progress[RING] = int(self._ringing)
         close_fds: list[int] = []
         if self.start_method == "fork":
             close_fds = [task_w, result_r, self._wake_r, self._wake_w]
@@ -1340,11 +1351,14 @@ class EventDispatcher(threading.Thread):
                     close_fds += [other.worker.task_fd, other.worker.result_fd]
         tasks = multiprocessing.connection.Connection(task_r, writable=False)
         results = multiprocessing.connection.Connection(result_w, readable=False)
+        # The worker's own copy of the wake-up pipe's write end (non-blocking, as it is here).
+        ring = multiprocessing.connection.Connection(os.dup(self._wake_w), readable=False)
         processor = EventProcessor(
             self._processor_label(slot.index),
             tasks,
             results,
             slot.progress,
+            ring=ring,
             close_fds=close_fds,
             max_events=self.max_events_per_worker,
             max_memory=self.max_memory_per_worker,
@@ -1365,6 +1379,7 @@ class EventDispatcher(threading.Thread):
         finally:
             tasks.close()
             results.close()
+            ring.close()
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
         slot.worker = _Worker(slot.index, process, task_w, result_r)

@@ -28,6 +28,7 @@ __all__ = [
     "ACKED",
     "FINISHED",
     "PROGRESS_FIELDS",
+    "RING",
     "STARTED",
     "STARTED_AT_NS",
     "STOP_HANDLER_ID",
@@ -58,7 +59,8 @@ STARTED = 0
 STARTED_AT_NS = 1
 FINISHED = 2
 ACKED = 3  # the batch_no of the last BatchDone written
-PROGRESS_FIELDS = 4
+RING = 4  # set by the parent: ring its wake-up pipe when idle and no new batch comes
+PROGRESS_FIELDS = 5
 
 # One event on the wire: (seq, handler_id, originator, data, timestamp).
 WireEvent = tuple[int, int, Any, Any, float]

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
 import threading
 import time
@@ -38,6 +39,7 @@ from .handlers import StopEventHandler, call_handler
 from .messages import (
     ACKED,
     FINISHED,
+    RING,
     STARTED,
     STARTED_AT_NS,
     STOP_HANDLER_ID,
@@ -60,6 +62,7 @@ __all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
 logger = logging.getLogger("eventmp")
 
 _READ_CHUNK = 1 << 16
+_RING_AFTER_MS = 1  # idle this long with RING set: ring the parent
 
 # Exit status of a worker whose parent died: it has no one left to report to.
 EXIT_PARENT_GONE = 75
@@ -83,6 +86,7 @@ class EventProcessor:
         results: multiprocessing.connection.Connection,
         progress: Any,
         *,
+        ring: multiprocessing.connection.Connection | None = None,
         close_fds: Sequence[int] = (),
         max_events: int | None = None,
         max_memory: int | None = None,
@@ -93,6 +97,12 @@ class EventProcessor:
         self._stamp_starts = stamp_starts
         self._tasks = tasks
         self._results = results
+        # The parent's wake-up pipe: rung when the parent asked (RING) and no batch came for a
+        # moment, since the parent's dispatcher thread may be asleep waiting for just that.
+        self._ring = ring
+        self._ring_fd = -1
+        self._rung = False
+        self._task_poller: Any = None
         self._progress: Any = progress
         self._close_fds = tuple(close_fds)
         self._max_events = max_events
@@ -171,11 +181,29 @@ class EventProcessor:
         """Block until the next whole frame from the parent; EOFError when the pipe ends."""
         frames = self._frames
         while not frames:
+            if self._progress[RING] and not self._rung and self._ring_fd >= 0:
+                self._ring_when_idle()
             data = os.read(self._task_fd, _READ_CHUNK)
             if not data:
                 raise EOFError
+            self._rung = False
             frames.extend(self._reader.feed(data))
         return frames.popleft()
+
+    def _ring_when_idle(self) -> None:
+        """Ring the parent's wake-up pipe once if no batch comes within _RING_AFTER_MS.
+
+        The parent asks for it while a submitting thread reads the acknowledgements instead of
+        its dispatcher thread: if that thread pauses, events may wait for this worker, and only
+        this worker knows it has gone idle. A busy submitter sends the next batch well within
+        the delay, so the dispatcher thread is not woken (and does not queue for the GIL).
+        """
+        if self._task_poller.poll(_RING_AFTER_MS):
+            return
+        self._rung = True
+        # A full pipe means a wake-up is pending already; a closed one, a parent leaving.
+        with contextlib.suppress(OSError):
+            os.write(self._ring_fd, b"\0")
 
     def stop(self) -> None:
         """Leave ``run()`` after the event in hand."""
@@ -316,6 +344,11 @@ class EventProcessor:
         self._result_fd = os.dup(self._results.fileno())
         self._tasks.close()
         self._results.close()
+        if self._ring is not None:
+            self._ring_fd = os.dup(self._ring.fileno())
+            self._ring.close()
+            self._task_poller = select.poll()
+            self._task_poller.register(self._task_fd, select.POLLIN)
         # A memoryview writes an int in a fraction of what a ctypes item assignment costs
         # (made here: a memoryview cannot travel to a spawned process).
         self._progress = memoryview(self._progress).cast("B").cast("q")

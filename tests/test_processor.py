@@ -22,6 +22,7 @@ from eventmp.messages import (
     ACKED,
     FINISHED,
     PROGRESS_FIELDS,
+    RING,
     STARTED,
     STOP_HANDLER_ID,
     BatchDone,
@@ -60,20 +61,24 @@ class Worker:
         context = multiprocessing.get_context(start_method)
         task_r, self.task_w = os.pipe()
         self.result_r, result_w = os.pipe()
+        self.ring_r, ring_w = os.pipe2(os.O_NONBLOCK)  # non-blocking, as the dispatcher's
         self.progress: Any = context.RawArray("q", PROGRESS_FIELDS)
         tasks = multiprocessing.connection.Connection(task_r, writable=False)
         results = multiprocessing.connection.Connection(result_w, readable=False)
+        ring = multiprocessing.connection.Connection(ring_w, readable=False)
         processor = EventProcessor(
             "test-worker",
             tasks,
             results,
             self.progress,
-            close_fds=[self.task_w, self.result_r] if start_method == "fork" else [],
+            ring=ring,
+            close_fds=[self.task_w, self.result_r, self.ring_r] if start_method == "fork" else [],
         )
         self.process = context.Process(target=worker_main, args=(processor,), daemon=True)
         self.process.start()
         tasks.close()  # the worker has its own copies now
         results.close()
+        ring.close()
         self.reader = FrameReader()
         self.messages: list[Any] = []
 
@@ -108,6 +113,15 @@ class Worker:
             self.process.kill()
             self.process.join(WAIT)
         os.close(self.result_r)
+        os.close(self.ring_r)
+
+    def rings(self, within: float) -> int:
+        """How many bytes the worker wrote to the wake-up pipe within ``within`` seconds."""
+        select.select([self.ring_r], [], [], within)
+        try:
+            return len(os.read(self.ring_r, 4096))
+        except BlockingIOError:
+            return 0
 
 
 @pytest.fixture
@@ -189,3 +203,19 @@ def test_the_poison_pill_ends_the_worker_after_what_came_before(
     assert worker.process.exitcode == 0
     assert out.read_text().split() == ["before"]
     assert worker.progress[FINISHED] == 2
+
+
+def test_an_idle_worker_rings_once_when_asked_and_never_otherwise(worker: Worker) -> None:
+    """With RING set, a worker out of batches rings the wake-up pipe once per idle spell."""
+    worker.define(6, fail_on_negative)
+    worker.send_batch(1, [(1, 6, "t", 1, 0.0)])
+    worker.read_until(BatchDone)
+    assert worker.rings(within=0.3) == 0
+    worker.progress[RING] = 1
+    worker.send_batch(2, [(2, 6, "t", 2, 0.0)])
+    worker.read_until(BatchDone, count=2)
+    assert worker.rings(within=WAIT) == 1
+    assert worker.rings(within=0.3) == 0  # once per idle spell, not again and again
+    worker.send_batch(3, [(3, 6, "t", 3, 0.0)])
+    worker.read_until(BatchDone, count=3)
+    assert worker.rings(within=WAIT) == 1
