@@ -21,14 +21,15 @@ Actors:
   append is atomic under the GIL); whoever next holds the lock numbers the inbox's events and
   moves them to the backlog, so the lock, the sequence numbers and the pending entries cost
   once per batch. When a worker is idle a submitter takes the lock at once, encodes and writes
-  the batch itself, so an event on an idle pipeline pays for no thread hand-off; under load it
-  sends full batches (up to 1,024 events, 1 MiB) and, every 100 us at most, reads the
-  acknowledgements itself: the dispatcher thread may wait a whole GIL switch interval behind a
-  busy submitter, so meanwhile it stops watching the result pipes (2 ms after the submitter's
-  last read while events wait, 20 ms while none do; a submitter that blocks, ``wait()`` and
-  ``stop()`` give them back at once).
+  the event itself, so an event on an idle pipeline pays for no thread hand-off; under load it
+  sends full batches (up to 1,024 events, 1 MiB) and reads the acknowledgements itself, as soon
+  as the progress array shows a worker's last one written and every 100 us at most: the
+  dispatcher thread may wait a whole GIL switch interval behind a busy submitter, so meanwhile
+  it sleeps without watching the result pipes, and a worker that goes idle while it sleeps
+  rings the wake-up pipe (a submitter that blocks, ``wait()`` and ``stop()`` wake it at once).
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
-  result pipe and sentinel, the wake-up pipe, and (while a write is unfinished) the task pipes.
+  result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe (rung by
+  submitters and by idle workers), and (while a write is unfinished) the task pipes.
   It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
   events batch up exactly while workers are busy, with no linger timer), polls generators every
   ``poll_interval``, enforces ``event_timeout``, replaces dead workers, and calls the error
