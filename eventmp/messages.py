@@ -15,7 +15,9 @@ the sequence number of the event it started, when it started it, the last one it
 the last batch it acknowledged. It costs a memory write per event instead of a message, and it
 survives the worker's death, so after a crash the parent knows exactly which event was in hand,
 which were done, and which never started; a submitting thread reads the acknowledgements as
-soon as the last one shows there.
+soon as the last one shows there. The parent sets the last field (RING) while its dispatcher
+thread sleeps without watching the result pipes: a worker then rings the parent's wake-up pipe
+once it has been idle a moment.
 """
 
 from __future__ import annotations
