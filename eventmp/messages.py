@@ -45,6 +45,7 @@ __all__ = [
     "decode_result",
     "decode_task",
     "encode_batch",
+    "encode_done",
     "encode_handler_update",
     "encode_result",
     "frame",
@@ -142,6 +143,7 @@ _BATCH_HEADER = struct.Struct("!BQ")  # kind, batch_no
 _RESULT_DONE = 1
 _RESULT_PICKLED = 2
 _DONE = struct.Struct("!BQQQ")  # kind, batch_no, rss, busy_ns
+_DONE_FRAME = struct.Struct("!iBQQQ")  # the same, framed: packed in one go, once per batch
 
 
 def encode_batch(batch_no: int, events: bytes, resync: bool = False) -> bytes:
@@ -175,10 +177,15 @@ def plain_batch(payload: bytes) -> tuple[int, memoryview] | None:
     return _BATCH_HEADER.unpack_from(payload)[1], memoryview(payload)[_BATCH_HEADER.size :]
 
 
+def encode_done(batch_no: int, rss: int, busy_ns: int = 0) -> bytes:
+    """A framed :class:`BatchDone`, without building one (the worker sends one per batch)."""
+    return _DONE_FRAME.pack(_DONE.size, _RESULT_DONE, batch_no, rss, busy_ns)
+
+
 def encode_result(message: tuple[Any, ...]) -> bytes:
     """A framed worker-to-parent message."""
     if type(message) is BatchDone:
-        return frame(_DONE.pack(_RESULT_DONE, message.batch_no, message.rss, message.busy_ns))
+        return encode_done(message.batch_no, message.rss, message.busy_ns)
     return frame(bytes((_RESULT_PICKLED,)) + pickle.dumps(message, _PROTOCOL))
 
 

@@ -53,6 +53,7 @@ from .messages import (
     WorkerReady,
     WorkerRetiring,
     decode_task,
+    encode_done,
     encode_result,
     plain_batch,
 )
@@ -268,7 +269,10 @@ class EventProcessor:
             progress[FINISHED] = seq
             if recycling and self._retire_after_event():
                 return False
-        self._send(BatchDone(batch_no, self._rss(), monotonic_ns() - batch_started))
+        # One write of under PIPE_BUF bytes to a blocking pipe: whole, and atomic.
+        os.write(
+            self._result_fd, encode_done(batch_no, self._rss(), monotonic_ns() - batch_started)
+        )
         progress[ACKED] = batch_no  # after the write: the parent then finds it in the pipe
         return True
 

@@ -24,6 +24,7 @@ from eventmp.messages import (
     decode_result,
     decode_task,
     encode_batch,
+    encode_done,
     encode_handler_update,
     encode_result,
     frame,
@@ -244,6 +245,15 @@ def test_plain_batch_reads_an_ordinary_batch_and_declines_every_other_frame() ->
     assert (decoded[0], bytes(decoded[1])) == (2**40 + 7, events)
     assert plain_batch(resync) is None
     assert plain_batch(handlers) is None
+
+
+def test_encode_done_frames_a_batch_done_without_building_one() -> None:
+    """encode_done gives the very frame encode_result gives for the same BatchDone."""
+    done = BatchDone(2**40 + 3, 123_456_789, 5_000)
+    framed = encode_done(done.batch_no, done.rss, done.busy_ns)
+    assert framed == encode_result(done)
+    (payload,) = FrameReader().feed(framed)
+    assert decode_result(payload) == done
 
 
 def test_event_batch_resync_defaults_to_false() -> None:
