@@ -268,6 +268,7 @@ class EventDispatcher(threading.Thread):
         key: Callable[[Event], Hashable] | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
+        idle_spin: float = 0.0002,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name or "EventDispatcher", daemon=True)
@@ -279,6 +280,9 @@ class EventDispatcher(threading.Thread):
             raise ValueError(f"event_timeout must be > 0, got {event_timeout!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+        if not 0 <= idle_spin <= 0.01:
+            raise ValueError(f"idle_spin must be between 0 and 0.01 seconds, got {idle_spin!r}")
+        self.idle_spin = float(idle_spin)
         method = start_method or default_start_method()
         if method not in multiprocessing.get_all_start_methods():
             raise ValueError(
@@ -1360,6 +1364,7 @@ class EventDispatcher(threading.Thread):
             results,
             slot.progress,
             ring=ring,
+            idle_spin_ns=int(self.idle_spin * 1e9),
             close_fds=close_fds,
             max_events=self.max_events_per_worker,
             max_memory=self.max_memory_per_worker,

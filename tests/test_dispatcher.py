@@ -1095,6 +1095,28 @@ def test_events_on_an_idle_pipeline_arrive_whole_whatever_path_they_take(
     assert dispatcher.stats().processed == 7
 
 
+@pytest.mark.parametrize("idle_spin", [-0.001, 0.02])
+def test_idle_spin_out_of_range_is_refused(idle_spin: float) -> None:
+    """idle_spin below 0 or above 10 ms raises ValueError naming it."""
+    with pytest.raises(ValueError, match="idle_spin"):
+        EventDispatcher(idle_spin=idle_spin)
+
+
+def test_idle_spin_off_still_delivers_a_steady_stream(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """With idle_spin=0 the worker only ever sleeps between batches, and loses nothing."""
+    recorder = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(idle_spin=0)
+    dispatcher.start()
+    for i in range(300):
+        dispatcher.submit(Event("test", recorder, i))
+        time.sleep(0.0002)
+    assert dispatcher.wait(WAIT)
+    assert data_of(recorder.records()) == list(range(300))
+    assert not errors.events
+
+
 def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
     """With workers=2, events run in two distinct worker processes."""
     gate = tmp_path / "gate"

@@ -72,6 +72,7 @@ class Worker:
             results,
             self.progress,
             ring=ring,
+            idle_spin_ns=200_000,  # as the dispatcher's default
             close_fds=[self.task_w, self.result_r, self.ring_r] if start_method == "fork" else [],
         )
         self.process = context.Process(target=worker_main, args=(processor,), daemon=True)
@@ -219,3 +220,17 @@ def test_an_idle_worker_rings_once_when_asked_and_never_otherwise(worker: Worker
     worker.send_batch(3, [(3, 6, "t", 3, 0.0)])
     worker.read_until(BatchDone, count=3)
     assert worker.rings(within=WAIT) == 1
+
+
+def test_the_spin_window_grows_with_short_sleeps_and_shrinks_to_nothing_with_long_ones() -> None:
+    """The spin window doubles from 25 us up to its limit, and halves down to 0 (as haltpoll)."""
+    processor = EventProcessor("unit", None, None, None, idle_spin_ns=200_000)  # type: ignore[arg-type]
+    windows = []
+    for _ in range(5):
+        processor._adapt_spin(30_000)  # slept 30 us: spinning would have caught the batch
+        windows.append(processor._spin_ns)
+    assert windows == [25_000, 50_000, 100_000, 200_000, 200_000]
+    for _ in range(4):
+        processor._adapt_spin(5_000_000)  # slept 5 ms: spinning would have been wasted
+        windows.append(processor._spin_ns)
+    assert windows[5:] == [100_000, 50_000, 25_000, 0]
