@@ -78,6 +78,7 @@ _DISPATCHER_KEYS = {
     "max_memory_per_worker": "size",
     "kill_grace": "duration",
     "start_timeout": "duration",
+    "idle_spin": "spin",
     "key": "template",
 }
 _INPUT_KEYS = {"name", "path", "paths", "start_at", "encoding", "state_file", "rescan_interval"}
@@ -449,6 +450,11 @@ class _Loader:
         try:
             if kind == "duration":
                 return parse_duration(value)
+            if kind == "spin":
+                seconds = parse_duration(value)
+                if seconds > 0.01:
+                    raise ValueError
+                return seconds
             if kind == "size":
                 return parse_size(value)
             if kind == "bool":
@@ -465,6 +471,7 @@ class _Loader:
         except (TypeError, ValueError):
             expected = {
                 "duration": "a number of seconds or a string such as '250ms', '30s', '5m'",
+                "spin": "a number of seconds up to 0.01, or a string such as '0.2ms'",
                 "size": "a number of bytes or a string such as '512MB'",
                 "bool": "true or false",
                 "count": "a whole number >= 1",

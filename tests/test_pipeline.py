@@ -16,6 +16,7 @@ GOOD = """
 poll_interval = "250ms"
 workers = 2
 event_timeout = 30
+idle_spin = "0.5ms"
 max_memory_per_worker = "512MB"
 
 [[inputs]]
@@ -67,6 +68,7 @@ def test_a_good_pipeline_loads_every_setting(tmp_path: Path) -> None:
         "poll_interval": 0.25,
         "workers": 2,
         "event_timeout": 30.0,
+        "idle_spin": 0.0005,
         "max_memory_per_worker": 512 << 20,
     }
     auth, other = pipeline.inputs
@@ -139,6 +141,11 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "[dispatcher]\nspeed=3\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "dispatcher.speed",
             "unknown setting",
+        ),
+        (
+            "[dispatcher]\nidle_spin='50ms'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.idle_spin",
+            "expected a number of seconds up to 0.01",
         ),
         (
             "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\ninputs=['b']\nhandler='print'\n",
