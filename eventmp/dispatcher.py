@@ -268,7 +268,7 @@ class EventDispatcher(threading.Thread):
         key: Callable[[Event], Hashable] | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
-        idle_spin: float = 0.0002,
+        idle_spin: float = 0.0,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name or "EventDispatcher", daemon=True)

@@ -65,6 +65,9 @@ logger = logging.getLogger("eventmp")
 _READ_CHUNK = 1 << 16
 _RING_AFTER_MS = 1  # idle this long with RING set: ring the parent
 _SPIN_GROW_START_NS = 25_000  # the spin window's first step up from 0
+# Spin only after a batch smaller than this: under a flood, batches are large and grow while
+# the worker sleeps, and a worker that answers at once makes them small (and the parent slower).
+_SPIN_BELOW_EVENTS = 64
 
 # Exit status of a worker whose parent died: it has no one left to report to.
 EXIT_PARENT_GONE = 75
@@ -110,6 +113,7 @@ class EventProcessor:
         # limit, as Linux's cpuidle-haltpoll does for a guest's idle CPU (see _spin).
         self._spin_limit_ns = idle_spin_ns
         self._spin_ns = 0
+        self._batch_events = 0  # in the last batch: a large one means a flood, not a trickle
         self._progress: Any = progress
         self._close_fds = tuple(close_fds)
         self._max_events = max_events
@@ -188,7 +192,7 @@ class EventProcessor:
         """Block until the next whole frame from the parent; EOFError when the pipe ends."""
         frames = self._frames
         while not frames:
-            if not (self._spin_ns and self._spin()):
+            if not (self._spin_ns and self._batch_events < _SPIN_BELOW_EVENTS and self._spin()):
                 slept_from = time.monotonic_ns()
                 if self._progress[RING] and not self._rung and self._ring_fd >= 0:
                     self._ring_when_idle()
@@ -261,6 +265,7 @@ class EventProcessor:
             self._resyncing = True
             self._send(BatchRejected(batch_no, f"{type(exc).__name__}: {exc}"))
             return True
+        self._batch_events = len(events)
         progress = self._progress
         callables = self._callables
         recycling = self._max_events is not None or self._max_memory is not None
