@@ -6,8 +6,13 @@ The worker reads :class:`~eventmp.messages.EventBatch` messages from its task pi
 reads; for each event it marks the shared progress array (started, when,
 finished), runs the handler, and on failure sends an
 :class:`~eventmp.messages.EventFailed` at once; after the batch it sends one
-:class:`~eventmp.messages.BatchDone`. It never waits on the parent for anything but the next
-batch, and the parent always reads, so the two can never block each other.
+:class:`~eventmp.messages.BatchDone` and marks it acknowledged in the array. It never waits on
+the parent for anything but the next batch, and the parent always reads, so the two can never
+block each other.
+
+Between batches: with ``idle_spin`` the worker first polls for the next batch a moment (after a
+small batch, for an adaptive window); while the parent's dispatcher thread sleeps through a busy
+submitter's reads (RING in the array), a worker idle for 1 ms rings the parent's wake-up pipe.
 
 Signals: SIGINT is ignored (Ctrl-C in a terminal reaches the whole process group; the parent
 decides what it means). SIGTERM lets the event in hand finish, then the worker leaves; the parent
