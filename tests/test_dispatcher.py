@@ -1102,12 +1102,13 @@ def test_idle_spin_out_of_range_is_refused(idle_spin: float) -> None:
         EventDispatcher(idle_spin=idle_spin)
 
 
-def test_idle_spin_on_still_delivers_a_steady_stream_in_order(
-    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+@pytest.mark.parametrize("idle_spin", [0.0, 0.0002, 0.01])
+def test_a_steady_stream_arrives_whole_and_in_order_with_and_without_idle_spin(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path, idle_spin: float
 ) -> None:
-    """With idle_spin on, a worker polling between batches loses and reorders nothing."""
+    """Whether a worker polls between batches or sleeps, it loses and reorders nothing."""
     recorder = RecordingHandler(tmp_path / "out.jsonl")
-    dispatcher = make_dispatcher(idle_spin=0.0002)
+    dispatcher = make_dispatcher(idle_spin=idle_spin)
     dispatcher.start()
     for i in range(300):
         dispatcher.submit(Event("test", recorder, i))
