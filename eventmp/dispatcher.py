@@ -23,10 +23,11 @@ Actors:
   once per batch. When a worker is idle a submitter takes the lock at once, encodes and writes
   the event itself, so an event on an idle pipeline pays for no thread hand-off; under load it
   sends full batches (up to 1,024 events, 1 MiB) and reads the acknowledgements itself, as soon
-  as the progress array shows a worker's last one written and every 100 us at most: the
-  dispatcher thread may wait a whole GIL switch interval behind a busy submitter, so meanwhile
-  it sleeps without watching the result pipes, and a worker that goes idle while it sleeps
-  rings the wake-up pipe (a submitter that blocks, ``wait()`` and ``stop()`` wake it at once).
+  as the progress array shows a worker's last one written (not under a flood, when that would
+  keep batches small) and every 100 us at most: the dispatcher thread may wait a whole GIL
+  switch interval behind a busy submitter, so meanwhile it sleeps without watching the result
+  pipes, and a worker that goes idle while it sleeps rings the wake-up pipe (a submitter that
+  blocks, ``wait()`` and ``stop()`` wake it at once).
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe (rung by
   submitters and by idle workers), and (while a write is unfinished) the task pipes.
@@ -87,6 +88,7 @@ from .handlers import call_handler, describe_handler
 from .messages import (
     ACKED,
     FINISHED,
+    FLOODED,
     PROGRESS_FIELDS,
     RING,
     STARTED,
@@ -127,6 +129,9 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _START_RETRIES = 5
 _BATCH_WORK_NS = 2_000_000
+# An event that costs a worker more than this goes to an idle worker at once, even while
+# another is busy; cheaper ones wait to go together (see _find_idle_worker).
+_SPREAD_AT_ONCE_NS = 50_000
 _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
@@ -135,6 +140,9 @@ _ACK_CHECK_INTERVAL = 0.0001
 _ACK_HANDOFF = 0.02
 _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
+# Events accepted faster than this, by the whole pipeline, make a flood (see _FloodGauge).
+_FLOOD_EVENTS_PER_S = 100_000
+_RATE_WINDOW = 0.001  # the arrival rate is measured over windows at least this long
 _monotonic = time.monotonic
 
 
@@ -209,6 +217,37 @@ class _Worker:
     @property
     def inflight_events(self) -> int:
         return sum(len(seqs) for _, seqs in self.inflight)
+
+
+class _FloodGauge:
+    """Tells a flood from a trickle by the events accepted over windows of at least 1 ms.
+
+    Under a flood the workers do not spin between batches (FLOODED in the progress array):
+    batches grow while a worker sleeps, where one that answers at once keeps them small and the
+    parent pays per batch (interleaved, 200,000 submits under forkserver: 547k events/s with a
+    spin after every batch, 709k without). Batch size cannot tell a flood from a trickle, for
+    that reason, and a worker cannot either: with two workers, each sees half the rate.
+    """
+
+    __slots__ = ("arrived_then", "flooded", "window_at")
+
+    def __init__(self) -> None:
+        self.flooded = False
+        self.window_at = -math.inf
+        self.arrived_then = 0
+
+    def update(self, now: float, arrived: int) -> bool:
+        """Close the window if it is long enough; true if the verdict changed."""
+        elapsed = now - self.window_at
+        if elapsed < _RATE_WINDOW:
+            return False
+        flooded = arrived - self.arrived_then > _FLOOD_EVENTS_PER_S * elapsed
+        self.window_at = now
+        self.arrived_then = arrived
+        if flooded == self.flooded:
+            return False
+        self.flooded = flooded
+        return True
 
 
 class _Slot:
@@ -362,11 +401,13 @@ class EventDispatcher(threading.Thread):
         self._submitter_read_acks_at = -math.inf
         self._submitter_collected_at = -math.inf
         self._ringing = False  # the workers' RING marks are set (acknowledgements handed off)
+        self._flood = _FloodGauge()
         self._messages_read = 0
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
-        # ones still travel 256 at a time.
-        self._event_cost_ns = 0.0
+        # ones travel 1,024 at a time. Until a worker has said, events count as costly: the
+        # first ones are spread across the workers, in small batches.
+        self._event_cost_ns = float(_SPREAD_AT_ONCE_NS)
         self._event_bytes = 0.0  # what an event weighs pickled, smoothed
         self._delivering = 0
 
@@ -446,9 +487,11 @@ class EventDispatcher(threading.Thread):
                     if not self._send_alone():
                         self._pump()
             # The clock is read for the first 8 queued events, then every 8th: a busy producer
-            # at a modest rate sees its worker free sooner, a flood pays for few reads.
+            # at a modest rate sees its worker free sooner, a flood pays for few reads (and
+            # does not look for a free worker, which would keep its batches small).
             elif (queued <= 8 or not queued & 7) and (
-                _monotonic() >= self._next_ack_check or self._caught_up()
+                _monotonic() >= self._next_ack_check
+                or (not self._flood.flooded and self._caught_up())
             ):
                 with self._lock:
                     self._collect_acks()
@@ -908,9 +951,14 @@ class EventDispatcher(threading.Thread):
             # still false: it counts on this pump to send it.
 
     def _pump_once(self) -> None:
+        flood = self._flood
+        if flood.update(_monotonic(), self._accepted + len(self._inbox)):
+            for slot in self._slots:
+                slot.view[FLOODED] = int(flood.flooded)
         self._take_inbox()
         slots = self._slots
-        if len(slots) > 1 and self.key is None:
+        pooled = len(slots) > 1 and self.key is None  # several workers share one backlog
+        if pooled:
             # The least busy worker first, so that a few slow events spread out.
             slots = sorted(
                 slots, key=lambda slot: slot.worker.inflight_events if slot.worker else 0
@@ -931,23 +979,12 @@ class EventDispatcher(threading.Thread):
                 # The dispatcher thread may sleep without a timer; it must now time this.
                 self._wake()
             limit = min(_MAX_BATCH_EVENTS, max(1, int(_MAX_BATCH_BYTES / (self._event_bytes or 1))))
-            if self.key is None and len(self._slots) > 1:
+            if pooled:
                 limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
-            # An idle worker gets what there is at once; a busy one gets a second batch only
-            # once it is full, so that under load batches are full and acknowledgements few,
-            # or if the batch in hand is small (a modest rate): then the next one waits in the
-            # pipe for the worker instead of a round trip through this process.
-            while backlog and (
-                not worker.inflight
-                or (
-                    len(worker.inflight) < _MAX_INFLIGHT_BATCHES
-                    and (len(backlog) >= limit or worker.inflight_events < _PIPELINE_BELOW)
-                )
-            ):
-                share = len(backlog)
-                if self.key is None and len(self._slots) > 1:
-                    share = -(-share // self._workers_with_room())
-                self._send_batch(worker, backlog, min(limit, share))
+            if pooled and self._event_cost_ns < _SPREAD_AT_ONCE_NS:
+                self._send_cheap(worker, backlog, limit)
+            else:
+                self._send_to(worker, backlog, limit, pooled)
             if (
                 self._state == _STOPPING
                 and self._drain
@@ -964,6 +1001,46 @@ class EventDispatcher(threading.Thread):
         )
         if self._outcomes and not self._in_loop_thread():
             self._wake()
+
+    def _send_to(self, worker: _Worker, backlog: deque[int], limit: int, pooled: bool) -> None:
+        """Send ``worker`` what it has room for (lock held).
+
+        An idle worker gets what there is at once; a busy one gets a second batch only once it
+        is full, so that under load batches are full and acknowledgements few, or if the batch
+        in hand is small (a modest rate): then the next one waits in the pipe for the worker
+        instead of a round trip through this process. Workers that share a backlog get a share
+        each, so that a few slow events spread out.
+        """
+        while backlog and (
+            not worker.inflight
+            or (
+                len(worker.inflight) < _MAX_INFLIGHT_BATCHES
+                and (len(backlog) >= limit or worker.inflight_events < _PIPELINE_BELOW)
+            )
+        ):
+            share = len(backlog)
+            if pooled:
+                share = -(-share // self._workers_with_room())
+            self._send_batch(worker, backlog, min(limit, share))
+
+    def _send_cheap(self, worker: _Worker, backlog: deque[int], limit: int) -> None:
+        """Send cheap events from the shared backlog to one of several workers (lock held).
+
+        The workers then act as one with more room. Were every idle worker given what there
+        is at once, as events that take a while are, a flood would go out in batches of what
+        arrives between two looks, split among the workers, and the parent would pay a round
+        trip per few events (two workers, no-op handler: 110,000-320,000 events/s against
+        600,000 and more for one). So a batch that is not full goes out only while little is
+        in flight: at a modest rate, at once; under a flood, when the workers run dry.
+        """
+        while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
+            if len(backlog) < limit:
+                inflight = sum(
+                    slot.worker.inflight_events for slot in self._slots if slot.worker is not None
+                )
+                if inflight and (self._flood.flooded or inflight >= _PIPELINE_BELOW):
+                    return
+            self._send_batch(worker, backlog, limit)
 
     def _send_alone(self) -> bool:
         """Send the inbox's only event to the idle worker at once (lock held); false if not.
@@ -1019,7 +1096,15 @@ class EventDispatcher(threading.Thread):
         return True
 
     def _find_idle_worker(self) -> None:
-        """Note a worker with nothing in flight, which submit() may write to at once."""
+        """Note a worker with nothing in flight, which submit() may write to at once.
+
+        With several workers and cheap events, only while no worker has anything in flight:
+        otherwise there is nearly always an idle worker, every event goes alone, and the
+        parent pays a round trip per event (interleaved A/B, two workers, a no-op handler:
+        42,000-153,000 events/s). Events then wait for the busy worker's acknowledgement, or
+        a submitter's next look (every 100 us at most), and go together. Events that cost a
+        worker more than a round trip go to an idle worker at once.
+        """
         self._idle_worker = next(
             (
                 slot.worker
@@ -1032,6 +1117,13 @@ class EventDispatcher(threading.Thread):
             ),
             None,
         )
+        if (
+            self._idle_worker is not None
+            and len(self._slots) > 1
+            and self._event_cost_ns < _SPREAD_AT_ONCE_NS
+            and any(slot.worker is not None and slot.worker.inflight for slot in self._slots)
+        ):
+            self._idle_worker = None
         self._sendable = self._idle_worker is not None
 
     def _caught_up(self) -> bool:
@@ -1351,6 +1443,7 @@ class EventDispatcher(threading.Thread):
         for index in range(PROGRESS_FIELDS):
             slot.progress[index] = 0
         slot.progress[RING] = int(self._ringing)
+        slot.progress[FLOODED] = int(self._flood.flooded)
         close_fds: list[int] = []
         if self.start_method == "fork":
             close_fds = [task_w, result_r, self._wake_r, self._wake_w]

@@ -15,9 +15,9 @@ the sequence number of the event it started, when it started it, the last one it
 the last batch it acknowledged. It costs a memory write per event instead of a message, and it
 survives the worker's death, so after a crash the parent knows exactly which event was in hand,
 which were done, and which never started; a submitting thread reads the acknowledgements as
-soon as the last one shows there. The parent sets the last field (RING) while its dispatcher
-thread sleeps without watching the result pipes: a worker then rings the parent's wake-up pipe
-once it has been idle a moment.
+soon as the last one shows there. The parent sets RING while its dispatcher thread sleeps
+without watching the result pipes: a worker then rings the parent's wake-up pipe once it has
+been idle a moment. It sets FLOODED while events arrive faster than a worker should spin for.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "ACKED",
     "FINISHED",
+    "FLOODED",
     "PROGRESS_FIELDS",
     "RING",
     "STARTED",
@@ -63,7 +64,8 @@ STARTED_AT_NS = 1
 FINISHED = 2
 ACKED = 3  # the batch_no of the last BatchDone written
 RING = 4  # set by the parent: ring its wake-up pipe when idle and no new batch comes
-PROGRESS_FIELDS = 5
+FLOODED = 5  # set by the parent: events arrive too fast for a worker to spin between batches
+PROGRESS_FIELDS = 6
 
 # One event on the wire: (seq, handler_id, originator, data, timestamp).
 WireEvent = tuple[int, int, Any, Any, float]

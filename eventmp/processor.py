@@ -45,6 +45,7 @@ from .handlers import StopEventHandler, call_handler
 from .messages import (
     ACKED,
     FINISHED,
+    FLOODED,
     RING,
     STARTED,
     STARTED_AT_NS,
@@ -71,10 +72,6 @@ logger = logging.getLogger("eventmp")
 _READ_CHUNK = 1 << 16
 _RING_AFTER_MS = 1  # idle this long with RING set: ring the parent
 _SPIN_GROW_START_NS = 25_000  # the spin window's first step up from 0
-# Spin only while events arrive slower than this. Under a flood, batches grow while the worker
-# sleeps; a worker that answers at once keeps them small, and the parent pays per batch.
-_SPIN_BELOW_EVENTS_PER_S = 100_000
-_RATE_WINDOW_NS = 1_000_000  # the arrival rate is measured over windows at least this long
 
 # Exit status of a worker whose parent died: it has no one left to report to.
 EXIT_PARENT_GONE = 75
@@ -120,9 +117,6 @@ class EventProcessor:
         # limit, as Linux's cpuidle-haltpoll does for a guest's idle CPU (see _spin).
         self._spin_limit_ns = idle_spin_ns
         self._spin_ns = 0
-        self._flooded = False  # events came faster than _SPIN_BELOW_EVENTS_PER_S: no spin
-        self._window_started_ns = 0
-        self._window_events = 0
         self._progress: Any = progress
         self._close_fds = tuple(close_fds)
         self._max_events = max_events
@@ -201,7 +195,10 @@ class EventProcessor:
         """Block until the next whole frame from the parent; EOFError when the pipe ends."""
         frames = self._frames
         while not frames:
-            if not (self._spin_ns and not self._flooded and self._spin()):
+            # Not under a flood (FLOODED, set by the parent, which sees every worker's events):
+            # batches grow while a worker sleeps, where one that answers at once keeps them
+            # small and the parent pays per batch.
+            if not (self._spin_ns and not self._progress[FLOODED] and self._spin()):
                 slept_from = time.monotonic_ns()
                 if self._progress[RING] and not self._rung and self._ring_fd >= 0:
                     self._ring_when_idle()
@@ -245,22 +242,6 @@ class EventProcessor:
             if self._spin_ns < _SPIN_GROW_START_NS:
                 self._spin_ns = 0
 
-    def _measure_rate(self, now_ns: int, events: int) -> None:
-        """Tell a flood from a trickle by how fast events came over the last window.
-
-        The parent cannot tell the two apart by batch size: a worker that answers at once
-        keeps batches small even under a flood (interleaved, 200,000 submits under forkserver:
-        547k events/s with a spin after every batch, 709k without). So the worker spins only
-        while events come slower than _SPIN_BELOW_EVENTS_PER_S, where the latency of a wake-up
-        matters more than the parent's cost per batch.
-        """
-        elapsed = now_ns - self._window_started_ns
-        if elapsed >= _RATE_WINDOW_NS:
-            self._flooded = self._window_events * 1_000_000_000 > _SPIN_BELOW_EVENTS_PER_S * elapsed
-            self._window_started_ns = now_ns
-            self._window_events = 0
-        self._window_events += events
-
     def _ring_when_idle(self) -> None:
         """Ring the parent's wake-up pipe once if no batch comes within _RING_AFTER_MS.
 
@@ -297,8 +278,6 @@ class EventProcessor:
         new_event = Event.__new__
         monotonic_ns = time.monotonic_ns
         batch_started = monotonic_ns()
-        if self._spin_limit_ns:
-            self._measure_rate(batch_started, len(events))
         for item in events:
             if not self._running:
                 return False

@@ -41,7 +41,9 @@ What is measured:
 
    The peers carry the same ``Event`` objects as eventmp and the ceiling, and run the same
    handler on each (``fn(event)``). One reference row maps the executor over bare ints instead,
-   to show how much of any path's cost is the payload; the goals do not use it.
+   to show how much of any path's cost is the payload; another runs eventmp's ``submit()`` with
+   one worker per CPU (cheap events then batch up as for one worker, rather than go out a few
+   at a time to whichever worker is idle). The goals use neither.
 
 2. Idle latency: one event at a time with the pipeline idle (2 ms between events), from
    ``submit()`` to the handler starting; median and p99. The parent stores
@@ -471,8 +473,9 @@ def probe_poll_interval_zero(method: str) -> bool:
 # == 1. throughput ===============================================================================
 
 
-def tp_eventmp_submit(method: str, count: int) -> dict[str, Any]:
-    with dispatcher(poll_interval=1.0, start_method=method) as (instance, errors):
+def tp_eventmp_submit(method: str, count: int, workers: int = 1) -> dict[str, Any]:
+    options = {"poll_interval": 1.0, "start_method": method, "workers": workers}
+    with dispatcher(**options) as (instance, errors):
         before = warm_up(instance, noop_handler)
         # Made once the worker runs, as every other path here makes them: under fork, objects
         # made before it and written after (reference counts) cost the parent a copy-on-write
@@ -1013,6 +1016,15 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
             method,
             lambda m=method: tp_pipe_ceiling(m, n),
         )
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        add(
+            "tp.submit_workers",
+            "throughput",
+            f"eventmp `submit()`, workers={cores} (reference)",
+            default,
+            lambda: tp_eventmp_submit(default, n, workers=cores),
+        )
     add(
         "tp.pipe1024",
         "throughput",
@@ -1229,7 +1241,8 @@ class Report:
             f"{platform.python_version()}, {os.cpu_count()} CPUs, eventmp "
             f"{eventmp.__version__}, default start method {self.meta['default_start_method']}.",
             "",
-            "**Throughput**: no-op handler, one worker, small events (data = an int)",
+            "**Throughput**: no-op handler, one worker (unless the row says), small events "
+            "(data = an int)",
             "",
             "| path | start method | events | events/s |",
             "|---|---|---:|---:|",

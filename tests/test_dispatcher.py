@@ -31,6 +31,7 @@ from eventmp import (
     SubmitTimeoutError,
     WorkerCrashedError,
 )
+from eventmp.dispatcher import _FloodGauge
 from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
 
 MakeDispatcher = Callable[..., EventDispatcher]
@@ -1118,6 +1119,29 @@ def test_a_steady_stream_arrives_whole_and_in_order_with_and_without_idle_spin(
     assert not errors.events
 
 
+def test_events_faster_than_100k_per_second_make_a_flood_until_they_slow_down() -> None:
+    """The arrival rate over each window of at least 1 ms decides: a flood, or a trickle."""
+    gauge = _FloodGauge()
+    now, arrived = 1000.0, 0
+
+    def batches(count: int, events: int, every: float) -> bool:
+        nonlocal now, arrived
+        for _ in range(count):
+            now += every
+            arrived += events
+            gauge.update(now, arrived)
+        return gauge.flooded
+
+    assert not batches(20, 1, 40e-6)  # 25,000 events/s: a busy producer at a modest rate
+    assert batches(20, 20, 100e-6)  # 200,000 events/s in small batches: a flood all the same
+    assert not batches(20, 5, 100e-6)  # 50,000 events/s: slowed down
+    assert batches(20, 15, 100e-6)  # 150,000 events/s
+    assert not batches(1, 0, 0.05)  # a quiet spell
+    assert not batches(1, 1000, 1e-6)  # a burst right after it: within the window
+    assert batches(1, 0, 0.002)  # closed: 1,000 events in 2 ms
+    assert not gauge.update(now + 0.0005, arrived + 10_000)  # a window shorter than 1 ms waits
+
+
 def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
     """With workers=2, events run in two distinct worker processes."""
     gate = tmp_path / "gate"
@@ -1134,6 +1158,22 @@ def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path
     records = recording.records()
     assert sorted(data_of(records)) == list(range(6))
     assert {record["pid"] for record in records} == workers
+
+
+@pytest.mark.parametrize("idle_spin", [0.0, 0.0002])
+def test_a_flood_of_cheap_events_on_two_workers_arrives_whole_and_once(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path, idle_spin: float
+) -> None:
+    """Cheap events sent as fast as possible to two workers, which batch them up, all arrive."""
+    recorder = RecordingHandler(tmp_path / "out.jsonl")
+    dispatcher = make_dispatcher(workers=2, idle_spin=idle_spin)
+    dispatcher.start()
+    for i in range(20_000):
+        dispatcher.submit(Event("test", recorder, i))
+    assert dispatcher.wait(WAIT)  # the last partial batch went out without another submit
+    assert sorted(data_of(recorder.records())) == list(range(20_000))
+    assert dispatcher.stats().processed == 20_000
+    assert not errors.events
 
 
 def test_run_called_directly_in_a_thread(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
