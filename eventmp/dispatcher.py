@@ -132,6 +132,9 @@ _BATCH_WORK_NS = 2_000_000
 # An event that costs a worker more than this goes to an idle worker at once, even while
 # another is busy; cheaper ones wait to go together (see _find_idle_worker).
 _SPREAD_AT_ONCE_NS = 50_000
+# A worker with events in flight that has acknowledged nothing for this long is not waited for
+# (a hung handler, a slow event): idle workers get cheap events at once meanwhile.
+_STALLED_AFTER = 0.01
 _COST_SMOOTHING = 0.3
 _NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
@@ -197,6 +200,7 @@ class _Worker:
         self.outbuf = bytearray()
         self.inflight: deque[tuple[int, list[int]]] = deque()  # (batch_no, seqs), unacked
         self.last_batch = 0  # batch_no of the last batch sent
+        self.progressed_at = 0.0  # when it last took work with nothing in flight, or acknowledged
         self.known_handlers: set[int] = set()
         # The handler of the last event sent: consecutive events usually share it.
         self.last_handler: Any = _NO_HANDLER
@@ -402,6 +406,10 @@ class EventDispatcher(threading.Thread):
         self._submitter_collected_at = -math.inf
         self._ringing = False  # the workers' RING marks are set (acknowledgements handed off)
         self._flood = _FloodGauge()
+        # Cheap events are being held back for a busy worker (see _send_cheap); the dispatcher
+        # thread then keeps a timer for the moment that worker would count as stalled.
+        self._held_back = False
+        self._hold_timer_armed = False
         self._messages_read = 0
         # What an event costs a worker, smoothed: with several workers, batches hold about
         # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
@@ -808,6 +816,14 @@ class EventDispatcher(threading.Thread):
                     timers.append(now + _SETTLE_INTERVAL)
                 if self.event_timeout is not None and worker.inflight:
                     timers.append(now + min(self.event_timeout / 4, 0.25))
+            self._hold_timer_armed = self._held_back
+            if self._held_back:
+                # Monotonic like ``now``: when the busy workers would count as stalled.
+                timers += [
+                    slot.worker.progressed_at + _STALLED_AFTER
+                    for slot in self._slots
+                    if slot.worker is not None and slot.worker.inflight
+                ]
         if not timers:
             return None
         return max(0.0, min(timers) - now)
@@ -951,6 +967,7 @@ class EventDispatcher(threading.Thread):
             # still false: it counts on this pump to send it.
 
     def _pump_once(self) -> None:
+        self._held_back = False
         flood = self._flood
         if flood.update(_monotonic(), self._accepted + len(self._inbox)):
             for slot in self._slots:
@@ -1035,12 +1052,26 @@ class EventDispatcher(threading.Thread):
         """
         while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
             if len(backlog) < limit:
-                inflight = sum(
-                    slot.worker.inflight_events for slot in self._slots if slot.worker is not None
-                )
+                inflight = self._inflight_progressing()
                 if inflight and (self._flood.flooded or inflight >= _PIPELINE_BELOW):
+                    self._held_back = True
                     return
             self._send_batch(worker, backlog, limit)
+
+    def _inflight_progressing(self) -> int:
+        """Events in flight to workers that acknowledged something lately (see _STALLED_AFTER).
+
+        A worker stuck on one event (until event_timeout, or for good) must not hold back the
+        others: its events in flight would otherwise count for ever.
+        """
+        stalled_before = _monotonic() - _STALLED_AFTER
+        return sum(
+            slot.worker.inflight_events
+            for slot in self._slots
+            if slot.worker is not None
+            and slot.worker.inflight
+            and slot.worker.progressed_at > stalled_before
+        )
 
     def _send_alone(self) -> bool:
         """Send the inbox's only event to the idle worker at once (lock held); false if not.
@@ -1098,12 +1129,12 @@ class EventDispatcher(threading.Thread):
     def _find_idle_worker(self) -> None:
         """Note a worker with nothing in flight, which submit() may write to at once.
 
-        With several workers and cheap events, only while no worker has anything in flight:
-        otherwise there is nearly always an idle worker, every event goes alone, and the
-        parent pays a round trip per event (interleaved A/B, two workers, a no-op handler:
-        42,000-153,000 events/s). Events then wait for the busy worker's acknowledgement, or
-        a submitter's next look (every 100 us at most), and go together. Events that cost a
-        worker more than a round trip go to an idle worker at once.
+        With several workers and cheap events, only while no worker has anything in flight
+        (or only stalled ones): otherwise there is nearly always an idle worker, every event
+        goes alone, and the parent pays a round trip per event (interleaved A/B, two workers,
+        a no-op handler: 42,000-153,000 events/s). Events then wait for the busy worker's
+        acknowledgement, or a submitter's next look (every 100 us at most), and go together.
+        Events that cost a worker more than a round trip go to an idle worker at once.
         """
         self._idle_worker = next(
             (
@@ -1121,10 +1152,14 @@ class EventDispatcher(threading.Thread):
             self._idle_worker is not None
             and len(self._slots) > 1
             and self._event_cost_ns < _SPREAD_AT_ONCE_NS
-            and any(slot.worker is not None and slot.worker.inflight for slot in self._slots)
+            and self._inflight_progressing()
         ):
             self._idle_worker = None
+            self._held_back = True
         self._sendable = self._idle_worker is not None
+        if self._held_back and not self._hold_timer_armed and not self._in_loop_thread():
+            # Should the busy worker stall, nothing else would send what waits meanwhile.
+            self._wake()
 
     def _caught_up(self) -> bool:
         """True if a worker has acknowledged every batch sent to it, by the progress array.
@@ -1236,6 +1271,8 @@ class EventDispatcher(threading.Thread):
         if worker.forget:
             worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
             worker.forget = []
+        if not worker.inflight:
+            worker.progressed_at = _monotonic()
         worker.inflight.append((batch_no, seqs))
         worker.last_batch = batch_no
 
@@ -1381,6 +1418,7 @@ class EventDispatcher(threading.Thread):
 
     def _on_batch_done(self, worker: _Worker, message: BatchDone) -> None:
         worker.rss = message.rss
+        worker.progressed_at = _monotonic()
         while worker.inflight:
             batch_no, seqs = worker.inflight.popleft()
             if batch_no == message.batch_no and seqs:

@@ -1176,6 +1176,60 @@ def test_a_flood_of_cheap_events_on_two_workers_arrives_whole_and_once(
     assert not errors.events
 
 
+class HangOn:
+    """Does nothing, except that the event whose data is ``blocked`` waits for ``gate``."""
+
+    def __init__(self, gate: Path, blocked: object) -> None:
+        self.gate = os.fspath(gate)
+        self.blocked = blocked
+
+    def process_event(self, event: Event) -> bool:
+        deadline = time.monotonic() + WAIT
+        while event.data == self.blocked and not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return True
+
+
+def test_a_worker_stuck_on_an_event_does_not_hold_back_cheap_events_for_the_other(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Cheap events wait for a busy worker to batch up, but not for one that is stuck."""
+    gate = tmp_path / "gate"
+    handler = HangOn(gate, blocked="hang")
+    dispatcher = make_dispatcher(workers=2, poll_interval=0.05)
+    dispatcher.start()
+    for _ in range(2_000):  # the workers learn that these events are cheap
+        dispatcher.submit(Event("test", handler, 0))
+    assert dispatcher.wait(WAIT)
+    # One poll hands a single worker the hanging event and 100 behind it: far more in flight
+    # than a modest rate leaves, so cheap events would wait for that worker to finish.
+    burst = [Event("test", handler, "hang")] + [Event("test", handler, 0) for _ in range(100)]
+    dispatcher.add_event_generator(ListEventGenerator(burst))
+    deadline = time.monotonic() + WAIT
+    while dispatcher.stats().accepted < 2_101:
+        assert time.monotonic() < deadline, dispatcher.stats()
+        time.sleep(0.0005)
+    # Most likely within the moment the stuck worker still counts as busy: the event waits,
+    # and nothing but the dispatcher thread's own timer can send it once it counts as stuck.
+    dispatcher.submit(Event("test", handler, 0))
+    while dispatcher.stats().processed < 2_001:
+        assert time.monotonic() < deadline, f"the other worker got nothing: {dispatcher.stats()}"
+        time.sleep(0.01)
+    for _ in range(9):
+        dispatcher.submit(Event("test", handler, 0))
+        time.sleep(0.005)
+    while dispatcher.stats().processed < 2_010:
+        assert time.monotonic() < deadline, f"the other worker stopped: {dispatcher.stats()}"
+        time.sleep(0.01)
+    assert not gate.exists()  # the first worker is still stuck
+    gate.touch()
+    assert dispatcher.wait(WAIT)
+    assert dispatcher.stats().processed == 2_111
+    assert not errors.events
+
+
 def test_run_called_directly_in_a_thread(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
     """run() on an unstarted dispatcher starts its workers; stop() from another thread ends it."""
     before = child_pids()
