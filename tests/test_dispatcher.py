@@ -1399,15 +1399,10 @@ class GateOn(RecordingHandler):
 
     def __init__(self, path: Path, gate: Path, blocked: object) -> None:
         super().__init__(path)
-        self.gate = os.fspath(gate)
-        self.blocked = blocked
+        self.hang = HangOn(gate, blocked)
 
     def process_event(self, event: Event) -> bool:
-        deadline = time.monotonic() + WAIT
-        while event.data == self.blocked and not os.path.exists(self.gate):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
+        self.hang.process_event(event)
         return super().process_event(event)
 
 
