@@ -905,26 +905,41 @@ class EventDispatcher(threading.Thread):
         del inbox[:count]
         self._enqueue(events)
 
-    def _enqueue(self, events: list[Event]) -> range:
-        """Number ``events`` and queue them in the shared backlog, in C-level passes."""
+    def _enqueue(self, events: list[Event], tracker: Any = None) -> None:
+        """Number ``events`` and queue them: in C-level passes, or each by its key.
+
+        ``tracker`` (a generator that hears of each outcome) is noted first: routing may fail
+        an event at once.
+        """
         first = self._next_seq
         self._next_seq = first + len(events)
         seqs = range(first, first + len(events))
         self._pending.update(zip(seqs, events, strict=True))
-        self._backlog.extend(seqs)
         self._accepted += len(events)
-        return seqs
-
-    def _accept_many(self, events: list[Event], tracker: Any) -> None:
-        """Accept a generator's events (lock held): in bulk, unless they are routed by key."""
-        if self.key is not None:
-            for event in events:
-                self._accept(event, tracker)
-            return
-        self._take_inbox()
-        seqs = self._enqueue(events)
         if tracker is not None:
             self._trackers.update(dict.fromkeys(seqs, tracker))
+        if self.key is None:
+            self._backlog.extend(seqs)
+        else:
+            for seq, event in zip(seqs, events, strict=True):
+                self._route(seq, event)
+
+    def _route(self, seq: int, event: Event) -> None:
+        """Queue a numbered event for the worker its key maps to; fail it if the key raises."""
+        assert self.key is not None
+        try:
+            index = hash(self.key(event)) % self.workers
+        except Exception as exc:
+            error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._fail(seq, "EventDispatcher", error)
+            return
+        self._keyed_backlogs[index].append(seq)
+
+    def _accept_many(self, events: list[Event], tracker: Any) -> None:
+        """Accept a generator's events (lock held), in bulk."""
+        self._take_inbox()
+        self._enqueue(events, tracker)
 
     def _close_inbox(self) -> None:
         """Close submit()'s fast path and accept what it queued (lock held, before a stop)."""
@@ -940,15 +955,8 @@ class EventDispatcher(threading.Thread):
             self._trackers[seq] = tracker
         if self.key is None:
             self._backlog.append(seq)
-            return
-        try:
-            index = hash(self.key(event)) % self.workers
-        except Exception as exc:
-            error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self._fail(seq, "EventDispatcher", error)
-            return
-        self._keyed_backlogs[index].append(seq)
+        else:
+            self._route(seq, event)
 
     def _backlog_of(self, slot: _Slot) -> deque[int]:
         """Where a slot's next events come from: its own queue when events are keyed."""
@@ -998,7 +1006,7 @@ class EventDispatcher(threading.Thread):
             limit = min(_MAX_BATCH_EVENTS, max(1, int(_MAX_BATCH_BYTES / (self._event_bytes or 1))))
             if pooled:
                 limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
-            if pooled and self._event_cost_ns < _SPREAD_AT_ONCE_NS:
+            if len(slots) > 1 and self._event_cost_ns < _SPREAD_AT_ONCE_NS:
                 self._send_cheap(worker, backlog, limit)
             else:
                 self._send_to(worker, backlog, limit, pooled)
@@ -1013,7 +1021,7 @@ class EventDispatcher(threading.Thread):
         self._find_idle_worker()
         self._inbox_room = (
             max(0, min(_MAX_BATCH_EVENTS, self.max_pending - len(self._pending) - len(self._inbox)))
-            if self._state is _RUNNING and self.key is None
+            if self._state is _RUNNING
             else 0
         )
         if self._outcomes and not self._in_loop_thread():
@@ -1041,14 +1049,14 @@ class EventDispatcher(threading.Thread):
             self._send_batch(worker, backlog, min(limit, share))
 
     def _send_cheap(self, worker: _Worker, backlog: deque[int], limit: int) -> None:
-        """Send cheap events from the shared backlog to one of several workers (lock held).
+        """Send cheap events to one of several workers (lock held), from ``backlog``.
 
         The workers then act as one with more room. Were every idle worker given what there
         is at once, as events that take a while are, a flood would go out in batches of what
-        arrives between two looks, split among the workers, and the parent would pay a round
-        trip per few events (two workers, no-op handler: 110,000-320,000 events/s against
-        600,000 and more for one). So a batch that is not full goes out only while little is
-        in flight: at a modest rate, at once; under a flood, when the workers run dry.
+        arrives between two looks, split among the workers (or by key), and the parent would
+        pay a round trip per few events (two workers, no-op handler: 110,000-320,000 events/s
+        against 600,000 and more for one). So a batch that is not full goes out only while
+        little is in flight: at a modest rate, at once; under a flood, when the workers run dry.
         """
         while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
             if len(backlog) < limit:
@@ -1085,7 +1093,8 @@ class EventDispatcher(threading.Thread):
         inbox = self._inbox
         worker = self._idle_worker
         if (
-            len(inbox) != 1
+            self.key is not None  # the event's key picks its worker: _pump routes it
+            or len(inbox) != 1
             or worker is None
             or self._state is not _RUNNING
             or self._backlog
@@ -1129,12 +1138,13 @@ class EventDispatcher(threading.Thread):
     def _find_idle_worker(self) -> None:
         """Note a worker with nothing in flight, which submit() may write to at once.
 
-        With several workers and cheap events, only while no worker has anything in flight
-        (or only stalled ones): otherwise there is nearly always an idle worker, every event
-        goes alone, and the parent pays a round trip per event (interleaved A/B, two workers,
-        a no-op handler: 42,000-153,000 events/s). Events then wait for the busy worker's
-        acknowledgement, or a submitter's next look (every 100 us at most), and go together.
-        Events that cost a worker more than a round trip go to an idle worker at once.
+        With several workers and cheap or keyed events, only while no worker has anything in
+        flight (or only stalled ones): otherwise there is nearly always an idle worker, every
+        event goes alone, and the parent pays a round trip per event (interleaved A/B, two
+        workers, a no-op handler: 42,000-153,000 events/s). Events then wait for the busy
+        worker's acknowledgement, or a submitter's next look (every 100 us at most), and go
+        together. Unkeyed events that cost a worker more than a round trip go to an idle worker
+        at once.
         """
         self._idle_worker = next(
             (
@@ -1151,7 +1161,7 @@ class EventDispatcher(threading.Thread):
         if (
             self._idle_worker is not None
             and len(self._slots) > 1
-            and self._event_cost_ns < _SPREAD_AT_ONCE_NS
+            and (self.key is not None or self._event_cost_ns < _SPREAD_AT_ONCE_NS)
             and self._inflight_progressing()
         ):
             self._idle_worker = None

@@ -41,9 +41,10 @@ What is measured:
 
    The peers carry the same ``Event`` objects as eventmp and the ceiling, and run the same
    handler on each (``fn(event)``). One reference row maps the executor over bare ints instead,
-   to show how much of any path's cost is the payload; another runs eventmp's ``submit()`` with
-   one worker per CPU (cheap events then batch up as for one worker, rather than go out a few
-   at a time to whichever worker is idle). The goals use neither.
+   to show how much of any path's cost is the payload; two more run eventmp's ``submit()`` with
+   one worker per CPU, shared and routed by a key of 8 values (cheap events then batch up as
+   for one worker, rather than go out a few at a time to whichever worker is idle). The goals
+   use none of them.
 
 2. Idle latency: one event at a time with the pipeline idle (2 ms between events), from
    ``submit()`` to the handler starting; median and p99. The parent stores
@@ -156,6 +157,11 @@ DUMP = "dump"  # event data that makes a LatencyRecorder write its samples
 def noop_handler(event: Event) -> bool:
     """The no-op handler of the throughput measurements."""
     return True
+
+
+def eighth(event: Event) -> int:
+    """The routing key of the keyed throughput row: 8 keys, spread over the workers."""
+    return int(event.data) & 7
 
 
 def noop_task(value: int) -> None:
@@ -473,8 +479,10 @@ def probe_poll_interval_zero(method: str) -> bool:
 # == 1. throughput ===============================================================================
 
 
-def tp_eventmp_submit(method: str, count: int, workers: int = 1) -> dict[str, Any]:
-    options = {"poll_interval": 1.0, "start_method": method, "workers": workers}
+def tp_eventmp_submit(
+    method: str, count: int, workers: int = 1, key: Callable[[Event], int] | None = None
+) -> dict[str, Any]:
+    options = {"poll_interval": 1.0, "start_method": method, "workers": workers, "key": key}
     with dispatcher(**options) as (instance, errors):
         before = warm_up(instance, noop_handler)
         # Made once the worker runs, as every other path here makes them: under fork, objects
@@ -1024,6 +1032,13 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
             f"eventmp `submit()`, workers={cores} (reference)",
             default,
             lambda: tp_eventmp_submit(default, n, workers=cores),
+        )
+        add(
+            "tp.submit_keyed",
+            "throughput",
+            f"eventmp `submit()`, workers={cores}, 8 keys (reference)",
+            default,
+            lambda: tp_eventmp_submit(default, n, workers=cores, key=eighth),
         )
     add(
         "tp.pipe1024",

@@ -1257,8 +1257,9 @@ def file_key(event: Event) -> str:
     return str(event.data[0])
 
 
+@pytest.mark.parametrize("count", [400, 20_000], ids=["a-few", "a-flood"])
 def test_key_keeps_per_key_order_on_one_worker_each(
-    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path, count: int
 ) -> None:
     """Events with equal keys run on one worker, in acceptance order; keys spread over workers."""
     recorder = RecordingHandler(tmp_path / "seen.jsonl")
@@ -1267,9 +1268,10 @@ def test_key_keeps_per_key_order_on_one_worker_each(
     # 40 keys: string hashes are salted per process, and with 6 keys all landing on one of
     # two workers is a 1-in-32 chance; with 40 it is 1 in 500 billion.
     keys = [f"file{n}" for n in range(40)]
-    for n in range(400):
+    for n in range(count):
         dispatcher.submit(Event("key", recorder, [keys[n % 40], n]))
     assert dispatcher.wait(WAIT)
+    assert len(recorder.records()) == count
     by_key: dict[str, list[tuple[int, int]]] = {}
     for record in recorder.records():
         key, n = record["data"]
@@ -1316,6 +1318,24 @@ def test_keyed_events_survive_a_crash_in_order(
     assert dispatcher.wait(WAIT)
     assert [r["data"][1] for r in recorder.records()] == list(range(40))
     assert [type(e) for e in errors.exceptions] == [WorkerCrashedError]
+
+
+def test_a_tracking_generator_hears_of_an_event_whose_key_raised(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Routing fails the event at once, and its generator still hears of that outcome."""
+    recorder = RecordingHandler(tmp_path / "seen.jsonl")
+    generator = TrackingGenerator([Event("key", recorder, ["a", 1]), Event("key", recorder, None)])
+    dispatcher = make_dispatcher(workers=2, key=file_key)
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert dispatcher.wait(WAIT)
+    dispatcher.stop(timeout=WAIT)
+    assert sorted((data is None, name) for data, name, _ in generator.outcomes) == [
+        (False, None),
+        (True, "EventmpError"),
+    ]
+    assert len(errors.events) == 1
 
 
 def os_exit(event: Event) -> None:
