@@ -145,7 +145,11 @@ _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon 
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 # Events accepted faster than this, by the whole pipeline, make a flood (see _FloodGauge).
 _FLOOD_EVENTS_PER_S = 100_000
-_RATE_WINDOW = 0.001  # the arrival rate is measured over windows at least this long
+# The arrival rate is measured over windows at least this long: a producer that catches up
+# after being held up for a few ms (a GIL switch, a preempted vCPU) is not a flood. With 1 ms
+# windows, a busy producer at 30,000/s on two workers flipped to a flood and back 114-166
+# times in 3 s; with 10 ms windows, 16-18.
+_RATE_WINDOW = 0.01
 _monotonic = time.monotonic
 
 
@@ -224,7 +228,7 @@ class _Worker:
 
 
 class _FloodGauge:
-    """Tells a flood from a trickle by the events accepted over windows of at least 1 ms.
+    """Tells a flood from a trickle by the events accepted over windows of at least 10 ms.
 
     Under a flood the workers do not spin between batches (FLOODED in the progress array):
     batches grow while a worker sleeps, where one that answers at once keeps them small and the

@@ -1120,7 +1120,7 @@ def test_a_steady_stream_arrives_whole_and_in_order_with_and_without_idle_spin(
 
 
 def test_events_faster_than_100k_per_second_make_a_flood_until_they_slow_down() -> None:
-    """The arrival rate over each window of at least 1 ms decides: a flood, or a trickle."""
+    """The arrival rate over each window of at least 10 ms decides: a flood, or a trickle."""
     gauge = _FloodGauge()
     now, arrived = 1000.0, 0
 
@@ -1132,14 +1132,20 @@ def test_events_faster_than_100k_per_second_make_a_flood_until_they_slow_down() 
             gauge.update(now, arrived)
         return gauge.flooded
 
-    assert not batches(20, 1, 40e-6)  # 25,000 events/s: a busy producer at a modest rate
-    assert batches(20, 20, 100e-6)  # 200,000 events/s in small batches: a flood all the same
-    assert not batches(20, 5, 100e-6)  # 50,000 events/s: slowed down
-    assert batches(20, 15, 100e-6)  # 150,000 events/s
+    assert not batches(500, 1, 40e-6)  # 25,000 events/s: a busy producer at a modest rate
+    assert batches(200, 20, 100e-6)  # 200,000 events/s in small batches: a flood all the same
+    assert not batches(200, 5, 100e-6)  # 50,000 events/s: slowed down
+    assert batches(200, 15, 100e-6)  # 150,000 events/s
     assert not batches(1, 0, 0.05)  # a quiet spell
-    assert not batches(1, 1000, 1e-6)  # a burst right after it: within the window
-    assert batches(1, 0, 0.002)  # closed: 1,000 events in 2 ms
-    assert not gauge.update(now + 0.0005, arrived + 10_000)  # a window shorter than 1 ms waits
+    assert not batches(1, 2000, 1e-6)  # a burst right after it: within the window
+    assert batches(1, 0, 0.01)  # closed: 2,000 events in 10 ms
+    assert not batches(200, 3, 100e-6)  # 30,000 events/s again
+    # A producer held up for 5 ms catches up with 150 events at once: not a flood.
+    assert not batches(1, 0, 0.005)
+    assert not batches(1, 150, 0.0003) and not batches(8, 3, 100e-6)
+    assert not batches(100, 3, 100e-6)
+    assert not batches(1, 0, 0.02)  # a window closes here
+    assert not gauge.update(now + 0.005, arrived + 10_000)  # one under 10 ms waits, however full
 
 
 def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
