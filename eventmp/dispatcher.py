@@ -1,6 +1,14 @@
 """The parent side: :class:`EventDispatcher` polls generators and feeds the worker processes.
 
-Everything in this module runs in the parent process (the processor module is the workers').
+Everything in this module runs in the parent process (the worker side is
+:mod:`eventmp.processor`). Its rooms, one module each, all parent-side and called with the
+dispatcher's lock held unless they say otherwise:
+
+- :mod:`eventmp.ledger`: where every accepted event is, until its one outcome (no I/O);
+- :mod:`eventmp.batching`: which worker gets how many events, and when (no I/O);
+- :mod:`eventmp.workers`: start, confirm an exit, reap and kill worker processes;
+- :mod:`eventmp.handler_cache`: each handler serialized once, then sent by id;
+- this module: the public API, the dispatcher thread's loop, and the pipes' reads and writes.
 
 Data flow::
 
@@ -13,38 +21,34 @@ Data flow::
                                      |   pipe, worker sentinels, timers      |
    error_handler.process_event() <---+<- result pipe (EventFailed, <---------+
                                      |   BatchDone)                          |
-                                     +<- progress array (started/finished) --+
+                                     +<- progress array (positions) ---------+
 
 Actors:
 
 - The submitting threads (``submit()``): append the event to the inbox without the lock (a list
-  append is atomic under the GIL); whoever next holds the lock numbers the inbox's events and
-  moves them to the backlog, so the lock, the sequence numbers and the pending entries cost
-  once per batch. When a worker is idle a submitter takes the lock at once, encodes and writes
-  the event itself, so an event on an idle pipeline pays for no thread hand-off; under load it
-  sends full batches (up to 1,024 events, 1 MiB) and reads the acknowledgements itself, as soon
-  as the progress array shows a worker's last one written (not under a flood, when that would
-  keep batches small) and every 100 us at most: the dispatcher thread may wait a whole GIL
-  switch interval behind a busy submitter, so meanwhile it sleeps without watching the result
-  pipes, and a worker that goes idle while it sleeps rings the wake-up pipe (a submitter that
-  blocks, ``wait()`` and ``stop()`` wake it at once).
+  append is atomic under the GIL); whoever next holds the lock accepts the inbox's events into
+  the ledger, so the lock and the bookkeeping cost once per batch. When a worker is idle a
+  submitter writes the event itself, so an event on an idle pipeline pays for no thread
+  hand-off. Under load it sends full batches and reads the acknowledgements itself (see
+  :meth:`EventDispatcher._collect_acks`): the dispatcher thread may wait a whole GIL switch
+  interval behind a busy submitter, so meanwhile it sleeps without watching the result pipes,
+  and a worker that goes idle while it sleeps rings the wake-up pipe.
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
-  result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe (rung by
-  submitters and by idle workers), and (while a write is unfinished) the task pipes.
-  It reads acknowledgements and failures, sends backlog to workers as they acknowledge (so
-  events batch up exactly while workers are busy, with no linger timer), polls generators every
-  ``poll_interval``, enforces ``event_timeout``, replaces dead workers, and calls the error
-  handler. The user's error handler and generators run only in this thread.
-- The worker processes: see :mod:`eventmp.processor`.
+  result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe, and (while a
+  write is unfinished) the task pipes. It polls generators every ``poll_interval``, enforces
+  ``event_timeout``, replaces dead workers, and delivers every outcome: the user's error
+  handler and generators run only in this thread.
 
-Bookkeeping: every accepted event is in the inbox (not yet numbered) or in ``_pending`` (by
-sequence number) until it has its outcome; ``stop()`` takes the inbox before it closes, and a
-submit whose append raced it takes its own event back and raises. Each worker handle knows
-which batches it was sent and not yet acknowledged; the shared progress array tells which event
-the worker started and which it finished last. When a worker dies, events up to ``finished``
-were processed, the one it had started is the one that killed it, and the rest go back to the
-front of the backlog for a fresh worker on fresh pipes: a pipe that a killed process wrote half
-a message into is never trusted again.
+Who reads acknowledgements: one function reads a result pipe (:meth:`_read_results`), with the
+lock held; the dispatcher thread does unless a submitter read them within the last
+``_ACK_HANDOFF`` (it owns them then). A failure read by anyone is queued in the ledger and
+wakes the dispatcher thread, which delivers it. Nothing sleeps or joins with the lock held:
+confirming and reaping a worker's exit happen between two holds of it.
+
+When a worker dies, the ledger settles what it held from the worker's own progress marks
+(positions in its batches): events it finished were processed, the one in hand failed, the
+rest go back to the front of the queue for a fresh worker on fresh pipes (a pipe a killed
+process wrote half a message into is never trusted again).
 """
 
 from __future__ import annotations
@@ -63,30 +67,28 @@ import signal
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
-import psutil
-
-from . import serialization
+from . import batching, serialization, workers
+from .batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLIGHT_BATCHES, Estimates, FloodGauge
 from .errors import (
     DispatcherStoppedError,
     EventAbandonedError,
     EventmpError,
     HandlerTimeoutError,
-    SerializationError,
     SubmitTimeoutError,
     WorkerCrashedError,
     WorkerStartError,
     describe_exit,
 )
 from .event import Event, EventGenerator
+from .handler_cache import HandlerCache
 from .handlers import call_handler, describe_handler
+from .ledger import Ledger, Outcome
 from .messages import (
-    ACKED,
     FINISHED,
     FLOODED,
     PROGRESS_FIELDS,
@@ -97,7 +99,6 @@ from .messages import (
     BatchDone,
     BatchRejected,
     EventFailed,
-    FrameReader,
     HandlerUpdate,
     WireEvent,
     WorkerReady,
@@ -106,8 +107,8 @@ from .messages import (
     encode_batch,
     encode_handler_update,
 )
-from .processor import EventProcessor, worker_main
 from .units import parse_size
+from .workers import Slot, WorkerHandle
 
 __all__ = ["DispatcherStats", "EventDispatcher", "default_start_method"]
 
@@ -115,41 +116,14 @@ logger = logging.getLogger("eventmp")
 
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 
-# Unacknowledged batches a worker may hold: two keep it busy while the next one is in flight.
-_MAX_INFLIGHT_BATCHES = 2
-# A batch holds at most this many events and, past its first event, this many bytes. 1,024
-# events: fewer batches cost the parent less per event (interleaved A/B: 523k events/s at 256,
-# 554k at 512, 616k-657k at 1,024, 578k at 2,048).
-_MAX_BATCH_EVENTS = 1024
-_MAX_BATCH_BYTES = 1 << 20
-_PIPELINE_BELOW = 64  # events in flight under which a busy worker gets its next batch at once
-_HANDLER_CACHE_SIZE = 1024
 _READ_CHUNK = 1 << 18
-_BACKOFF_FIRST = 0.05
-_BACKOFF_MAX = 1.0
 _START_RETRIES = 5
-_BATCH_WORK_NS = 2_000_000
-# An event that costs a worker more than this goes to an idle worker at once, even while
-# another is busy; cheaper ones wait to go together (see _find_idle_worker).
-_SPREAD_AT_ONCE_NS = 50_000
-# A worker with events in flight that has acknowledged nothing for this long is not waited for
-# (a hung handler, a slow event): idle workers get cheap events at once meanwhile.
-_STALLED_AFTER = 0.01
-_COST_SMOOTHING = 0.3
-_NO_HANDLER = object()
 _ACK_CHECK_INTERVAL = 0.0001
 # While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
 # and sleeps until a worker rings (see _wait_for_io).
 _ACK_HANDOFF = 0.02
 _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
-# Events accepted faster than this, by the whole pipeline, make a flood (see _FloodGauge).
-_FLOOD_EVENTS_PER_S = 100_000
-# The arrival rate is measured over windows at least this long: a producer that catches up
-# after being held up for a few ms (a GIL switch, a preempted vCPU) is not a flood. With 1 ms
-# windows, a busy producer at 30,000/s on two workers flipped to a flood and back 114-166
-# times in 3 s; with 10 ms windows, 16-18.
-_RATE_WINDOW = 0.01
 _monotonic = time.monotonic
 
 
@@ -179,100 +153,6 @@ class DispatcherStats:
     worker_recycles: int
     worker_pids: tuple[int, ...]
     worker_rss: tuple[int, ...] = field(default=())
-
-
-@dataclass
-class _Outcome:
-    """An error event waiting to be delivered to the error handler by the dispatcher thread."""
-
-    originator: Any
-    exception: BaseException
-    event: Event | None
-
-
-class _Worker:
-    """The parent's handle on one worker process and its two pipes."""
-
-    def __init__(self, slot: int, process: Any, task_fd: int, result_fd: int) -> None:
-        self.slot = slot
-        self.process = process
-        self.pid: int = process.pid
-        self.sentinel: int = process.sentinel
-        self.task_fd = task_fd
-        self.result_fd = result_fd
-        self.reader = FrameReader()
-        self.outbuf = bytearray()
-        self.inflight: deque[tuple[int, list[int]]] = deque()  # (batch_no, seqs), unacked
-        self.last_batch = 0  # batch_no of the last batch sent
-        self.progressed_at = 0.0  # when it last took work with nothing in flight, or acknowledged
-        self.known_handlers: set[int] = set()
-        # The handler of the last event sent: consecutive events usually share it.
-        self.last_handler: Any = _NO_HANDLER
-        self.last_handler_id = 0
-        self.forget: list[int] = []
-        self.resync: list[int] = []  # seqs to re-send one by one after a BatchRejected
-        self.ready = False
-        self.stop_seq: int | None = None  # seq of the poison pill, once sent
-        self.exited = False
-        self.timed_out_seq: int | None = None
-        self.kill_at: float | None = None
-        self.rss = 0
-        self.retiring: str | None = None  # why it is leaving for a fresh worker, if it is
-        # Under forkserver the sentinel reports the server's death as the worker's: once it
-        # fired for a worker still alive, the worker is watched by its result pipe and pid.
-        self.orphaned = False
-
-    @property
-    def inflight_events(self) -> int:
-        return sum(len(seqs) for _, seqs in self.inflight)
-
-
-class _FloodGauge:
-    """Tells a flood from a trickle by the events accepted over windows of at least 10 ms.
-
-    Under a flood the workers do not spin between batches (FLOODED in the progress array):
-    batches grow while a worker sleeps, where one that answers at once keeps them small and the
-    parent pays per batch (interleaved, 200,000 submits under forkserver: 547k events/s with a
-    spin after every batch, 709k without). Batch size cannot tell a flood from a trickle, for
-    that reason, and a worker cannot either: with two workers, each sees half the rate.
-    """
-
-    __slots__ = ("arrived_then", "flooded", "window_at")
-
-    def __init__(self) -> None:
-        self.flooded = False
-        self.window_at = -math.inf
-        self.arrived_then = 0
-
-    def update(self, now: float, arrived: int) -> bool:
-        """Close the window if it is long enough; true if the verdict changed."""
-        elapsed = now - self.window_at
-        if elapsed < _RATE_WINDOW:
-            return False
-        flooded = arrived - self.arrived_then > _FLOOD_EVENTS_PER_S * elapsed
-        self.window_at = now
-        self.arrived_then = arrived
-        if flooded == self.flooded:
-            return False
-        self.flooded = flooded
-        return True
-
-
-class _Slot:
-    """A worker position: it outlives the processes that fill it one after another."""
-
-    def __init__(self, index: int, progress: Any) -> None:
-        self.index = index
-        self.progress = progress
-        # The same memory as int64s: an item read costs a fraction of a ctypes one.
-        self.view = memoryview(progress).cast("B").cast("q")
-        self.worker: _Worker | None = None
-        self.restart_at: float | None = None
-        self.crash_streak = 0
-        self.start_failures = 0
-        self.backlog: deque[int] = deque()  # events routed here by key, not yet sent
-        self.resync: list[int] = []  # events for the next worker to receive one at a time
-        self.retired = False  # processed its poison pill: not to be restarted
 
 
 _live_dispatchers: weakref.WeakSet[EventDispatcher] = weakref.WeakSet()
@@ -361,35 +241,20 @@ class EventDispatcher(threading.Thread):
         self._error_handler: Any = None
         self._generators: list[EventGenerator] = []
         self._exhausted: set[int] = set()  # ids of generators that said they are finished
-
-        self._next_seq = 1
+        # Every accepted event's state until its outcome (made here so that events submitted
+        # before start() have somewhere to go).
+        self._ledger = Ledger(workers, keyed=key is not None)
         self._batch_no = itertools.count(1)
-        self._pending: dict[int, Event] = {}
-        self._backlog: deque[int] = deque()
         # submit()'s fast path appends here without the lock (a list append is atomic under
-        # the GIL); whoever holds the lock next moves the events to the backlog, numbered.
+        # the GIL); whoever holds the lock next accepts the events into the ledger, in order.
         # _inbox_room is how many events it may take before the lock is needed: 0 closes the
-        # fast path (not running, events routed by key, or max_pending reached).
+        # fast path (not running, or max_pending reached).
         self._inbox: list[Event] = []
         self._inbox_room = 0
-        # With a key, each slot's events wait in a queue of their own (made here so that
-        # events submitted before start() have somewhere to go).
-        self._keyed_backlogs: list[deque[int]] = [deque() for _ in range(workers)]
-        self._outcomes: deque[_Outcome] = deque()
-        # Generators with ``track_outcomes`` hear of each of their events' outcome, from the
-        # dispatcher thread (a tail saves its checkpoint only up to settled lines).
-        self._trackers: dict[int, Any] = {}
-        self._settled: deque[tuple[Any, Event, BaseException | None]] = deque()
-        self._slots: list[_Slot] = []
-        self._handler_ids: OrderedDict[Any, tuple[int, Any, bytes | SerializationError]] = (
-            OrderedDict()
-        )
-        self._next_handler_id = itertools.count(STOP_HANDLER_ID + 1)
+        self._generator_errors: deque[tuple[EventGenerator, BaseException]] = deque()
+        self._slots: list[Slot] = []
+        self._handlers = HandlerCache()
 
-        self._accepted = 0
-        self._processed = 0
-        self._failed = 0
-        self._abandoned = 0
         self._restarts = 0
         self._recycles = 0
         self._stop_deadline: float | None = None
@@ -403,24 +268,20 @@ class EventDispatcher(threading.Thread):
         # Whether some worker could take a batch now: submit() sends at once only then, and
         # otherwise leaves the event to the batch that the next acknowledgement sends.
         self._sendable = False
-        self._idle_worker: _Worker | None = None  # one with nothing in flight, if _sendable
+        self._idle_worker: WorkerHandle | None = None  # one with nothing in flight
         self._poll_again = False  # a generator said it has more right now (has_more)
         self._next_ack_check = 0.0
         self._submitter_read_acks_at = -math.inf
         self._submitter_collected_at = -math.inf
         self._ringing = False  # the workers' RING marks are set (acknowledgements handed off)
-        self._flood = _FloodGauge()
-        # Cheap events are being held back for a busy worker (see _send_cheap); the dispatcher
-        # thread then keeps a timer for the moment that worker would count as stalled.
+        self._flood = FloodGauge()
+        self._estimates = Estimates()
+        # Cheap events are being held back for a busy worker (see batching.hold_back); the
+        # dispatcher thread then keeps a timer for the moment that worker would count as
+        # stalled.
         self._held_back = False
         self._hold_timer_armed = False
         self._messages_read = 0
-        # What an event costs a worker, smoothed: with several workers, batches hold about
-        # _BATCH_WORK_NS of work, so slow handlers go one by one and stay balanced while fast
-        # ones travel 1,024 at a time. Until a worker has said, events count as costly: the
-        # first ones are spread across the workers, in small batches.
-        self._event_cost_ns = float(_SPREAD_AT_ONCE_NS)
-        self._event_bytes = 0.0  # what an event weighs pickled, smoothed
         self._delivering = 0
 
     # == public API ==============================================================================
@@ -444,36 +305,6 @@ class EventDispatcher(threading.Thread):
         """
         self._start_workers()
         super().start()
-
-    def _start_workers(self) -> None:
-        with self._lock:
-            if self._state != _NEW:
-                raise RuntimeError(f"dispatcher already {self._state}")
-            self._state = _RUNNING
-        try:
-            for index in range(self.workers):
-                slot = _Slot(index, self._context.RawArray("q", PROGRESS_FIELDS))
-                slot.backlog = self._keyed_backlogs[index]
-                self._slots.append(slot)
-                self._start_worker(slot)
-            deadline = time.monotonic() + self.start_timeout
-            for slot in self._slots:
-                assert slot.worker is not None
-                self._await_ready(slot.worker, deadline)
-        except BaseException:
-            for slot in self._slots:
-                if slot.worker is not None:
-                    self._kill_worker(slot.worker)
-                    self._close_worker(slot.worker)
-                    slot.worker = None
-            with self._lock:
-                self._state = _STOPPED
-            self._stop_generators()
-            self._close_wake_pipe()
-            raise
-        _live_dispatchers.add(self)
-        with self._lock:
-            self._pump()
 
     def submit(self, event: Event, timeout: float | None = None) -> None:
         """Hand ``event`` to the pipeline now, without waiting for the next poll.
@@ -503,7 +334,7 @@ class EventDispatcher(threading.Thread):
             # does not look for a free worker, which would keep its batches small).
             elif (queued <= 8 or not queued & 7) and (
                 _monotonic() >= self._next_ack_check
-                or (not self._flood.flooded and self._caught_up())
+                or (not self._flood.flooded and batching.caught_up(self._slots))
             ):
                 with self._lock:
                     self._collect_acks()
@@ -511,20 +342,19 @@ class EventDispatcher(threading.Thread):
         with self._lock:
             self._take_inbox()
             self._check_open()
-            if len(self._pending) >= self.max_pending and not self._in_loop_thread():
+            pending = self._ledger.pending
+            if len(pending) >= self.max_pending and not self._in_loop_thread():
                 self._take_back_acks()  # a blocked submitter reads nothing
                 if not self._changed.wait_for(
-                    lambda: (
-                        self._state not in (_NEW, _RUNNING) or len(self._pending) < self.max_pending
-                    ),
+                    lambda: self._state not in (_NEW, _RUNNING) or len(pending) < self.max_pending,
                     timeout,
                 ):
                     raise SubmitTimeoutError(
                         f"no room in the pipeline after {timeout}s: "
-                        f"{len(self._pending)} events pending (max_pending={self.max_pending})"
+                        f"{len(pending)} events pending (max_pending={self.max_pending})"
                     )
                 self._check_open()
-            self._accept(event)
+            self._enqueue([event])
             if self._state == _RUNNING:
                 self._pump()
 
@@ -645,17 +475,18 @@ class EventDispatcher(threading.Thread):
         """A consistent snapshot of the dispatcher's counters."""
         with self._lock:
             self._take_inbox()
-            workers = [s.worker for s in self._slots if s.worker is not None]
+            ledger = self._ledger
+            live = [s.worker for s in self._slots if s.worker is not None and not s.worker.exited]
             return DispatcherStats(
-                accepted=self._accepted,
-                processed=self._processed,
-                failed=self._failed,
-                pending=len(self._pending),
-                abandoned=self._abandoned,
+                accepted=ledger.accepted,
+                processed=ledger.processed,
+                failed=ledger.failed,
+                pending=len(ledger.pending),
+                abandoned=ledger.abandoned,
                 worker_restarts=self._restarts,
                 worker_recycles=self._recycles,
-                worker_pids=tuple(w.pid for w in workers if not w.exited),
-                worker_rss=tuple(w.rss for w in workers if not w.exited),
+                worker_pids=tuple(w.pid for w in live),
+                worker_rss=tuple(w.rss for w in live),
             )
 
     def __enter__(self) -> EventDispatcher:
@@ -702,7 +533,7 @@ class EventDispatcher(threading.Thread):
                 poll_due = (
                     self._state == _RUNNING
                     and (now >= next_poll or self._poll_again)
-                    and len(self._pending) < self.max_pending
+                    and len(self._ledger.pending) < self.max_pending
                 )
                 if poll_due:
                     self._poll_again = False
@@ -716,9 +547,9 @@ class EventDispatcher(threading.Thread):
 
     def _wait_for_io(self, timeout: float | None) -> None:
         poller = select.poll()
-        watched: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+        watched: dict[int, tuple[str, WorkerHandle | None]] = {self._wake_r: ("wake", None)}
         poller.register(self._wake_r, select.POLLIN)
-        exited: list[_Worker] = []
+        ended: list[WorkerHandle] = []  # result pipe at its end
         with self._lock:
             leave_acks = _monotonic() - self._submitter_read_acks_at < _ACK_HANDOFF
             if leave_acks != self._ringing:
@@ -736,7 +567,7 @@ class EventDispatcher(threading.Thread):
                 for slot in self._slots:
                     worker = slot.worker
                     if worker is not None and not worker.exited and self._read_results(worker):
-                        exited.append(worker)
+                        ended.append(worker)
                 if self._messages_read != read_before:
                     timeout = 0  # what was read (outcomes to deliver, room) needs the loop now
             for slot in self._slots:
@@ -754,44 +585,47 @@ class EventDispatcher(threading.Thread):
                     watched[worker.task_fd] = ("task", worker)
             self._wake_pending = False
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        ready = poller.poll(0 if exited else ms)
+        ready = poller.poll(0 if ended else ms)
+        signalled: list[WorkerHandle] = []  # sentinel fired
         with self._lock:
             for fd, _mask in ready:
                 kind, worker = watched[fd]
                 if kind == "wake":
                     self._drain_wake_pipe()
-                elif kind == "result" and worker is not None:
+                elif worker is None or worker.exited:
+                    continue
+                elif kind == "result":
                     if self._read_results(worker):
-                        exited.append(worker)
-                elif kind == "sentinel" and worker is not None:
-                    if self._sentinel_means_exit(worker):
-                        exited.append(worker)
-                    else:
-                        worker.orphaned = True
-                        logger.info(
-                            "the forkserver is gone; worker %s lives on, watched by its pid",
-                            worker.pid,
-                        )
-                elif kind == "task" and worker is not None:
+                        ended.append(worker)
+                elif kind == "sentinel":
+                    signalled.append(worker)
+                elif kind == "task":
                     self._flush(worker)
-            for worker in dict.fromkeys(exited):
-                if not worker.exited:
-                    self._on_worker_exit(worker)
+        for worker in signalled:
+            # May sleep a moment (a forkserver child): without the lock.
+            if workers.confirm_exit(worker, self.start_method):
+                ended.append(worker)
+            else:
+                worker.orphaned = True
+                logger.info(
+                    "the forkserver is gone; worker %s lives on, watched by its pid", worker.pid
+                )
+        for worker in dict.fromkeys(ended):
+            self._worker_gone(worker)
 
-    def _sentinel_means_exit(self, worker: _Worker) -> bool:
-        """A direct child's sentinel is the truth; a forkserver child's may be the server's.
+    def _worker_gone(self, worker: WorkerHandle) -> None:
+        """Reap a worker whose pipe or sentinel says it is leaving, then settle what it held.
 
-        The sentinel fires as the process closes its files, a moment before it is a zombie,
-        so a forkserver child gets that moment to show it is gone.
+        The reap may join for ``kill_grace``: it runs without the lock, the worker closed to
+        new batches first.
         """
-        if self.start_method != "forkserver":
-            return True
-        deadline = time.monotonic() + 0.2
-        while not _process_gone(worker.pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        with self._lock:
+            if worker.exited or worker.gone:
+                return
+            worker.gone = True
+        exitcode = workers.reap(worker, self.kill_grace)
+        with self._lock:
+            self._on_worker_exit(worker, exitcode)
 
     def _next_timer(self, now: float, next_poll: float) -> float | None:
         """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
@@ -801,11 +635,12 @@ class EventDispatcher(threading.Thread):
                 self._state == _RUNNING
                 and self._generators
                 and not self._all_exhausted()
-                and len(self._pending) < self.max_pending
+                and len(self._ledger.pending) < self.max_pending
             ):
                 timers.append(now if self._poll_again else next_poll)
             if self._stop_deadline is not None and self._abandoning is None:
                 timers.append(self._stop_deadline)
+            tracking = bool(self._ledger.trackers)
             for slot in self._slots:
                 if slot.restart_at is not None:
                     timers.append(slot.restart_at)
@@ -816,17 +651,17 @@ class EventDispatcher(threading.Thread):
                     timers.append(worker.kill_at)
                 if worker.orphaned:
                     timers.append(now + 0.25)
-                if self._trackers and worker.inflight:
+                if tracking and worker.batches:
                     timers.append(now + _SETTLE_INTERVAL)
-                if self.event_timeout is not None and worker.inflight:
+                if self.event_timeout is not None and worker.batches:
                     timers.append(now + min(self.event_timeout / 4, 0.25))
             self._hold_timer_armed = self._held_back
             if self._held_back:
                 # Monotonic like ``now``: when the busy workers would count as stalled.
                 timers += [
-                    slot.worker.progressed_at + _STALLED_AFTER
+                    slot.worker.progressed_at + batching.STALLED_AFTER
                     for slot in self._slots
-                    if slot.worker is not None and slot.worker.inflight
+                    if slot.worker is not None and slot.worker.batches
                 ]
         if not timers:
             return None
@@ -843,19 +678,20 @@ class EventDispatcher(threading.Thread):
             except Exception as exc:
                 logger.warning("generator %s failed in get_events(): %r", generator, exc)
                 with self._lock:
-                    self._outcomes.append(_Outcome(generator, exc, None))
+                    self._generator_errors.append((generator, exc))
                 continue
             tracker = generator if getattr(generator, "track_outcomes", False) else None
             with self._lock:
                 accepted = [event for event in events if isinstance(event, Event)]
-                self._accept_many(accepted, tracker)
+                self._take_inbox()
+                self._enqueue(accepted, tracker)
                 if len(accepted) < len(events):
                     for item in events:
                         if not isinstance(item, Event):
                             error = TypeError(
                                 f"get_events() returned a {type(item).__qualname__}, not an Event"
                             )
-                            self._outcomes.append(_Outcome(generator, error, None))
+                            self._generator_errors.append((generator, error))
                 if getattr(generator, "finished", False):
                     self._exhausted.add(id(generator))
                 elif getattr(generator, "has_more", False):
@@ -873,10 +709,7 @@ class EventDispatcher(threading.Thread):
             except Exception:
                 logger.exception("generator %s failed in stop()", generator)
 
-    # -- acceptance and sending (called with the lock held, from any thread) -------------------
-
-    def _events_waiting(self) -> bool:
-        return bool(self._inbox or any(self._backlogs()))
+    # -- acceptance (lock held, any thread) -----------------------------------------------------
 
     def _take_back_acks(self) -> None:
         """A submitter that stops to wait: the dispatcher thread reads acknowledgements again."""
@@ -890,13 +723,8 @@ class EventDispatcher(threading.Thread):
                 "the dispatcher is stopped; it accepts no more events"
             ) from self._broken
 
-    def _new_seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        return seq
-
     def _take_inbox(self) -> None:
-        """Accept what submit()'s fast path queued, in order (lock held; only while running).
+        """Accept what submit()'s fast path queued, in order (only while running).
 
         After stop() the inbox is left alone: an event still there was appended after stop()
         took its last look, and its submitter takes it back and refuses it.
@@ -910,67 +738,34 @@ class EventDispatcher(threading.Thread):
         self._enqueue(events)
 
     def _enqueue(self, events: list[Event], tracker: Any = None) -> None:
-        """Number ``events`` and queue them: in C-level passes, or each by its key.
+        """Accept ``events`` into the ledger and queue them: all at once, or each by its key.
 
         ``tracker`` (a generator that hears of each outcome) is noted first: routing may fail
         an event at once.
         """
-        first = self._next_seq
-        self._next_seq = first + len(events)
-        seqs = range(first, first + len(events))
-        self._pending.update(zip(seqs, events, strict=True))
-        self._accepted += len(events)
-        if tracker is not None:
-            self._trackers.update(dict.fromkeys(seqs, tracker))
+        seqs = self._ledger.accept(events, tracker)
         if self.key is None:
-            self._backlog.extend(seqs)
-        else:
-            for seq, event in zip(seqs, events, strict=True):
-                self._route(seq, event)
-
-    def _route(self, seq: int, event: Event) -> None:
-        """Queue a numbered event for the worker its key maps to; fail it if the key raises."""
-        assert self.key is not None
-        try:
-            index = hash(self.key(event)) % self.workers
-        except Exception as exc:
-            error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self._fail(seq, "EventDispatcher", error)
+            self._ledger.queue(seqs)
             return
-        self._keyed_backlogs[index].append(seq)
-
-    def _accept_many(self, events: list[Event], tracker: Any) -> None:
-        """Accept a generator's events (lock held), in bulk."""
-        self._take_inbox()
-        self._enqueue(events, tracker)
+        for seq, event in zip(seqs, events, strict=True):
+            try:
+                slot = hash(self.key(event)) % self.workers
+            except Exception as exc:
+                error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                self._fail(seq, "EventDispatcher", error)
+                continue
+            self._ledger.queue((seq,), slot)
 
     def _close_inbox(self) -> None:
-        """Close submit()'s fast path and accept what it queued (lock held, before a stop)."""
+        """Close submit()'s fast path and accept what it queued (before a stop)."""
         self._inbox_room = 0
         self._take_inbox()
 
-    def _accept(self, event: Event, tracker: Any = None) -> None:
-        self._take_inbox()
-        seq = self._new_seq()
-        self._pending[seq] = event
-        self._accepted += 1
-        if tracker is not None:
-            self._trackers[seq] = tracker
-        if self.key is None:
-            self._backlog.append(seq)
-        else:
-            self._route(seq, event)
-
-    def _backlog_of(self, slot: _Slot) -> deque[int]:
-        """Where a slot's next events come from: its own queue when events are keyed."""
-        return self._backlog if self.key is None else slot.backlog
-
-    def _backlogs(self) -> list[deque[int]]:
-        return [self._backlog, *self._keyed_backlogs]
+    # -- sending (lock held, any thread) --------------------------------------------------------
 
     def _pump(self) -> None:
-        """Send backlog to every worker that has room, then the poison pills when draining."""
+        """Send queued events to every worker that has room, then the poison pills if draining."""
         while True:
             self._pump_once()
             if not (self._sendable and self._inbox and self._state is _RUNNING):
@@ -981,7 +776,8 @@ class EventDispatcher(threading.Thread):
     def _pump_once(self) -> None:
         self._held_back = False
         flood = self._flood
-        if flood.update(_monotonic(), self._accepted + len(self._inbox)):
+        ledger = self._ledger
+        if flood.update(_monotonic(), ledger.accepted + len(self._inbox)):
             for slot in self._slots:
                 slot.view[FLOODED] = int(flood.flooded)
         self._take_inbox()
@@ -992,131 +788,83 @@ class EventDispatcher(threading.Thread):
             slots = sorted(
                 slots, key=lambda slot: slot.worker.inflight_events if slot.worker else 0
             )
+        cheap = len(slots) > 1 and self._estimates.cheap
+        limit = self._estimates.batch_limit(pooled)
         for slot in slots:
             worker = slot.worker
-            if (
-                worker is None
-                or worker.exited
-                or worker.stop_seq is not None
-                or worker.retiring is not None
-            ):
+            if worker is None or not worker.open:
                 continue
-            if worker.resync:
+            if ledger.resync[slot.index]:
                 self._send_resync(worker)
-            backlog = self._backlog_of(slot)
-            if backlog and not worker.inflight and self.event_timeout is not None:
+            backlog = ledger.backlog(slot.index)
+            if backlog and not worker.batches and self.event_timeout is not None:
                 # The dispatcher thread may sleep without a timer; it must now time this.
                 self._wake()
-            limit = min(_MAX_BATCH_EVENTS, max(1, int(_MAX_BATCH_BYTES / (self._event_bytes or 1))))
-            if pooled:
-                limit = min(limit, max(1, int(_BATCH_WORK_NS / max(self._event_cost_ns, 1.0))))
-            if len(slots) > 1 and self._event_cost_ns < _SPREAD_AT_ONCE_NS:
-                self._send_cheap(worker, backlog, limit)
+            if cheap:
+                while len(worker.batches) < MAX_INFLIGHT_BATCHES and backlog:
+                    if batching.hold_back(
+                        self._slots, len(backlog), limit, flood.flooded, _monotonic()
+                    ):
+                        self._held_back = True
+                        break
+                    self._send_batch(worker, limit)
             else:
-                self._send_to(worker, backlog, limit, pooled)
+                while batching.wants_batch(worker, len(backlog), limit):
+                    share = len(backlog)
+                    if pooled:
+                        share = -(-share // batching.workers_with_room(self._slots))
+                    self._send_batch(worker, min(limit, share))
             if (
                 self._state == _STOPPING
                 and self._drain
                 and self._abandoning is None
                 and not backlog
+                and not ledger.resync[slot.index]
             ):
                 self._send_stop(worker)
             self._flush(worker)
         self._find_idle_worker()
         self._inbox_room = (
-            max(0, min(_MAX_BATCH_EVENTS, self.max_pending - len(self._pending) - len(self._inbox)))
+            max(0, min(MAX_BATCH_EVENTS, self.max_pending - len(ledger.pending) - len(self._inbox)))
             if self._state is _RUNNING
             else 0
         )
-        if self._outcomes and not self._in_loop_thread():
-            self._wake()
-
-    def _send_to(self, worker: _Worker, backlog: deque[int], limit: int, pooled: bool) -> None:
-        """Send ``worker`` what it has room for (lock held).
-
-        An idle worker gets what there is at once; a busy one gets a second batch only once it
-        is full, so that under load batches are full and acknowledgements few, or if the batch
-        in hand is small (a modest rate): then the next one waits in the pipe for the worker
-        instead of a round trip through this process. Workers that share a backlog get a share
-        each, so that a few slow events spread out.
-        """
-        while backlog and (
-            not worker.inflight
-            or (
-                len(worker.inflight) < _MAX_INFLIGHT_BATCHES
-                and (len(backlog) >= limit or worker.inflight_events < _PIPELINE_BELOW)
-            )
-        ):
-            share = len(backlog)
-            if pooled:
-                share = -(-share // self._workers_with_room())
-            self._send_batch(worker, backlog, min(limit, share))
-
-    def _send_cheap(self, worker: _Worker, backlog: deque[int], limit: int) -> None:
-        """Send cheap events to one of several workers (lock held), from ``backlog``.
-
-        The workers then act as one with more room. Were every idle worker given what there
-        is at once, as events that take a while are, a flood would go out in batches of what
-        arrives between two looks, split among the workers (or by key), and the parent would
-        pay a round trip per few events (two workers, no-op handler: 110,000-320,000 events/s
-        against 600,000 and more for one). So a batch that is not full goes out only while
-        little is in flight: at a modest rate, at once; under a flood, when the workers run dry.
-        """
-        while backlog and len(worker.inflight) < _MAX_INFLIGHT_BATCHES:
-            if len(backlog) < limit:
-                inflight = self._inflight_progressing()
-                if inflight and (self._flood.flooded or inflight >= _PIPELINE_BELOW):
-                    self._held_back = True
-                    return
-            self._send_batch(worker, backlog, limit)
-
-    def _inflight_progressing(self) -> int:
-        """Events in flight to workers that acknowledged something lately (see _STALLED_AFTER).
-
-        A worker stuck on one event (until event_timeout, or for good) must not hold back the
-        others: its events in flight would otherwise count for ever.
-        """
-        stalled_before = _monotonic() - _STALLED_AFTER
-        return sum(
-            slot.worker.inflight_events
-            for slot in self._slots
-            if slot.worker is not None
-            and slot.worker.inflight
-            and slot.worker.progressed_at > stalled_before
-        )
 
     def _send_alone(self) -> bool:
-        """Send the inbox's only event to the idle worker at once (lock held); false if not.
+        """Send the inbox's only event to the idle worker at once; false if not.
 
         The idle-latency path: an event that finds its pipeline idle runs every line between
         ``submit()`` and the write with the CPU's caches cold, where each line costs several
-        times what it does under load (through _pump, about 45 us here before the write). This
-        does the same bookkeeping for the common case, one event, a worker that is idle and
-        already knows the handler, and plain data, and leaves anything else to _pump.
+        times what it does under load. This does the same bookkeeping as _pump for the common
+        case, one event, a worker that is idle and already knows the handler, and plain data,
+        and leaves anything else to _pump.
         """
         inbox = self._inbox
         worker = self._idle_worker
+        ledger = self._ledger
         if (
             self.key is not None  # the event's key picks its worker: _pump routes it
             or len(inbox) != 1
             or worker is None
             or self._state is not _RUNNING
-            or self._backlog
-            or worker.inflight
-            or worker.exited
-            or worker.stop_seq is not None
-            or worker.retiring is not None
+            or ledger.shared
+            or worker.batches
+            or not worker.open
             or worker.outbuf
             or worker.forget
-            or worker.resync
+            or ledger.resync[worker.slot]
             or self._slots[worker.slot].worker is not worker
         ):
             return False
         event = inbox[0]
         originator = event.originator
-        if event.handler is not worker.last_handler or type(originator) is not str:
+        if (
+            event.handler is not worker.last_handler
+            or worker.last_handler_id < 0
+            or type(originator) is not str
+        ):
             return False
-        seq = self._next_seq
+        seq = ledger.next_seq()
         try:
             blob = serialization.dumps(
                 [(seq, worker.last_handler_id, originator, event.data, event.timestamp)]
@@ -1124,9 +872,7 @@ class EventDispatcher(threading.Thread):
         except Exception:
             return False  # _pump knows what to do with data plain pickle refuses
         inbox.clear()
-        self._next_seq = seq + 1
-        self._pending[seq] = event
-        self._accepted += 1
+        ledger.accept_one(event)
         self._write_batch(worker, [], blob, [seq])
         self._flush(worker)
         if len(self._slots) == 1:
@@ -1134,7 +880,7 @@ class EventDispatcher(threading.Thread):
             self._sendable = False
         else:
             self._find_idle_worker()
-        self._inbox_room = max(0, min(_MAX_BATCH_EVENTS, self.max_pending - len(self._pending)))
+        self._inbox_room = max(0, min(MAX_BATCH_EVENTS, self.max_pending - len(ledger.pending)))
         if self.event_timeout is not None:
             self._wake()  # the dispatcher thread may sleep without a timer; it must time this
         return True
@@ -1144,29 +890,17 @@ class EventDispatcher(threading.Thread):
 
         With several workers and cheap or keyed events, only while no worker has anything in
         flight (or only stalled ones): otherwise there is nearly always an idle worker, every
-        event goes alone, and the parent pays a round trip per event (interleaved A/B, two
-        workers, a no-op handler: 42,000-153,000 events/s). Events then wait for the busy
-        worker's acknowledgement, or a submitter's next look (every 100 us at most), and go
-        together. Unkeyed events that cost a worker more than a round trip go to an idle worker
-        at once.
+        event goes alone, and the parent pays a round trip per event. Events then wait for the
+        busy worker's acknowledgement, or a submitter's next look (every 100 us at most), and
+        go together. Unkeyed events that cost a worker more than a round trip go to an idle
+        worker at once.
         """
-        self._idle_worker = next(
-            (
-                slot.worker
-                for slot in self._slots
-                if slot.worker is not None
-                and not slot.worker.exited
-                and slot.worker.stop_seq is None
-                and slot.worker.retiring is None
-                and not slot.worker.inflight
-            ),
-            None,
-        )
+        self._idle_worker = batching.idle_worker(self._slots)
         if (
             self._idle_worker is not None
             and len(self._slots) > 1
-            and (self.key is not None or self._event_cost_ns < _SPREAD_AT_ONCE_NS)
-            and self._inflight_progressing()
+            and (self.key is not None or self._estimates.cheap)
+            and batching.inflight_progressing(self._slots, _monotonic())
         ):
             self._idle_worker = None
             self._held_back = True
@@ -1175,50 +909,25 @@ class EventDispatcher(threading.Thread):
             # Should the busy worker stall, nothing else would send what waits meanwhile.
             self._wake()
 
-    def _caught_up(self) -> bool:
-        """True if a worker has acknowledged every batch sent to it, by the progress array.
-
-        A hint, read without the lock, that the acknowledgement waits in the pipe and reading
-        it now frees a worker: under a busy producer at a modest rate, events then wait for a
-        worker to finish, not for the next timed read (every 100 us).
-        """
-        for slot in self._slots:
-            worker = slot.worker
-            if worker is not None and worker.inflight and slot.view[ACKED] >= worker.last_batch:
-                return True
-        return False
-
-    def _workers_with_room(self) -> int:
-        return max(
-            1,
-            sum(
-                1
-                for s in self._slots
-                if s.worker is not None
-                and not s.worker.exited
-                and s.worker.stop_seq is None
-                and s.worker.retiring is None
-                and len(s.worker.inflight) < _MAX_INFLIGHT_BATCHES
-            ),
-        )
-
-    def _send_batch(self, worker: _Worker, backlog: deque[int], count: int) -> None:
+    def _send_batch(self, worker: WorkerHandle, count: int) -> None:
+        """Take up to ``count`` queued events for ``worker``, encode them, queue the write."""
+        ledger = self._ledger
+        seqs = ledger.take(worker.slot, count)
         # The hot path under load: locals, and the handler looked up once per run of events
         # that share it (the usual case).
         items: list[WireEvent] = []
         definitions: list[tuple[int, bytes]] = []
-        pending = self._pending
-        last_handler: Any = _NO_HANDLER
-        handler_id = 0
-        for _ in range(min(count, len(backlog))):
-            seq = backlog.popleft()
+        pending = ledger.pending
+        last_handler: Any = None
+        handler_id = -1
+        for seq in seqs:
             event = pending[seq]
             handler = event.handler
-            if handler is not last_handler:
+            if handler is not last_handler or handler_id < 0:
                 try:
                     handler_id = self._handler_id(handler, worker, definitions)
                 except EventmpError as exc:
-                    last_handler = _NO_HANDLER
+                    handler_id = -1
                     self._fail(seq, "EventDispatcher", exc)
                     continue
                 last_handler = handler
@@ -1231,23 +940,22 @@ class EventDispatcher(threading.Thread):
         blob, kept, failures = serialization.encode_events(items)
         for seq, error in failures:
             self._fail(seq, "EventDispatcher", error)
-        while len(blob) > _MAX_BATCH_BYTES and len(kept) > 1:
+        while len(blob) > MAX_BATCH_BYTES and len(kept) > 1:
             # Heavier events than the estimate said: the second half goes back to the front.
             half = len(kept) // 2
-            backlog.extendleft(item[0] for item in reversed(kept[half:]))
+            ledger.untake(worker.slot, [item[0] for item in kept[half:]])
             kept = kept[:half]
             blob = serialization.dumps(kept)
-        if kept:
-            self._event_bytes += (len(blob) / len(kept) - self._event_bytes) * _COST_SMOOTHING
+        self._estimates.note_bytes(len(blob), len(kept))
         self._write_batch(worker, definitions, blob, [item[0] for item in kept])
 
-    def _send_resync(self, worker: _Worker) -> None:
-        seqs = [seq for seq in worker.resync if seq in self._pending]
-        worker.resync = []
+    def _send_resync(self, worker: WorkerHandle) -> None:
+        """Send the slot's resync list as one batch of separately pickled events."""
+        ledger = self._ledger
         definitions: list[tuple[int, bytes]] = []
         items: list[WireEvent] = []
-        for seq in seqs:
-            event = self._pending[seq]
+        for seq in ledger.take_resync(worker.slot):
+            event = ledger.pending[seq]
             try:
                 handler_id = self._handler_id(event.handler, worker, definitions)
             except EventmpError as exc:
@@ -1260,24 +968,22 @@ class EventDispatcher(threading.Thread):
             self._fail(seq, "EventDispatcher", error)
         self._write_batch(worker, definitions, blob, [item[0] for item in kept], resync=True)
 
-    def _send_stop(self, worker: _Worker) -> None:
-        seq = self._new_seq()
-        worker.stop_seq = seq
-        blob = serialization.dumps([(seq, STOP_HANDLER_ID, "EventDispatcher", None, time.time())])
-        if worker.forget:
-            worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
-            worker.forget = []
-        self._write_batch(worker, [], blob, [])
+    def _send_stop(self, worker: WorkerHandle) -> None:
+        worker.stop_sent = True
+        blob = serialization.dumps([(0, STOP_HANDLER_ID, "EventDispatcher", None, time.time())])
+        self._write_batch(worker, [], blob, [], stop=True)
 
     def _write_batch(
         self,
-        worker: _Worker,
+        worker: WorkerHandle,
         definitions: list[tuple[int, bytes]],
         blob: bytes,
         seqs: list[int],
         *,
         resync: bool = False,
+        stop: bool = False,
     ) -> None:
+        """Queue a batch's frames on ``worker``'s output and give it the batch in the ledger."""
         batch_no = next(self._batch_no)
         if definitions:
             worker.outbuf += encode_handler_update(HandlerUpdate(definitions, []))
@@ -1285,50 +991,27 @@ class EventDispatcher(threading.Thread):
         if worker.forget:
             worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
             worker.forget = []
-        if not worker.inflight:
+        if not worker.batches:
             worker.progressed_at = _monotonic()
-        worker.inflight.append((batch_no, seqs))
+        self._ledger.assign(worker.id, batch_no, seqs, stop)
         worker.last_batch = batch_no
 
     def _handler_id(
-        self, handler: Any, worker: _Worker, definitions: list[tuple[int, bytes]]
+        self, handler: Any, worker: WorkerHandle, definitions: list[tuple[int, bytes]]
     ) -> int:
-        """The id a worker knows ``handler`` by; queues its definition if the worker lacks it.
-
-        A handler is serialized with dill once, then referred to by id: dill costs about 20
-        times what pickle does. The cache is keyed by identity (a bound method by its object
-        and function, since each attribute access builds a new one) and bounded, so handlers
-        built per event do not grow it without end.
-        """
-        if handler is worker.last_handler:
+        """The id ``worker`` knows ``handler`` by; queues its definition if it lacks it."""
+        if handler is worker.last_handler and worker.last_handler_id >= 0:
             return worker.last_handler_id
-        if handler is None:
-            raise EventmpError("the event has no handler")
-        key = _handler_key(handler)
-        entry = self._handler_ids.get(key)
-        if entry is None:
-            handler_id = next(self._next_handler_id)
-            blob: bytes | SerializationError
-            try:
-                blob = serialization.dump_handler(handler)
-            except SerializationError as exc:
-                blob = exc
-            entry = (handler_id, handler, blob)
-            self._handler_ids[key] = entry
-            if len(self._handler_ids) > _HANDLER_CACHE_SIZE:
-                _key, (old_id, _h, _b) = self._handler_ids.popitem(last=False)
-                for slot in self._slots:
-                    other = slot.worker
-                    if other is not None and old_id in other.known_handlers:
-                        other.known_handlers.discard(old_id)
-                        other.forget.append(old_id)
-                        if other.last_handler_id == old_id:
-                            other.last_handler = _NO_HANDLER
-        else:
-            self._handler_ids.move_to_end(key)
-        handler_id, _handler, blob = entry
-        if isinstance(blob, SerializationError):
-            raise blob
+        handler_id, blob, evicted = self._handlers.lookup(handler)
+        if evicted is not None:
+            for slot in self._slots:
+                other = slot.worker
+                if other is not None and evicted in other.known_handlers:
+                    other.known_handlers.discard(evicted)
+                    other.forget.append(evicted)
+                    if other.last_handler_id == evicted:
+                        other.last_handler = None
+                        other.last_handler_id = -1
         if handler_id not in worker.known_handlers:
             worker.known_handlers.add(handler_id)
             definitions.append((handler_id, blob))
@@ -1336,7 +1019,7 @@ class EventDispatcher(threading.Thread):
         worker.last_handler_id = handler_id
         return handler_id
 
-    def _flush(self, worker: _Worker) -> None:
+    def _flush(self, worker: WorkerHandle) -> None:
         """Write as much of the worker's output as its pipe takes now, without blocking."""
         if not worker.outbuf or worker.exited:
             return
@@ -1355,21 +1038,20 @@ class EventDispatcher(threading.Thread):
         if worker.outbuf and not self._in_loop_thread():
             self._wake()  # the dispatcher thread must watch the pipe for room
 
-    # -- results (dispatcher thread, lock held) -------------------------------------------------
+    # -- results (lock held) ----------------------------------------------------------------------
 
     def _collect_acks(self) -> None:
-        """Read the workers' acknowledgements from a submitting thread (lock held).
+        """Read the workers' acknowledgements from a submitting thread.
 
         A thread that submits without pause holds the GIL; the dispatcher thread, woken by an
         acknowledgement, may wait a whole switch interval (5 ms) for it while the worker sits
         idle. So every _ACK_CHECK_INTERVAL the submitter reads the acknowledgements itself and
-        sends the next batch: it bounds how long an event waits in the backlog under a busy
-        producer, for a non-blocking read now and then. A worker's death is left to the
-        dispatcher thread.
+        sends the next batch: it bounds how long an event waits under a busy producer, for a
+        non-blocking read now and then. A worker's death is left to the dispatcher thread.
 
         Meanwhile the dispatcher thread stops watching the result pipes (see _wait_for_io):
         woken by every acknowledgement only to queue for the GIL, it would cost the parent
-        about a fifth more CPU per event, and the worker a wake-up per batch.
+        CPU per event, and the worker a wake-up per batch.
         """
         now = _monotonic()
         self._next_ack_check = now + _ACK_CHECK_INTERVAL
@@ -1390,27 +1072,42 @@ class EventDispatcher(threading.Thread):
                 self._wake()
         self._pump()
 
-    def _read_results(self, worker: _Worker) -> bool:
-        """Read and handle every complete message; true if the pipe reached its end."""
-        while True:
-            try:
-                data = os.read(worker.result_fd, _READ_CHUNK)
-            except BlockingIOError:
-                return False
-            except OSError:
-                return True
-            if not data:
-                return True
-            for payload in worker.reader.feed(data):
-                self._handle_message(worker, decode_result(payload))
+    def _read_results(self, worker: WorkerHandle) -> bool:
+        """Read and handle every complete message; true if the pipe reached its end.
 
-    def _handle_message(self, worker: _Worker, message: Any) -> None:
+        The one place a result pipe is read, from whichever thread owns the acknowledgements;
+        a failure read outside the dispatcher thread wakes it to deliver the error event.
+        """
+        failures = len(self._ledger.failures)
+        try:
+            while True:
+                try:
+                    data = os.read(worker.result_fd, _READ_CHUNK)
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+                if not data:
+                    return True
+                for payload in worker.reader.feed(data):
+                    self._handle_message(worker, decode_result(payload))
+        finally:
+            if len(self._ledger.failures) != failures and not self._in_loop_thread():
+                self._wake()
+
+    def _handle_message(self, worker: WorkerHandle, message: Any) -> None:
         self._messages_read += 1
         kind = type(message)
         if kind is BatchDone:
             self._on_batch_done(worker, message)
         elif kind is EventFailed:
-            self._on_event_failed(worker, message)
+            exc = serialization.load_exception(
+                message.exception, message.type_name, message.message, message.traceback
+            )
+            self._ledger.failed_at(
+                worker.id, message.position, message.seq, self._processor_name(worker), exc
+            )
+            self._changed.notify_all()
         elif kind is WorkerReady:
             worker.ready = True
             worker.rss = message.rss
@@ -1425,123 +1122,158 @@ class EventDispatcher(threading.Thread):
                 )
         elif kind is WorkerRetiring:
             worker.retiring = message.reason
+            worker.signalled = message.signalled
         elif kind is BatchRejected:
-            self._on_batch_rejected(worker, message)
+            if self._ledger.batch_rejected(worker.id, message.batch_no):
+                worker.stop_sent = False  # the pill was dropped with the rest: send it again
+            logger.info(
+                "worker %s could not unpickle a batch (%s); re-sending its events one by one",
+                worker.pid,
+                message.error,
+            )
+            self._pump()
         else:
             logger.error("unexpected message from worker %s: %r", worker.pid, message)
 
-    def _on_batch_done(self, worker: _Worker, message: BatchDone) -> None:
+    def _on_batch_done(self, worker: WorkerHandle, message: BatchDone) -> None:
         worker.rss = message.rss
         worker.progressed_at = _monotonic()
-        while worker.inflight:
-            batch_no, seqs = worker.inflight.popleft()
-            if batch_no == message.batch_no and seqs:
-                cost = message.busy_ns / len(seqs)
-                self._event_cost_ns += (cost - self._event_cost_ns) * _COST_SMOOTHING
-            if self._trackers:
-                for seq in seqs:
-                    event = self._pending.pop(seq, None)
-                    if event is not None:
-                        self._processed += 1
-                        self._track(seq, event, None)
-            else:
-                # The hot path under load: one C-level pass (a failed event was popped before).
-                before = len(self._pending)
-                deque(map(self._pending.pop, seqs, repeat(None)), maxlen=0)
-                self._processed += before - len(self._pending)
-            if batch_no == message.batch_no:
-                break
+        events = self._ledger.batch_done(worker.id, message.batch_no)
+        self._estimates.note_batch(message.busy_ns, events)
         self._slots[worker.slot].crash_streak = 0
         self._changed.notify_all()
         self._pump()
 
-    def _on_event_failed(self, worker: _Worker, message: EventFailed) -> None:
-        exc = serialization.load_exception(
-            message.exception, message.type_name, message.message, message.traceback
-        )
-        self._fail(message.seq, self._processor_name(worker), exc)
+    # -- timers and worker lifecycle (dispatcher thread, lock held) -----------------------------
 
-    def _on_batch_rejected(self, worker: _Worker, message: BatchRejected) -> None:
-        # The worker drops this batch and every later one until a resync batch: take them all
-        # back, the rejected one to be re-sent event by event, the later ones as usual.
-        rejected: list[int] = []
-        later: list[int] = []
-        found = False
-        for batch_no, seqs in worker.inflight:
-            if batch_no == message.batch_no:
-                found = True
-                rejected.extend(seqs)
-            elif found:
-                later.extend(seqs)
-        while worker.inflight and worker.inflight[-1][0] != message.batch_no:
-            worker.inflight.pop()
-        if worker.inflight:
-            worker.inflight.pop()
-        worker.resync = [seq for seq in rejected if seq in self._pending]
-        backlog = self._backlog_of(self._slots[worker.slot])
-        backlog.extendleft(reversed([seq for seq in later if seq in self._pending]))
-        logger.info(
-            "worker %s could not unpickle a batch (%s); re-sending its events one by one",
+    def _maintain(self, now: float) -> None:
+        """Timers: restarts due, handler timeouts, kill deadlines, the stop deadline."""
+        if (
+            self._state == _STOPPING
+            and self._stop_deadline is not None
+            and now >= self._stop_deadline
+            and self._abandoning is None
+        ):
+            self._abandoning = "stop(timeout=...) expired before the event had run"
+        if self._state == _STOPPING and self._abandoning is None:
+            self._abandon_stranded()
+        if self._abandoning is not None:
+            self._abandon_all()
+        for slot in self._slots:
+            worker = slot.worker
+            if worker is None:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._restart(slot)
+                continue
+            if worker.exited or worker.gone:
+                continue
+            if worker.orphaned and workers.process_gone(worker.pid):
+                worker.gone = True
+                self._on_worker_exit(worker, None)
+                continue
+            if worker.kill_at is not None and now >= worker.kill_at:
+                worker.kill_at = None
+                workers.send_signal(worker.pid, signal.SIGKILL)
+            if self.event_timeout is not None and worker.timed_out is None:
+                self._check_timeout(slot, worker)
+            if self._ledger.trackers and worker.batches:
+                self._settle_finished(slot, worker)
+
+    def _settle_finished(self, slot: Slot, worker: WorkerHandle) -> None:
+        """Give the events a worker has finished their outcome before their batch is done.
+
+        A checkpointing tail saves its position only up to settled lines; one slow event
+        would otherwise hold back every event of its batch, and a kill -9 of the parent would
+        send them all again. The worker reports a failure before it marks the event finished,
+        so once the mark is read and the result pipe drained, every event up to it that has
+        no failure was processed.
+        """
+        finished = int(slot.view[FINISHED])
+        if self._read_results(worker) or worker.exited:
+            return  # it is leaving: the exit settles what it held
+        if self._ledger.finished_upto(worker.id, finished):
+            self._changed.notify_all()
+
+    def _check_timeout(self, slot: Slot, worker: WorkerHandle) -> None:
+        assert self.event_timeout is not None
+        view = slot.view
+        started = int(view[STARTED])
+        if started <= view[FINISHED] or self._ledger.event_at(worker.id, started) is None:
+            return
+        started_at = view[STARTED_AT_NS]
+        if view[STARTED] != started:
+            return  # it moved on while we looked
+        if time.monotonic_ns() - started_at < self.event_timeout * 1e9:
+            return
+        logger.warning(
+            "handler of event %d ran longer than event_timeout=%gs; killing worker %s",
+            self._ledger.event_at(worker.id, started),
+            self.event_timeout,
             worker.pid,
-            message.error,
         )
-        self._pump()
+        worker.timed_out = started
+        self._terminate(worker)
 
-    # -- worker lifecycle -----------------------------------------------------------------------
+    def _terminate(self, worker: WorkerHandle) -> None:
+        """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
+        workers.send_signal(worker.pid, signal.SIGTERM)
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + self.kill_grace
 
-    def _start_worker(self, slot: _Slot) -> None:
-        task_r, task_w = os.pipe2(os.O_CLOEXEC)
-        result_r, result_w = os.pipe2(os.O_CLOEXEC)
-        for index in range(PROGRESS_FIELDS):
-            slot.progress[index] = 0
-        slot.progress[RING] = int(self._ringing)
-        slot.progress[FLOODED] = int(self._flood.flooded)
-        close_fds: list[int] = []
-        if self.start_method == "fork":
-            close_fds = [task_w, result_r, self._wake_r, self._wake_w]
-            for other in self._slots:
-                if other.worker is not None and not other.worker.exited:
-                    close_fds += [other.worker.task_fd, other.worker.result_fd]
-        tasks = multiprocessing.connection.Connection(task_r, writable=False)
-        results = multiprocessing.connection.Connection(result_w, readable=False)
-        # The worker's own copy of the wake-up pipe's write end (non-blocking, as it is here).
-        ring = multiprocessing.connection.Connection(os.dup(self._wake_w), readable=False)
-        processor = EventProcessor(
-            self._processor_label(slot.index),
-            tasks,
-            results,
-            slot.progress,
-            ring=ring,
-            idle_spin_ns=int(self.idle_spin * 1e9),
+    def _start_workers(self) -> None:
+        with self._lock:
+            if self._state != _NEW:
+                raise RuntimeError(f"dispatcher already {self._state}")
+            self._state = _RUNNING
+        try:
+            for index in range(self.workers):
+                slot = Slot(index, self._context.RawArray("q", PROGRESS_FIELDS))
+                self._slots.append(slot)
+                with self._lock:
+                    self._start_worker(slot)
+            deadline = time.monotonic() + self.start_timeout
+            for slot in self._slots:
+                assert slot.worker is not None
+                self._await_ready(slot.worker, deadline)
+        except BaseException:
+            for slot in self._slots:
+                if slot.worker is not None:
+                    workers.kill(slot.worker, self.kill_grace)
+                    workers.close(slot.worker)
+                    slot.worker = None
+            with self._lock:
+                self._state = _STOPPED
+            self._stop_generators()
+            self._close_wake_pipe()
+            raise
+        _live_dispatchers.add(self)
+        with self._lock:
+            self._pump()
+
+    def _start_worker(self, slot: Slot) -> None:
+        close_fds = [self._wake_r, self._wake_w]
+        for other in self._slots:
+            if other.worker is not None and not other.worker.exited:
+                close_fds += [other.worker.task_fd, other.worker.result_fd]
+        handle = workers.start_worker(
+            self._context,
+            slot,
+            deque(),
+            label=self._processor_label(slot.index),
+            wake_fd=self._wake_w,
             close_fds=close_fds,
+            ringing=self._ringing,
+            flooded=self._flood.flooded,
+            idle_spin=self.idle_spin,
             max_events=self.max_events_per_worker,
             max_memory=self.max_memory_per_worker,
             stamp_starts=self.event_timeout is not None,
         )
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(processor,),
-            name=f"eventmp-worker-{slot.index}",
-            daemon=False,  # so that handlers may start processes of their own
-        )
-        try:
-            process.start()
-        except BaseException:
-            for fd in (task_w, result_r):
-                os.close(fd)
-            raise
-        finally:
-            tasks.close()
-            results.close()
-            ring.close()
-        os.set_blocking(task_w, False)
-        os.set_blocking(result_r, False)
-        slot.worker = _Worker(slot.index, process, task_w, result_r)
-        slot.worker.resync, slot.resync = slot.resync, []
+        handle.batches = self._ledger.worker_started(handle.id, slot.index)
+        slot.worker = handle
         slot.restart_at = None
-        logger.debug("started worker %s in slot %d", process.pid, slot.index)
 
-    def _await_ready(self, worker: _Worker, deadline: float) -> None:
+    def _await_ready(self, worker: WorkerHandle, deadline: float) -> None:
         """Block until ``worker`` says it is ready (used by ``start()`` only)."""
         while not worker.ready:
             remaining = deadline - time.monotonic()
@@ -1559,97 +1291,13 @@ class EventDispatcher(threading.Thread):
                     ready.append(worker.sentinel)
             if worker.sentinel in ready:
                 worker.process.join(self.kill_grace)
-                raise WorkerStartError(self._start_failure_message(worker, worker.process.exitcode))
+                raise WorkerStartError(
+                    workers.start_failure_message(
+                        self.start_method, worker.pid, worker.process.exitcode
+                    )
+                )
 
-    def _start_failure_message(self, worker: _Worker, exitcode: int | None) -> str:
-        hint = ""
-        if self.start_method != "fork":
-            hint = (
-                f" Under {self.start_method!r} the worker re-imports the main module and "
-                "eventmp: a script needs an `if __name__ == '__main__':` guard, and every "
-                "module the handlers use must be importable; the worker's traceback is on "
-                "stderr."
-            )
-        return f"worker process {worker.pid} {describe_exit(exitcode)} before it was ready.{hint}"
-
-    def _maintain(self, now: float) -> None:
-        """Timers: restarts due, handler timeouts, kill deadlines, the stop deadline."""
-        if (
-            self._state == _STOPPING
-            and self._stop_deadline is not None
-            and now >= self._stop_deadline
-            and self._abandoning is None
-        ):
-            self._abandoning = "stop(timeout=...) expired before the event had run"
-        if self._abandoning is not None:
-            self._abandon_all()
-        for slot in self._slots:
-            worker = slot.worker
-            if worker is None:
-                if slot.restart_at is not None and now >= slot.restart_at:
-                    self._restart(slot)
-                continue
-            if worker.exited:
-                continue
-            if worker.orphaned and _process_gone(worker.pid):
-                self._on_worker_exit(worker)
-                continue
-            if worker.kill_at is not None and now >= worker.kill_at:
-                worker.kill_at = None
-                _signal(worker.pid, signal.SIGKILL)
-            if self.event_timeout is not None and worker.timed_out_seq is None:
-                self._check_timeout(slot, worker)
-            if self._trackers and worker.inflight:
-                self._settle_finished(slot, worker)
-
-    def _settle_finished(self, slot: _Slot, worker: _Worker) -> None:
-        """Give the events a worker has finished their outcome before their batch is done.
-
-        A checkpointing tail saves its position only up to settled lines; one slow event
-        would otherwise hold back every event of its batch, and a kill -9 of the parent would
-        send them all again. The worker reports a failure before it marks the event finished,
-        so once ``finished`` is read and the result pipe drained, every event up to it that
-        has no failure was processed.
-        """
-        finished = int(slot.progress[FINISHED])
-        if self._read_results(worker) or worker.exited:
-            return  # it is leaving: _on_worker_exit settles what it held
-        for _batch_no, seqs in worker.inflight:
-            for seq in seqs:
-                if seq > finished:
-                    return
-                event = self._pending.pop(seq, None)
-                if event is not None:
-                    self._processed += 1
-                    self._track(seq, event, None)
-                    self._changed.notify_all()
-
-    def _check_timeout(self, slot: _Slot, worker: _Worker) -> None:
-        assert self.event_timeout is not None
-        started = slot.progress[STARTED]
-        if not started or started <= slot.progress[FINISHED] or started not in self._pending:
-            return
-        started_at = slot.progress[STARTED_AT_NS]
-        if slot.progress[STARTED] != started:
-            return  # it moved on while we looked
-        if time.monotonic_ns() - started_at < self.event_timeout * 1e9:
-            return
-        logger.warning(
-            "handler of event %d ran longer than event_timeout=%gs; killing worker %s",
-            started,
-            self.event_timeout,
-            worker.pid,
-        )
-        worker.timed_out_seq = started
-        self._terminate(worker)
-
-    def _terminate(self, worker: _Worker) -> None:
-        """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
-        _signal(worker.pid, signal.SIGTERM)
-        if worker.kill_at is None:
-            worker.kill_at = time.monotonic() + self.kill_grace
-
-    def _restart(self, slot: _Slot) -> None:
+    def _restart(self, slot: Slot) -> None:
         if self._abandoning is not None or slot.retired:
             slot.restart_at = None
             return
@@ -1663,71 +1311,63 @@ class EventDispatcher(threading.Thread):
                 self._break(WorkerStartError(f"could not start a replacement worker: {exc}"))
             else:
                 logger.warning("could not start a worker (%s); retrying", exc)
-                slot.restart_at = time.monotonic() + _BACKOFF_FIRST * 2**slot.start_failures
+                slot.restart_at = time.monotonic() + workers.BACKOFF_FIRST * 2**slot.start_failures
             return
         slot.start_failures = 0
         self._restarts += 1
 
-    def _on_worker_exit(self, worker: _Worker) -> None:
-        """Settle every event the dead worker held, then arrange its replacement."""
+    def _on_worker_exit(self, worker: WorkerHandle, exitcode: int | None) -> None:
+        """Settle every event the reaped worker held, then arrange its replacement (or not)."""
         self._read_results(worker)  # messages it wrote before dying come first
-        exitcode = self._reap(worker)
         slot = self._slots[worker.slot]
-        started = int(slot.progress[STARTED])
-        finished = int(slot.progress[FINISHED])
-        held = [seq for _, seqs in worker.inflight for seq in seqs]
-        worker.inflight.clear()
-        held = worker.resync + held
-        worker.resync = []
-        self._close_worker(worker)
+        started = int(slot.view[STARTED])
+        finished = int(slot.view[FINISHED])
+        workers.close(worker)
         slot.worker = None
-
+        outcome = self._ledger.worker_exited(
+            worker.id,
+            started,
+            finished,
+            resync_unstarted=exitcode != 0 and self._abandoning is None and not worker.signalled,
+        )
+        if outcome.crashed is not None:
+            self._fail(
+                outcome.crashed,
+                self._processor_name(worker),
+                self._death_error(worker, started, exitcode),
+            )
         if not worker.ready and self._state == _RUNNING and (exitcode or 0) > 0:
-            self._break(WorkerStartError(self._start_failure_message(worker, exitcode)))
-
-        crashed = started if started > finished else None
-        requeue: list[int] = []
-        lost_event = False
-        for seq in held:
-            if seq not in self._pending:
-                continue
-            if seq <= finished:
-                event = self._pending.pop(seq)
-                self._processed += 1
-                if self._trackers:
-                    self._track(seq, event, None)
-            elif seq == crashed:
-                lost_event = True
-                self._fail(
-                    seq, self._processor_name(worker), self._death_error(worker, seq, exitcode)
+            # What it held is queued again by now: _break fails it with the reason.
+            self._break(
+                WorkerStartError(
+                    workers.start_failure_message(self.start_method, worker.pid, exitcode)
                 )
-            else:
-                requeue.append(seq)
-        if requeue and crashed is None and exitcode != 0 and self._abandoning is None:
-            # It died holding events, none of them started: something in the batch killed it
-            # while being unpickled (a __reduce__ that exits, say). The replacement gets them
-            # one at a time, each marked started before it is unpickled, so the next death
-            # names its event instead of looping.
-            slot.resync = requeue + slot.resync
-        else:
-            self._backlog_of(slot).extendleft(reversed(requeue))
-
-        if worker.stop_seq is not None and finished >= worker.stop_seq:
-            slot.retired = True  # it took its poison pill and left
-        elif self._abandoning is not None:
+            )
+        told_to_leave = worker.signalled or (
+            exitcode == 0 and outcome.crashed is None and worker.retiring is None
+        )
+        if outcome.took_pill or self._abandoning is not None:
+            slot.retired = True  # it took its poison pill and left, or everything is abandoned
+        elif (
+            told_to_leave
+            and self._state != _RUNNING
+            and not (self._ledger.backlog(slot.index) or self._ledger.resync[slot.index])
+        ):
+            # Told to leave while stopping (a SIGTERM to the whole process group, say), with
+            # nothing left for it to drain: not a crash, and no fresh worker.
             slot.retired = True
+            logger.info("worker %s left on SIGTERM while stopping", worker.pid)
         else:
             delay = 0.0
-            if worker.retiring is not None and exitcode == 0:
+            if told_to_leave:
+                logger.info("worker %s left (SIGTERM); starting a fresh one", worker.pid)
+            elif worker.retiring is not None and outcome.crashed is None:
                 self._recycles += 1
                 logger.info("recycling worker %s: %s", worker.pid, worker.retiring)
-            elif exitcode == 0 and not lost_event:
-                logger.info("worker %s left (SIGTERM); starting a fresh one", worker.pid)
             else:
                 slot.crash_streak += 1
-                if slot.crash_streak > 1:
-                    delay = min(_BACKOFF_FIRST * 2 ** (slot.crash_streak - 2), _BACKOFF_MAX)
-                if not lost_event:
+                delay = workers.restart_delay(slot.crash_streak)
+                if outcome.crashed is None:
                     logger.warning(
                         "idle worker %s %s; starting a fresh one",
                         worker.pid,
@@ -1738,111 +1378,73 @@ class EventDispatcher(threading.Thread):
         if self._abandoning is not None:
             self._abandon_all()
 
-    def _reap(self, worker: _Worker) -> int | None:
-        """Wait (bounded) for a worker that is leaving; its exit code, None if unknowable."""
-        if worker.orphaned:
-            # Its forkserver, which alone could report the status, is gone.
-            deadline = time.monotonic() + self.kill_grace
-            while not _process_gone(worker.pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not _process_gone(worker.pid):
-                _signal(worker.pid, signal.SIGKILL)
-            return None
-        worker.process.join(self.kill_grace)
-        if worker.process.exitcode is None:
-            _signal(worker.pid, signal.SIGKILL)
-            worker.process.join(self.kill_grace)
-        exitcode: int | None = worker.process.exitcode
-        return exitcode
-
-    def _death_error(self, worker: _Worker, seq: int, exitcode: int | None) -> EventmpError:
+    def _death_error(self, worker: WorkerHandle, pos: int, exitcode: int | None) -> EventmpError:
         """Why the event a dead worker held failed."""
         if self._abandoning is not None:
             return EventAbandonedError(self._abandoning)
-        if worker.timed_out_seq == seq and self.event_timeout is not None:
+        if worker.timed_out == pos and self.event_timeout is not None:
             return HandlerTimeoutError(self.event_timeout, worker.pid)
         return WorkerCrashedError(exitcode, worker.pid)
-
-    def _close_worker(self, worker: _Worker) -> None:
-        worker.exited = True
-        for fd in (worker.task_fd, worker.result_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        # close() refuses a process still running: only when start() failed half-way.
-        with contextlib.suppress(ValueError):
-            worker.process.close()
-
-    def _kill_worker(self, worker: _Worker) -> None:
-        """Terminate, wait ``kill_grace``, then kill; never an unbounded join."""
-        if worker.orphaned:
-            _signal(worker.pid, signal.SIGKILL)
-            return
-        if worker.process.exitcode is not None:
-            return
-        _signal(worker.pid, signal.SIGTERM)
-        worker.process.join(self.kill_grace)
-        if worker.process.exitcode is None:
-            _signal(worker.pid, signal.SIGKILL)
-            worker.process.join(self.kill_grace * 5)
 
     def _all_workers_gone(self) -> bool:
         return all(
             (slot.worker is None or slot.worker.exited)
             and (slot.retired or slot.restart_at is None)
             for slot in self._slots
-        ) and (
-            self._abandoning is not None
-            or not (any(self._backlogs()) or any(slot.resync for slot in self._slots))
-        )
+        ) and (self._abandoning is not None or not self._ledger.queued())
 
     # -- outcomes -------------------------------------------------------------------------------
 
     def _fail(self, seq: int, originator: Any, exc: BaseException) -> None:
-        event = self._pending.pop(seq, None)
-        if event is None:
-            return
-        if isinstance(exc, EventAbandonedError):
-            self._abandoned += 1
-        self._failed += 1
-        self._outcomes.append(_Outcome(originator, exc, event))
-        if self._trackers:
-            self._track(seq, event, exc)
-        self._changed.notify_all()
+        """Fail an event no worker holds; the dispatcher thread delivers the error event."""
+        if self._ledger.fail(seq, originator, exc):
+            self._changed.notify_all()
+            if not self._in_loop_thread():
+                self._wake()
 
-    def _track(self, seq: int, event: Event, exc: BaseException | None) -> None:
-        """Queue the outcome for the generator that asked to hear of it (a checkpointing tail)."""
-        tracker = self._trackers.pop(seq, None)
-        if tracker is not None:
-            self._settled.append((tracker, event, exc))
+    def _abandon_stranded(self) -> None:
+        """While stopping: abandon queued events that no worker is left to run.
+
+        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
+        ``KillMode=control-group`` signals every process of the service) is not replaced; the
+        events it would have run have no one else.
+        """
+        ledger = self._ledger
+        if not ledger.queued():
+            return
+        stranded: list[int] = []
+        for slot in self._slots:
+            if slot.retired:
+                stranded += ledger.take_resync(slot.index)
+                if self.key is not None:
+                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
+        if self.key is None and all(slot.retired for slot in self._slots):
+            stranded += ledger.take(0, len(ledger.shared))
+        for seq in stranded:
+            self._fail(
+                seq,
+                self.name,
+                EventAbandonedError("its worker left on SIGTERM while the dispatcher was stopping"),
+            )
 
     def _abandon_all(self) -> None:
-        """Abandon the backlog; make every worker finish its event in hand and leave."""
+        """Abandon everything queued; make every worker finish its event in hand and leave."""
         reason = self._abandoning or "abandoned"
-        for backlog in self._backlogs():
-            while backlog:
-                seq = backlog.popleft()
-                if seq in self._pending:
-                    self._fail(seq, self.name, EventAbandonedError(reason))
+        self._ledger.fail_queued(self.name, lambda: EventAbandonedError(reason))
         for slot in self._slots:
             slot.restart_at = None
             worker = slot.worker
-            held = slot.resync + (worker.resync if worker is not None else [])
-            slot.resync = []
-            if worker is not None:
-                worker.resync = []
-            for seq in held:
-                if seq in self._pending:
-                    self._fail(seq, self.name, EventAbandonedError(reason))
             if worker is None or worker.exited:
                 continue
             if worker.kill_at is None:
                 self._terminate(worker)
+        self._changed.notify_all()
 
     def _log_abandoned(self) -> None:
         """One line with the total, once the dispatcher has stopped."""
-        if self._abandoned:
+        if self._ledger.abandoned:
             logger.warning(
-                "%d events abandoned: %s", self._abandoned, self._abandoning or "stopped"
+                "%d events abandoned: %s", self._ledger.abandoned, self._abandoning or "stopped"
             )
 
     def _break(self, error: EventmpError) -> None:
@@ -1852,31 +1454,34 @@ class EventDispatcher(threading.Thread):
         self._close_inbox()
         self._state = _STOPPING
         self._abandoning = str(error)
-        for seq in list(self._pending):
-            self._fail(seq, self.name, error)
-        for backlog in self._backlogs():
-            backlog.clear()
+        self._ledger.fail_unheld(self.name, error)
         self._changed.notify_all()
 
     def _deliver_outcomes(self) -> None:
-        """Call the error handler for each failure, in this (the dispatcher's) thread."""
+        """Call the error handler and tracking generators for each outcome, in this thread."""
+        ledger = self._ledger
         while True:
             with self._lock:
-                if self._outcomes:
-                    outcome: _Outcome | None = self._outcomes.popleft()
-                    settled = None
-                elif self._settled:
-                    outcome = None
-                    settled = self._settled.popleft()
+                error: tuple[EventGenerator, BaseException] | None = None
+                outcome: Outcome | None = None
+                if self._generator_errors:
+                    error = self._generator_errors.popleft()
+                elif ledger.failures:
+                    outcome = ledger.failures.popleft()
+                elif ledger.settled:
+                    outcome = ledger.settled.popleft()
                 else:
                     self._changed.notify_all()
                     return
                 self._delivering += 1
             try:
-                if outcome is not None:
-                    self._deliver(outcome)
-                elif settled is not None:
-                    self._notify_settled(*settled)
+                if error is not None:
+                    self._deliver(error[0], error[1], None)
+                elif outcome is not None:
+                    if outcome.exception is not None:
+                        self._deliver(outcome.originator, outcome.exception, outcome.event)
+                    if outcome.tracker is not None:
+                        self._notify_settled(outcome.tracker, outcome.event, outcome.exception)
             finally:
                 with self._lock:
                     self._delivering -= 1
@@ -1887,31 +1492,33 @@ class EventDispatcher(threading.Thread):
         except Exception:
             logger.exception("generator %s failed in settled()", tracker)
 
-    def _deliver(self, outcome: _Outcome) -> None:
+    def _deliver(self, originator: Any, exception: BaseException, event: Event | None) -> None:
         handler = self._error_handler
         if handler is None:
             logger.warning(
                 "event %s failed: %s: %s",
-                outcome.event if outcome.event is not None else "(none)",
-                type(outcome.exception).__name__,
-                outcome.exception,
-                exc_info=outcome.exception,
+                event if event is not None else "(none)",
+                type(exception).__name__,
+                exception,
+                exc_info=exception,
             )
             return
-        error_event = Event(outcome.originator, handler, (outcome.exception, outcome.event))
+        error_event = Event(originator, handler, (exception, event))
         try:
             call_handler(handler, error_event)
         except Exception:
             logger.exception("error handler %s raised; ignored", describe_handler(handler))
 
     def _idle(self) -> bool:
+        ledger = self._ledger
         return (
-            not self._pending
+            not ledger.pending
             # After stop() the inbox holds only events that were never accepted (their
             # submitters take them back), even one whose submit() a KeyboardInterrupt cut short.
             and (not self._inbox or self._state is not _RUNNING)
-            and not self._outcomes
-            and not self._settled
+            and not self._generator_errors
+            and not ledger.failures
+            and not ledger.settled
             and not self._delivering
             and self._all_exhausted()
         )
@@ -1924,16 +1531,14 @@ class EventDispatcher(threading.Thread):
     def _shutdown(self) -> None:
         """End of the dispatcher thread: reap every worker, stop generators, last outcomes."""
         with self._lock:
-            workers = [s.worker for s in self._slots if s.worker is not None]
-        for worker in workers:
+            live = [s.worker for s in self._slots if s.worker is not None]
+        for worker in live:
             if not worker.exited:
-                self._kill_worker(worker)
-                with self._lock:
-                    self._on_worker_exit(worker)
+                workers.kill(worker, self.kill_grace)
+                self._worker_gone(worker)
         with self._lock:
             self._close_inbox()
-            for seq in list(self._pending):
-                self._fail(seq, self.name, EventAbandonedError("the dispatcher stopped"))
+            self._ledger.fail_unheld(self.name, EventAbandonedError("the dispatcher stopped"))
             self._log_abandoned()
         self._deliver_outcomes()  # before the generators stop: a tail's last checkpoint
         self._stop_generators()
@@ -1973,26 +1578,5 @@ class EventDispatcher(threading.Thread):
     def _processor_label(self, index: int) -> str:
         return f"EventProcessor-{index}"
 
-    def _processor_name(self, worker: _Worker) -> str:
+    def _processor_name(self, worker: WorkerHandle) -> str:
         return f"{self._processor_label(worker.slot)}[pid {worker.pid}]"
-
-
-def _handler_key(handler: Any) -> Any:
-    self_obj = getattr(handler, "__self__", None)
-    func = getattr(handler, "__func__", None)
-    if self_obj is not None and func is not None:
-        return ("method", id(self_obj), id(func))
-    return id(handler)
-
-
-def _process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie counts as gone: it runs no more code)."""
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)

@@ -18,6 +18,7 @@ __all__ = [
     "EventAbandonedError",
     "EventmpError",
     "HandlerTimeoutError",
+    "LedgerError",
     "PipelineError",
     "RemoteError",
     "RemoteTraceback",
@@ -155,6 +156,15 @@ class WorkerStartError(EventmpError):
     """A worker process could not start (an import error under spawn, say).
 
     Raised by ``start()``; a worker that fails to start is not restarted in a loop.
+    """
+
+
+class LedgerError(EventmpError):
+    """The dispatcher tried to settle an event against the evidence: a bug in eventmp.
+
+    Settling an event twice, or on word from a worker that never held it, would count an
+    event that never ran or run one twice. Raised when ``EVENTMP_STRICT_LEDGER=1`` (as in
+    eventmp's own tests); otherwise logged as an error and the transition refused.
     """
 
 

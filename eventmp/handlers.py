@@ -108,9 +108,12 @@ class ExecEventHandler(EventHandler):
 
 
 class StopEventHandler(ExecEventHandler):
-    """The poison pill that ``EventDispatcher.stop()`` sends behind every pending event.
+    """The poison pill's handler: ``EventDispatcher.stop()`` sends one behind every event.
 
-    A worker recognises it by its type and leaves its loop; nothing is executed.
+    On the wire the pill is handler id 0, which every worker knows without being sent it; the
+    worker leaves its loop when it reaches it, after every event before it. An event a user
+    submits with a ``StopEventHandler`` of its own is an ordinary event: it runs (doing
+    nothing, returning true) and stops nothing, so no event queued behind it is stranded.
     """
 
     def __init__(self) -> None:

@@ -11,10 +11,11 @@ Parent to worker: :class:`EventBatch`, :class:`HandlerUpdate`. Worker to parent:
 :class:`WorkerRetiring`.
 
 Besides the messages, each worker shares a tiny array with the parent (:data:`PROGRESS_FIELDS`):
-the sequence number of the event it started, when it started it, the last one it finished, and
-the last batch it acknowledged. It costs a memory write per event instead of a message, and it
-survives the worker's death, so after a crash the parent knows exactly which event was in hand,
-which were done, and which never started; a submitting thread reads the acknowledgements as
+the position (batch and index, see :func:`eventmp.ledger.position`) of the event it started,
+when it started it, the position of the last one it finished, and the last batch it
+acknowledged. It costs a memory write per event instead of a message, and it survives the
+worker's death, so after a crash the parent knows exactly which event was in hand, which were
+done, and which never started; a submitting thread reads the acknowledgements as
 soon as the last one shows there. The parent sets RING while its dispatcher thread sleeps
 without watching the result pipes: a worker then rings the parent's wake-up pipe once it has
 been idle a moment. It sets FLOODED while events arrive faster than a worker should spin for.
@@ -59,9 +60,9 @@ _PROTOCOL = 5
 STOP_HANDLER_ID = 0
 
 # Indexes in the shared progress array.
-STARTED = 0
+STARTED = 0  # position of the event in hand (or last run)
 STARTED_AT_NS = 1
-FINISHED = 2
+FINISHED = 2  # position of the last event finished
 ACKED = 3  # the batch_no of the last BatchDone written
 RING = 4  # set by the parent: ring its wake-up pipe when idle and no new batch comes
 FLOODED = 5  # set by the parent: events arrive too fast for a worker to spin between batches
@@ -101,14 +102,23 @@ class WorkerReady(NamedTuple):
 
 
 class WorkerRetiring(NamedTuple):
-    """The worker reached a recycling limit after its last event and is leaving."""
+    """The worker is leaving between events: a recycling limit, or a SIGTERM (``signalled``).
+
+    A worker that leaves because it was told to is not a crash, whatever its exit status says
+    (a worker whose forkserver died reports 255).
+    """
 
     reason: str
+    signalled: bool = False
 
 
 class EventFailed(NamedTuple):
-    """The handler of event ``seq`` raised; sent at once, before the worker moves on."""
+    """The handler of event ``seq``, at ``position`` in the worker's batches, raised.
 
+    Sent at once, before the worker marks the event finished and moves on.
+    """
+
+    position: int  # see eventmp.ledger.position
     seq: int
     exception: bytes  # the pickled exception, or b"" if it would not survive pickling
     type_name: str

@@ -42,6 +42,7 @@ from . import serialization
 from .errors import SerializationError
 from .event import Event
 from .handlers import StopEventHandler, call_handler
+from .ledger import position
 from .messages import (
     ACKED,
     FINISHED,
@@ -132,6 +133,7 @@ class EventProcessor:
         }
         self._broken_handlers: dict[int, str] = {}
         self._running = True
+        self._sigterm = False
         self._waiting = False
         self._task_fd = -1
         self._result_fd = -1
@@ -159,6 +161,11 @@ class EventProcessor:
         finally:
             # Leaving: a late SIGTERM must not raise into multiprocessing's exit hooks.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self._sigterm:
+            # Told to leave (by the parent, or by a signal to the whole process group): the
+            # parent must not count it a crash, whatever status the exit reports.
+            with contextlib.suppress(OSError):
+                self._send(WorkerRetiring("received SIGTERM", signalled=True))
 
     def dispatch_event(self) -> bool:
         """Take one message off the task pipe and run its events; false once it should stop."""
@@ -278,14 +285,18 @@ class EventProcessor:
         new_event = Event.__new__
         monotonic_ns = time.monotonic_ns
         batch_started = monotonic_ns()
+        # Progress marks are positions in this worker's batches (see eventmp.ledger): the
+        # parent settles an event only on evidence about that event from the worker holding it.
+        pos = position(batch_no, 0) - 1
         for item in events:
+            pos += 1
             if not self._running:
                 return False
             if resync:
                 seq, blob = item  # type: ignore[misc]
                 # Marked before unpickling: if unpickling kills the process, this event is
                 # the one to blame.
-                self._mark_started(seq)
+                self._mark_started(pos)
                 try:
                     item = serialization.loads(blob)
                 except Exception as exc:
@@ -293,15 +304,15 @@ class EventProcessor:
                         f"event could not be deserialized in the worker: "
                         f"{type(exc).__name__}: {exc}"
                     )
-                    self._report(seq, error)
-                    progress[FINISHED] = seq
+                    self._report(pos, seq, error)
+                    progress[FINISHED] = pos
                     continue
             seq, handler_id, originator, data, timestamp = item  # type: ignore[misc]
             if stamp_starts:
                 progress[STARTED_AT_NS] = monotonic_ns()
-            progress[STARTED] = seq
+            progress[STARTED] = pos
             if handler_id == STOP_HANDLER_ID:
-                progress[FINISHED] = seq
+                progress[FINISHED] = pos
                 self._send(BatchDone(batch_no, self._rss()))
                 self._running = False
                 return False
@@ -316,8 +327,8 @@ class EventProcessor:
                 event.timestamp = timestamp
                 run(event)
             except BaseException as exc:  # SystemExit and KeyboardInterrupt too: not ours
-                self._report(seq, exc)
-            progress[FINISHED] = seq
+                self._report(pos, seq, exc)
+            progress[FINISHED] = pos
             if recycling and self._retire_after_event():
                 return False
         # One write of under PIPE_BUF bytes to a blocking pipe: whole, and atomic.
@@ -343,13 +354,13 @@ class EventProcessor:
         self._running = False
         return True
 
-    def _mark_started(self, seq: int) -> None:
+    def _mark_started(self, pos: int) -> None:
         self._progress[STARTED_AT_NS] = time.monotonic_ns()
-        self._progress[STARTED] = seq
+        self._progress[STARTED] = pos
 
-    def _report(self, seq: int, exc: BaseException) -> None:
+    def _report(self, pos: int, seq: int, exc: BaseException) -> None:
         blob, type_name, message, tb = serialization.dump_exception(exc)
-        self._send(EventFailed(seq, blob, type_name, message, tb))
+        self._send(EventFailed(pos, seq, blob, type_name, message, tb))
 
     def _handler(self, handler_id: int) -> tuple[Any, Callable[[Event], Any]]:
         """The handler and what to call for it; raises if the worker could not load it."""
@@ -426,6 +437,7 @@ class EventProcessor:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self._running = False
+        self._sigterm = True
         if self._waiting:
             raise _Stop
 

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+# Every illegal transition in the dispatcher's ledger raises (LedgerError) instead of being
+# logged, and the ledger audits itself after each transition: a test cannot pass over a bug.
+os.environ["EVENTMP_STRICT_LEDGER"] = "1"
+
 from eventmp import EventDispatcher
+from eventmp.ledger import Ledger
 from eventmp.testing import ErrorCollector
+
+Ledger.strict = True
 
 START_METHODS = [
     m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()

@@ -31,7 +31,7 @@ from eventmp import (
     SubmitTimeoutError,
     WorkerCrashedError,
 )
-from eventmp.dispatcher import _FloodGauge
+from eventmp.batching import FloodGauge
 from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
 
 MakeDispatcher = Callable[..., EventDispatcher]
@@ -799,11 +799,44 @@ def noop_handler(event: Event) -> bool:
     return True
 
 
-def test_submits_racing_stop_each_end_accepted_or_refused(make_dispatcher: MakeDispatcher) -> None:
-    """Four threads submit while stop() runs: each submit that returned has an outcome, no other.
+class LineRecorder:
+    """Appends each event's data as a JSON line to ``path``, with one write: cheap for floods.
+
+    With ``hang``, the event that ``hang`` blocks on first waits for its gate (see HangOn).
+    """
+
+    def __init__(self, path: Path, hang: HangOn | None = None) -> None:
+        self.path = os.fspath(path)
+        self.hang = hang
+
+    def process_event(self, event: Event) -> bool:
+        if self.hang is not None:
+            self.hang.process_event(event)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(event.data) + "\n").encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def ran(self) -> list[Any]:
+        """The data of every event whose handler ran, in the order they ran (lists as tuples)."""
+        try:
+            lines = Path(self.path).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        data = [json.loads(line) for line in lines]
+        return [tuple(item) if isinstance(item, list) else item for item in data]
+
+
+def test_submits_racing_stop_each_end_accepted_or_refused(
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
+) -> None:
+    """Four threads submit while stop() runs: each submit that returned ran once, no other ran.
 
     submit() queues without the lock, and stop() must take what is queued before it closes.
     """
+    recorder = LineRecorder(tmp_path / "ran.jsonl")
     dispatcher = make_dispatcher()
     dispatcher.start()
     returned = [0] * 4
@@ -814,7 +847,7 @@ def test_submits_racing_stop_each_end_accepted_or_refused(make_dispatcher: MakeD
         go.wait(WAIT)
         while True:
             try:
-                dispatcher.submit(Event("test", noop_handler, index))
+                dispatcher.submit(Event("test", recorder, (index, returned[index])))
             except DispatcherStoppedError:
                 refused[index] += 1
                 return
@@ -836,11 +869,18 @@ def test_submits_racing_stop_each_end_accepted_or_refused(make_dispatcher: MakeD
     finally:
         sys.setswitchinterval(interval)
     stats = dispatcher.stats()
+    ran = recorder.ran()  # complete: stop() returned after the worker exited
     assert refused == [1, 1, 1, 1]
     assert min(returned) > 0
+    # Exactly the events of the submits that returned ran, each once; the refused ones did not.
+    assert sorted(ran) == [(i, n) for i in range(4) for n in range(returned[i])]
+    # One worker: each thread's events ran in the order it submitted them.
+    for i in range(4):
+        assert [n for index, n in ran if index == i] == list(range(returned[i]))
     assert stats.accepted == sum(returned)
     assert stats.processed + stats.failed == sum(returned)
-    assert (stats.failed, stats.pending) == (0, 0)
+    assert (stats.processed, stats.failed, stats.pending) == (len(ran), 0, 0)
+    assert errors.events == []
 
 
 def test_wait_after_stop_ignores_an_event_left_in_the_inbox(
@@ -890,21 +930,20 @@ def test_fast_and_locked_submits_keep_order_within_max_pending(
 
 
 def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
-    make_dispatcher: MakeDispatcher, errors: ErrorCollector
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
 ) -> None:
-    """Failures reach the error handler, and all events count, without anyone calling wait().
+    """Failures reach the error handler, and every other event runs once, without a wait() call.
 
     A busy submitter reads acknowledgements itself and the dispatcher thread leaves the
     result pipe to it; once the submitter goes quiet, the dispatcher thread reads them again.
     """
+    recorder = LineRecorder(tmp_path / "ran.jsonl")
     dispatcher = make_dispatcher()
     dispatcher.start()
 
     def produce() -> None:
         for i in range(20_000):
-            dispatcher.submit(
-                Event("test", noop_handler if i % 400 else failing_handler_function, i)
-            )
+            dispatcher.submit(Event("test", recorder if i % 400 else failing_handler_function, i))
 
     producer = threading.Thread(target=produce)
     producer.start()
@@ -919,6 +958,10 @@ def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
     assert sorted(event.data for event in errors.failed_events if event) == list(
         range(0, 20_000, 400)
     )
+    # An event counts as processed only once its handler returned: its line is written.
+    ran = recorder.ran()
+    assert ran == [i for i in range(20_000) if i % 400]  # one worker: in order, each once
+    assert (len(ran), len(errors.events)) == (stats.processed, stats.failed)
 
 
 class BatchSizeSpy(EventDispatcher):
@@ -1121,7 +1164,7 @@ def test_a_steady_stream_arrives_whole_and_in_order_with_and_without_idle_spin(
 
 def test_events_faster_than_100k_per_second_make_a_flood_until_they_slow_down() -> None:
     """The arrival rate over each window of at least 10 ms decides: a flood, or a trickle."""
-    gauge = _FloodGauge()
+    gauge = FloodGauge()
     now, arrived = 1000.0, 0
 
     def batches(count: int, events: int, every: float) -> bool:
@@ -1203,15 +1246,16 @@ def test_a_worker_stuck_on_an_event_does_not_hold_back_cheap_events_for_the_othe
 ) -> None:
     """Cheap events wait for a busy worker to batch up, but not for one that is stuck."""
     gate = tmp_path / "gate"
-    handler = HangOn(gate, blocked="hang")
+    recorder = LineRecorder(tmp_path / "ran.jsonl", hang=HangOn(gate, blocked="hang"))
     dispatcher = make_dispatcher(workers=2, poll_interval=0.05)
     dispatcher.start()
-    for _ in range(2_000):  # the workers learn that these events are cheap
-        dispatcher.submit(Event("test", handler, 0))
+    for n in range(2_000):  # the workers learn that these events are cheap
+        dispatcher.submit(Event("test", recorder, n))
     assert dispatcher.wait(WAIT)
     # One poll hands a single worker the hanging event and 100 behind it: far more in flight
     # than a modest rate leaves, so cheap events would wait for that worker to finish.
-    burst = [Event("test", handler, "hang")] + [Event("test", handler, 0) for _ in range(100)]
+    burst = [Event("test", recorder, "hang")]
+    burst += [Event("test", recorder, n) for n in range(2_000, 2_100)]
     dispatcher.add_event_generator(ListEventGenerator(burst))
     deadline = time.monotonic() + WAIT
     while dispatcher.stats().accepted < 2_101:
@@ -1219,20 +1263,31 @@ def test_a_worker_stuck_on_an_event_does_not_hold_back_cheap_events_for_the_othe
         time.sleep(0.0005)
     # Most likely within the moment the stuck worker still counts as busy: the event waits,
     # and nothing but the dispatcher thread's own timer can send it once it counts as stuck.
-    dispatcher.submit(Event("test", handler, 0))
+    dispatcher.submit(Event("test", recorder, 2_100))
     while dispatcher.stats().processed < 2_001:
         assert time.monotonic() < deadline, f"the other worker got nothing: {dispatcher.stats()}"
         time.sleep(0.01)
-    for _ in range(9):
-        dispatcher.submit(Event("test", handler, 0))
+    while 2_100 not in recorder.ran():
+        assert time.monotonic() < deadline, f"event 2100 did not run: {dispatcher.stats()}"
+        time.sleep(0.01)
+    for n in range(2_101, 2_110):
+        dispatcher.submit(Event("test", recorder, n))
         time.sleep(0.005)
     while dispatcher.stats().processed < 2_010:
         assert time.monotonic() < deadline, f"the other worker stopped: {dispatcher.stats()}"
         time.sleep(0.01)
+    while not set(range(2_101, 2_110)) <= set(recorder.ran()):
+        assert time.monotonic() < deadline, f"the other worker stopped: {dispatcher.stats()}"
+        time.sleep(0.01)
     assert not gate.exists()  # the first worker is still stuck
+    assert "hang" not in recorder.ran()
     gate.touch()
     assert dispatcher.wait(WAIT)
-    assert dispatcher.stats().processed == 2_111
+    ran = recorder.ran()
+    assert sorted(ran, key=str) == sorted([*range(2_110), "hang"], key=str)  # each ran once
+    stats = dispatcher.stats()
+    assert (stats.processed, stats.failed) == (2_111, 0)
+    assert stats.processed == len(ran)
     assert not errors.events
 
 
@@ -1329,7 +1384,7 @@ def test_keyed_events_survive_a_crash_in_order(
 def test_a_tracking_generator_hears_of_an_event_whose_key_raised(
     make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
 ) -> None:
-    """Routing fails the event at once, and its generator still hears of that outcome."""
+    """Routing fails the event at once, its generator hears of that outcome, the other one runs."""
     recorder = RecordingHandler(tmp_path / "seen.jsonl")
     generator = TrackingGenerator([Event("key", recorder, ["a", 1]), Event("key", recorder, None)])
     dispatcher = make_dispatcher(workers=2, key=file_key)
@@ -1342,6 +1397,14 @@ def test_a_tracking_generator_hears_of_an_event_whose_key_raised(
         (True, "EventmpError"),
     ]
     assert len(errors.events) == 1
+    ran = data_of(recorder.records())
+    assert ran == [["a", 1]]
+    # Settled as processed: exactly the events whose handler ran; as failed: the error event's.
+    assert [data for data, name, _ in generator.outcomes if name is None] == ran
+    assert [data for data, name, _ in generator.outcomes if name is not None] == [None]
+    assert [event.data for event in errors.failed_events] == [None]
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed) == (2, 1, 1)
 
 
 def os_exit(event: Event) -> None:
@@ -1364,9 +1427,9 @@ class TrackingGenerator(ListEventGenerator):
 
 
 def test_tracking_generator_hears_every_outcome_before_stop(
-    make_dispatcher: MakeDispatcher, tmp_path: Path
+    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
 ) -> None:
-    """A generator with track_outcomes gets settled() for each event, in the dispatcher thread."""
+    """A tracking generator hears each event's true outcome, in the dispatcher thread."""
     recorder = RecordingHandler(tmp_path / "seen.jsonl", fail_on=[2])
     generator = TrackingGenerator([Event("track", recorder, n) for n in range(5)])
     dispatcher = make_dispatcher()
@@ -1382,6 +1445,13 @@ def test_tracking_generator_hears_every_outcome_before_stop(
         (4, None),
     ]
     assert {ident for _, _, ident in generator.outcomes} == {dispatcher.ident}
+    ran = data_of(recorder.records())
+    assert ran == [0, 1, 3, 4]  # one worker: in order, each once
+    # Settled as processed: exactly the events whose handler ran; as failed: the error event's.
+    assert sorted(data for data, name, _ in generator.outcomes if name is None) == ran
+    assert [event.data for event in errors.failed_events] == [2]
+    stats = dispatcher.stats()
+    assert (stats.accepted, stats.processed, stats.failed) == (5, 4, 1)
 
 
 def test_poll_interval_zero_still_reads_results(
@@ -1445,8 +1515,18 @@ def test_finished_events_settle_before_their_batch_is_done(
     while not generator.outcomes and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [data for data, _, _ in generator.outcomes] == [0], "event 0 settled, 1 still runs"
+    assert [name for _, name, _ in generator.outcomes] == [None]
+    assert data_of(handler.records()) == [0], "event 0 settled as processed ran; 1 is held"
     assert dispatcher.stats().pending == 2
     (tmp_path / "gate").touch()
     assert dispatcher.wait(WAIT)
-    assert sorted(data for data, _, _ in generator.outcomes) == [0, 1, 2]
-    assert dispatcher.stats().processed == 3
+    ran = data_of(handler.records())
+    assert ran == [0, 1, 2]  # one worker: in order, each once
+    assert sorted((data, name) for data, name, _ in generator.outcomes) == [
+        (0, None),
+        (1, None),
+        (2, None),
+    ]
+    stats = dispatcher.stats()
+    assert (stats.processed, stats.failed) == (3, 0)
+    assert stats.processed == len(ran)

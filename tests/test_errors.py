@@ -18,6 +18,7 @@ from eventmp.errors import (
     EventAbandonedError,
     EventmpError,
     HandlerTimeoutError,
+    LedgerError,
     PipelineError,
     RemoteError,
     RemoteTraceback,
@@ -70,6 +71,7 @@ SAMPLES: list[tuple[BaseException, dict[str, object]]] = [
         {"url": "http://x/", "status": 503, "attempts": 4},
     ),
     (PipelineError("pipeline.toml: rules[1].regex: bad"), {}),
+    (LedgerError("event 7 settled twice"), {"args": ("event 7 settled twice",)}),
 ]
 
 

@@ -202,7 +202,7 @@ def test_frame_reader_handles_a_large_frame_in_chunks() -> None:
     "message",
     [
         WorkerReady(1234, 0),
-        EventFailed(7, b"", "ValueError", "bad", "Traceback..."),
+        EventFailed(1 << 16, 7, b"", "ValueError", "bad", "Traceback..."),
         BatchRejected(3, "UnpicklingError: truncated"),
         WorkerRetiring("processed max_events_per_worker=3 events"),
         BatchDone(4, 1 << 20),

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from eventmp import Event
+from eventmp.ledger import position
 from eventmp.messages import (
     ACKED,
     FINISHED,
@@ -144,7 +145,8 @@ def test_a_batch_runs_in_order_and_is_acknowledged_once(worker: Worker, tmp_path
     assert [type(m) for m in messages] == [WorkerReady, BatchDone]
     assert messages[1].batch_no == 41
     assert out.read_text().split() == ["10", "20", "30"]
-    assert (worker.progress[STARTED], worker.progress[FINISHED]) == (3, 3)
+    # Positions in the worker's batches, not sequence numbers: batch 41, index 2.
+    assert (worker.progress[STARTED], worker.progress[FINISHED]) == (position(41, 2),) * 2
     # Marked just after the acknowledgement is written, so it may trail it by a moment.
     deadline = time.monotonic() + WAIT
     while worker.progress[ACKED] != 41 and time.monotonic() < deadline:
@@ -158,9 +160,11 @@ def test_a_failure_is_reported_at_once_and_the_batch_goes_on(worker: Worker) -> 
     worker.send_batch(7, [(1, 6, "t", 1, 0.0), (2, 6, "t", -2, 0.0), (3, 6, "t", 3, 0.0)])
     messages = worker.read_until(BatchDone)
     failed = [m for m in messages if type(m) is EventFailed]
-    assert [(m.seq, m.type_name, m.message) for m in failed] == [(2, "ValueError", "negative: -2")]
+    assert [(m.position, m.seq, m.type_name, m.message) for m in failed] == [
+        (position(7, 1), 2, "ValueError", "negative: -2")
+    ]
     assert messages.index(failed[0]) < messages.index(messages[-1])
-    assert worker.progress[FINISHED] == 3
+    assert worker.progress[FINISHED] == position(7, 2)
 
 
 def test_an_unknown_handler_fails_its_event_not_the_worker(worker: Worker, tmp_path: Any) -> None:
@@ -203,7 +207,7 @@ def test_the_poison_pill_ends_the_worker_after_what_came_before(
     worker.process.join(WAIT)
     assert worker.process.exitcode == 0
     assert out.read_text().split() == ["before"]
-    assert worker.progress[FINISHED] == 2
+    assert worker.progress[FINISHED] == position(1, 1)
 
 
 def test_an_idle_worker_rings_once_when_asked_and_never_otherwise(worker: Worker) -> None:

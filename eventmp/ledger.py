@@ -1,0 +1,558 @@
+"""The ledger: where every accepted event is, from acceptance to its one outcome.
+
+Runs in the parent process, from whichever thread holds the dispatcher's lock (the dispatcher
+thread or a submitting one); it does no I/O and starts no thread, so it is tested alone
+(``tests/test_ledger.py``). The dispatcher tells it what happened; it answers with facts (which
+event a dead worker was running, which were requeued) and leaves the acting to the dispatcher.
+
+An event's life::
+
+    accept() ──> accepted ──queue()──> queued: a backlog (the shared one, or its slot's when
+       │                                events are keyed), or a slot's resync list
+       │                                 │ take() + assign()
+       │                                 v
+       │             held by one worker, at a position (batch_no, index)
+       │                                 │ evidence from that worker about that position:
+       │                                 ├─ batch_done(), finished_upto() ──> processed
+       │                                 ├─ failed_at() ─────────────────────> failed
+       │                                 ├─ worker_exited(): started there ──> crashed ──> fail()
+       │                                 ├─ worker_exited(): not started ────> queued again
+       │                                 └─ batch_rejected() ────────────────> queued again
+       └─ fail(): a key that raised, an event that does not serialize, abandoned ──> failed
+
+**Positions.** A worker marks in its progress array the position of the event it started and
+of the last one it finished, ``position(batch_no, index)``. It runs its batches in the order
+they were written to its pipe, and the parent numbers batches in that order, so within one
+worker (one process, not one slot) positions order its events. They are never compared across
+workers, and every piece of evidence is checked against the batches that worker was given:
+events requeued after a crash land behind later-numbered ones on other workers, so a global
+sequence number says nothing about what a worker has run. See ``docs/design.md``.
+
+**Illegal transitions** (settling an event twice, or on evidence from a worker that never held
+it) raise :class:`~eventmp.errors.LedgerError` when ``Ledger.strict`` is set (the environment
+variable ``EVENTMP_STRICT_LEDGER=1``; eventmp's tests set it), and are otherwise logged as
+errors and refused: never silently counted. Strict mode also audits the whole ledger after each
+transition while it holds few events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from itertools import repeat
+from typing import Any, ClassVar, NamedTuple
+
+from .errors import EventAbandonedError, LedgerError
+from .event import Event
+
+__all__ = [
+    "INDEX_BITS",
+    "MAX_BATCH_EVENTS",
+    "Batch",
+    "Ledger",
+    "Outcome",
+    "WorkerExit",
+    "position",
+]
+
+logger = logging.getLogger("eventmp")
+
+# A position packs (batch_no, index) into one int64, so that a worker marks it with one
+# aligned write the parent can read at any time without tearing.
+INDEX_BITS = 16
+MAX_BATCH_EVENTS = 1 << INDEX_BITS
+_INDEX_MASK = MAX_BATCH_EVENTS - 1
+# Strict mode audits the whole ledger after each transition only while it holds at most this
+# many events: an audit costs a pass over them.
+_AUDIT_UP_TO = 4096
+
+
+def position(batch_no: int, index: int) -> int:
+    """The progress-array value for the event at ``index`` in batch ``batch_no``."""
+    return (batch_no << INDEX_BITS) | index
+
+
+class Batch:
+    """One batch written to one worker: its events, in order, and how far they are settled."""
+
+    __slots__ = ("failed", "no", "seqs", "settled", "stop")
+
+    def __init__(self, no: int, seqs: list[int], stop: bool = False) -> None:
+        self.no = no
+        self.seqs = seqs
+        self.stop = stop  # the poison pill (no events; its index 0 is the pill)
+        self.settled = 0  # events seqs[:settled] have their outcome
+        self.failed: set[int] | None = None  # indexes past ``settled`` that failed already
+
+
+class Outcome(NamedTuple):
+    """An event's outcome, for the error handler (failures) or for a tracking generator."""
+
+    seq: int
+    event: Event
+    exception: BaseException | None  # None: processed
+    originator: Any
+    tracker: Any
+
+
+class WorkerExit(NamedTuple):
+    """What the ledger concluded from a worker's death."""
+
+    processed: int  # events it finished that were not settled yet
+    crashed: int | None  # seq of the event it was running (still pending: the caller fails it)
+    requeued: int  # events it held but never started, queued again
+    took_pill: bool  # it finished its poison pill: it left because it was told to
+
+
+class Ledger:
+    """Every accepted event's state, for a dispatcher with ``slots`` worker slots.
+
+    Not thread-safe: the dispatcher calls it with its lock held. ``pending`` maps each event
+    without an outcome to the event; ``failures`` and ``settled`` are the outcomes the
+    dispatcher has yet to deliver (to the error handler, to tracking generators).
+    """
+
+    strict: ClassVar[bool] = os.environ.get("EVENTMP_STRICT_LEDGER", "") not in ("", "0")
+
+    def __init__(self, slots: int, keyed: bool = False) -> None:
+        self.keyed = keyed
+        self.pending: dict[int, Event] = {}
+        self.shared: deque[int] = deque()
+        self.lanes: list[deque[int]] = [deque() for _ in range(slots)]  # keyed backlogs
+        self.resync: list[list[int]] = [[] for _ in range(slots)]  # to send one at a time
+        self.trackers: dict[int, Any] = {}
+        self.failures: deque[Outcome] = deque()
+        self.settled: deque[Outcome] = deque()
+        self.accepted = 0
+        self.processed = 0
+        self.failed = 0
+        self.abandoned = 0
+        self.illegal = 0  # refused transitions (production only; strict mode raises)
+        self._next_seq = 1
+        self._held: dict[int, deque[Batch]] = {}  # worker id -> batches not yet settled
+        self._slot_of: dict[int, int] = {}
+        self._acked: dict[int, int] = {}  # worker id -> the last batch_no it settled whole
+        self._in_hand: list[int] = []  # taken from a backlog, not yet assigned (strict only)
+
+    # -- acceptance and queues -----------------------------------------------------------------
+
+    def accept(self, events: list[Event], tracker: Any = None) -> range:
+        """Number ``events`` and hold them as pending (not queued yet); their seqs."""
+        first = self._next_seq
+        self._next_seq = first + len(events)
+        seqs = range(first, first + len(events))
+        self.pending.update(zip(seqs, events, strict=True))
+        self.accepted += len(events)
+        if tracker is not None:
+            self.trackers.update(dict.fromkeys(seqs, tracker))
+        return seqs
+
+    def accept_one(self, event: Event) -> int:
+        """Number one event (no tracker) and hold it as pending; its seq."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.pending[seq] = event
+        self.accepted += 1
+        return seq
+
+    def next_seq(self) -> int:
+        """The seq the next accepted event will get."""
+        return self._next_seq
+
+    def backlog(self, slot: int) -> deque[int]:
+        """The queue a slot's worker takes its next events from (read it; change it here)."""
+        return self.lanes[slot] if self.keyed else self.shared
+
+    def queue(self, seqs: Iterable[int], slot: int | None = None) -> None:
+        """Queue accepted events at the back: the shared backlog, or ``slot``'s when keyed."""
+        (self.shared if slot is None else self.lanes[slot]).extend(seqs)
+
+    def queued(self) -> int:
+        """Events waiting in a backlog or a resync list."""
+        return len(self.shared) + sum(map(len, self.lanes)) + sum(map(len, self.resync))
+
+    def take(self, slot: int, count: int) -> list[int]:
+        """Up to ``count`` events from the front of ``slot``'s backlog, to assign or fail."""
+        backlog = self.backlog(slot)
+        popleft = backlog.popleft
+        seqs = [popleft() for _ in range(min(count, len(backlog)))]
+        if self.strict:
+            self._in_hand += seqs
+        return seqs
+
+    def take_resync(self, slot: int) -> list[int]:
+        """The events ``slot``'s worker is to receive one at a time, to assign or fail."""
+        seqs = [seq for seq in self.resync[slot] if seq in self.pending]
+        self.resync[slot] = []
+        if self.strict:
+            self._in_hand += seqs
+        return seqs
+
+    def untake(self, slot: int, seqs: list[int]) -> None:
+        """Put taken events back at the front of ``slot``'s backlog, in order."""
+        self.backlog(slot).extendleft(reversed(seqs))
+        if self.strict:
+            self._release(seqs)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def worker_started(self, worker: int, slot: int) -> deque[Batch]:
+        """Register worker ``worker`` (a unique id) in ``slot``; the batches it will hold."""
+        if worker in self._held:
+            self._illegal(f"worker {worker} registered twice")
+        batches: deque[Batch] = deque()
+        self._held[worker] = batches
+        self._slot_of[worker] = slot
+        self._acked[worker] = 0
+        return batches
+
+    def assign(self, worker: int, batch_no: int, seqs: list[int], stop: bool = False) -> None:
+        """``worker`` was written batch ``batch_no`` holding ``seqs`` (taken), in that order."""
+        batches = self._held.get(worker)
+        if batches is None:
+            self._illegal(f"batch {batch_no} assigned to unknown worker {worker}")
+            return
+        if batches and batches[-1].no >= batch_no:
+            self._illegal(f"batch {batch_no} assigned after batch {batches[-1].no}")
+        if len(seqs) >= MAX_BATCH_EVENTS:
+            self._illegal(f"batch {batch_no} holds {len(seqs)} events")
+        batches.append(Batch(batch_no, seqs, stop))
+        if self.strict:
+            for seq in seqs:
+                if seq not in self.pending:
+                    self._illegal(f"event {seq} assigned without being pending")
+            self._release(seqs)
+            self.audit()
+
+    def holds(self, worker: int) -> bool:
+        """True while ``worker`` holds a batch not yet settled."""
+        return bool(self._held.get(worker))
+
+    def event_at(self, worker: int, pos: int) -> int | None:
+        """The seq at ``pos`` in ``worker``'s batches, if it has no outcome yet."""
+        batch = self._batch(worker, pos >> INDEX_BITS)
+        if batch is None:
+            return None
+        index = pos & _INDEX_MASK
+        if index < batch.settled or index >= len(batch.seqs):
+            return None
+        if batch.failed and index in batch.failed:
+            return None
+        return batch.seqs[index]
+
+    # -- evidence from a worker ----------------------------------------------------------------
+
+    def failed_at(
+        self, worker: int, pos: int, seq: int, originator: Any, exception: BaseException
+    ) -> bool:
+        """The handler of the event at ``pos`` in ``worker`` raised; false if refused."""
+        batch = self._batch(worker, pos >> INDEX_BITS)
+        index = pos & _INDEX_MASK
+        if batch is None or index >= len(batch.seqs) or batch.seqs[index] != seq:
+            self._illegal(f"worker {worker} reported event {seq} failed at {_where(pos)}: not held")
+            return False
+        if index < batch.settled or (batch.failed and index in batch.failed):
+            self._illegal(f"worker {worker} reported event {seq} failed twice")
+            return False
+        if batch.failed is None:
+            batch.failed = set()
+        batch.failed.add(index)
+        self._settle_failed(seq, originator, exception)
+        return True
+
+    def batch_done(self, worker: int, batch_no: int) -> int:
+        """``worker`` ran every event of ``batch_no`` (and of the batches before it).
+
+        Returns how many events the acknowledged batch held, or -1 if the acknowledgement was
+        refused.
+        """
+        batches = self._held.get(worker)
+        if not batches or batches[-1].no < batch_no or batches[0].no > batch_no:
+            self._illegal(f"worker {worker} acknowledged batch {batch_no}, which it does not hold")
+            return -1
+        size = -1
+        while batches and batches[0].no <= batch_no:
+            batch = batches.popleft()
+            if batch.no == batch_no:
+                size = len(batch.seqs)
+            self._settle_processed(batch, len(batch.seqs))
+        if size < 0:
+            self._illegal(f"worker {worker} acknowledged batch {batch_no}, which it was not sent")
+        self._acked[worker] = batch_no
+        if self.strict:
+            self.audit()
+        return size
+
+    def finished_upto(self, worker: int, pos: int) -> int:
+        """``worker`` finished every event up to ``pos`` (its progress array's finished mark).
+
+        Read the mark first, then every message the worker wrote: a worker reports a failure
+        before it marks the event finished. Returns how many events this settled.
+        """
+        if not pos:
+            return 0
+        batch_no, index = pos >> INDEX_BITS, pos & _INDEX_MASK
+        batches = self._held.get(worker)
+        if batches is None or (
+            batch_no > self._acked[worker] and self._batch(worker, batch_no) is None
+        ):
+            self._illegal(f"worker {worker} marked {_where(pos)} finished, which it does not hold")
+            return 0
+        settled = 0
+        for batch in batches:
+            if batch.no > batch_no:
+                break
+            upto = len(batch.seqs) if batch.no < batch_no else min(index + 1, len(batch.seqs))
+            settled += self._settle_processed(batch, upto)
+        if self.strict:
+            self.audit()
+        return settled
+
+    def batch_rejected(self, worker: int, batch_no: int) -> bool:
+        """``worker`` could not unpickle ``batch_no`` and dropped it and every later batch.
+
+        The rejected batch's events go to the slot's resync list (sent one at a time); those
+        of later batches back to the front of its backlog. True if a dropped batch was the
+        poison pill (to be sent again).
+        """
+        batches = self._held.get(worker)
+        if batches is None or self._batch(worker, batch_no) is None:
+            self._illegal(f"worker {worker} rejected batch {batch_no}, which it does not hold")
+            return False
+        slot = self._slot_of[worker]
+        rejected: list[int] = []
+        later: list[int] = []
+        lost_pill = False
+        while batches and batches[-1].no >= batch_no:
+            batch = batches.pop()
+            lost_pill |= batch.stop
+            unsettled = self._unsettled(batch, len(batch.seqs))
+            if batch.no == batch_no:
+                rejected = unsettled
+            else:
+                later[:0] = unsettled
+        self.resync[slot] = rejected + self.resync[slot]
+        self.backlog(slot).extendleft(reversed(later))
+        if self.strict:
+            self.audit()
+        return lost_pill
+
+    def worker_exited(
+        self, worker: int, started: int, finished: int, resync_unstarted: bool = False
+    ) -> WorkerExit:
+        """``worker`` is gone; settle what it held by its last progress marks.
+
+        Call it after reading every message the worker wrote. Events up to ``finished`` were
+        processed; the one at ``started``, if past ``finished`` and without an outcome, was
+        running when it died (returned as ``crashed``, still pending, for the caller to fail);
+        the rest never started and are queued again at the front (of the slot's resync list
+        if ``resync_unstarted`` and no event was in hand: something in a batch killed it while
+        being unpickled, so the next worker gets them one by one).
+        """
+        if worker not in self._held:
+            self._illegal(f"worker {worker} exited twice, or was never registered")
+            return WorkerExit(0, None, 0, False)
+        processed = self.finished_upto(worker, finished)
+        finished_batch = self._batch(worker, finished >> INDEX_BITS) if finished else None
+        took_pill = finished_batch is not None and finished_batch.stop
+        crashed = self.event_at(worker, started) if started > finished else None
+        if crashed is not None:
+            batch = self._batch(worker, started >> INDEX_BITS)
+            assert batch is not None
+            if batch.failed is None:
+                batch.failed = set()
+            batch.failed.add(started & _INDEX_MASK)  # its outcome is the caller's to give
+        slot = self._slot_of.pop(worker)
+        del self._acked[worker]
+        last = max(started, finished)
+        unstarted: list[int] = []
+        for batch in self._held.pop(worker):
+            for index in range(batch.settled, len(batch.seqs)):
+                if batch.failed and index in batch.failed:
+                    continue
+                if position(batch.no, index) <= last:
+                    # It started a later event, so it finished this one: its finished mark
+                    # cannot lag by more than the event in hand.
+                    self._illegal(f"worker {worker} skipped event {batch.seqs[index]}")
+                unstarted.append(batch.seqs[index])
+        if resync_unstarted and crashed is None:
+            self.resync[slot] = unstarted + self.resync[slot]
+        else:
+            self.backlog(slot).extendleft(reversed(unstarted))
+        if self.strict:
+            self.audit()
+        return WorkerExit(processed, crashed, len(unstarted), took_pill)
+
+    # -- failures decided in the parent ---------------------------------------------------------
+
+    def fail(self, seq: int, originator: Any, exception: BaseException) -> bool:
+        """Fail a pending event that no worker holds now; false if it has an outcome already."""
+        if seq not in self.pending:
+            self._illegal(f"event {seq} failed in the parent, but it has an outcome already")
+            return False
+        if self.strict:
+            holder = self._holder(seq)
+            if holder is not None and self._crashed_event(holder, seq) is False:
+                self._illegal(f"event {seq} failed in the parent while worker {holder} holds it")
+                return False
+            if seq in self._in_hand:
+                self._in_hand.remove(seq)
+        self._settle_failed(seq, originator, exception)
+        return True
+
+    def fail_queued(self, originator: Any, make_error: Callable[[], BaseException]) -> int:
+        """Fail every queued event (backlogs and resync lists); how many."""
+        count = 0
+        for backlog in (self.shared, *self.lanes):
+            while backlog:
+                if self.fail(backlog.popleft(), originator, make_error()):
+                    count += 1
+        for slot, seqs in enumerate(self.resync):
+            self.resync[slot] = []
+            for seq in seqs:
+                if seq in self.pending and self.fail(seq, originator, make_error()):
+                    count += 1
+        return count
+
+    def fail_unheld(self, originator: Any, error: BaseException) -> int:
+        """Fail every pending event that no worker holds (queued or not); how many."""
+        held = {seq for batches in self._held.values() for b in batches for seq in b.seqs}
+        for backlog in (self.shared, *self.lanes):
+            backlog.clear()
+        self.resync = [[] for _ in self.resync]
+        count = 0
+        for seq in [seq for seq in self.pending if seq not in held]:
+            self._settle_failed(seq, originator, error)
+            count += 1
+        return count
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    def audit(self) -> None:
+        """Check that each pending event is in exactly one place (strict mode calls it)."""
+        if len(self.pending) > _AUDIT_UP_TO:
+            return
+        places: dict[int, str] = {}
+
+        def place(seq: int, where: str) -> None:
+            if seq in places:
+                self._illegal(f"event {seq} is both {places[seq]} and {where}")
+            places[seq] = where
+
+        for seq in self.shared:
+            place(seq, "in the shared backlog")
+        for slot, lane in enumerate(self.lanes):
+            for seq in lane:
+                place(seq, f"in slot {slot}'s backlog")
+        for slot, seqs in enumerate(self.resync):
+            for seq in seqs:
+                if seq in self.pending:
+                    place(seq, f"in slot {slot}'s resync list")
+        for worker, batches in self._held.items():
+            for batch in batches:
+                for index, seq in enumerate(batch.seqs):
+                    if index < batch.settled or (batch.failed and index in batch.failed):
+                        if seq in self.pending and seq not in self._in_hand:
+                            self._illegal(f"event {seq} settled by worker {worker}, yet pending")
+                        continue
+                    if seq not in self.pending:
+                        self._illegal(f"event {seq} held by worker {worker} has an outcome")
+                    place(seq, f"held by worker {worker}")
+        for seq in self._in_hand:
+            place(seq, "in hand")
+        queued_or_held = set(places)
+        for seq in queued_or_held:
+            if seq not in self.pending:
+                self._illegal(f"event {seq} is {places[seq]} but not pending")
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _batch(self, worker: int, batch_no: int) -> Batch | None:
+        for batch in self._held.get(worker, ()):
+            if batch.no == batch_no:
+                return batch
+        return None
+
+    def _holder(self, seq: int) -> int | None:
+        for worker, batches in self._held.items():
+            for batch in batches:
+                if seq in batch.seqs:
+                    return worker
+        return None
+
+    def _crashed_event(self, worker: int, seq: int) -> bool:
+        """True if ``seq`` is marked failed (its outcome left to the caller) in ``worker``."""
+        for batch in self._held.get(worker, ()):
+            if seq in batch.seqs:
+                index = batch.seqs.index(seq)
+                return bool(batch.failed and index in batch.failed) or index < batch.settled
+        return False
+
+    def _unsettled(self, batch: Batch, upto: int) -> list[int]:
+        failed = batch.failed
+        return [
+            seq
+            for index, seq in enumerate(batch.seqs[:upto])
+            if index >= batch.settled and not (failed and index in failed)
+        ]
+
+    def _settle_processed(self, batch: Batch, upto: int) -> int:
+        """Settle ``batch``'s events before index ``upto`` as processed; how many it settled."""
+        start = batch.settled
+        if upto <= start:
+            return 0
+        seqs = batch.seqs[start:upto] if start or upto < len(batch.seqs) else batch.seqs
+        failed = batch.failed
+        skipped = sum(1 for index in failed if start <= index < upto) if failed else 0
+        pending = self.pending
+        if self.trackers:
+            settled = 0
+            for index, seq in enumerate(seqs, start):
+                if failed and index in failed:
+                    continue
+                event = pending.pop(seq, None)
+                if event is None:
+                    continue
+                settled += 1
+                tracker = self.trackers.pop(seq, None)
+                if tracker is not None:
+                    self.settled.append(Outcome(seq, event, None, None, tracker))
+        else:
+            # The hot path under load: one C-level pass (a failed event was popped before).
+            before = len(pending)
+            deque(map(pending.pop, seqs, repeat(None)), maxlen=0)
+            settled = before - len(pending)
+        batch.settled = upto
+        self.processed += settled
+        if settled != len(seqs) - skipped:
+            self._illegal(
+                f"batch {batch.no}: {len(seqs) - skipped - settled} of its events were "
+                "settled twice"
+            )
+        return settled
+
+    def _settle_failed(self, seq: int, originator: Any, exception: BaseException) -> None:
+        event = self.pending.pop(seq)
+        self.failed += 1
+        if isinstance(exception, EventAbandonedError):
+            self.abandoned += 1
+        tracker = self.trackers.pop(seq, None) if self.trackers else None
+        self.failures.append(Outcome(seq, event, exception, originator, tracker))
+
+    def _release(self, seqs: list[int]) -> None:
+        in_hand = self._in_hand
+        for seq in seqs:
+            if seq in in_hand:
+                in_hand.remove(seq)
+
+    def _illegal(self, message: str) -> None:
+        self.illegal += 1
+        if self.strict:
+            raise LedgerError(message)
+        logger.error("eventmp ledger: %s; refused (a bug in eventmp: please report it)", message)
+
+
+def _where(pos: int) -> str:
+    return f"batch {pos >> INDEX_BITS} index {pos & _INDEX_MASK}"
