@@ -226,8 +226,8 @@ class EventProcessor:
         A worker that sleeps between batches lets its CPU halt; on a virtual machine whose
         guest does not poll before halting, the hypervisor may then run someone else there,
         and the next batch waits for the worker's vCPU to be run again: milliseconds, counted
-        as steal. Measured under a busy producer at 30,000 events/s (interleaved, 3 runs
-        each): p99 0.6-1.9 ms at 0-0.6% steal with a 200 us limit, 2.7-6.1 ms without.
+        as steal. The spin keeps the vCPU busy across those short gaps; the measurements
+        behind it are in the README's performance section.
         """
         poll = self._task_poller.poll
         deadline = time.monotonic_ns() + self._spin_ns
