@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python scripts/bench.py [--quick] [--runs N] [--json PATH]
+    .venv/bin/python scripts/bench.py [--quick] [--runs N] [--json PATH] [--baseline REF]
 
 Progress goes to stderr; at the end a markdown table (for the README), the ratios
 eventmp / peer and the goal checks of issue 4 go to stdout, and every figure is written as JSON
@@ -95,6 +95,28 @@ What is measured:
    ``gc.freeze()`` as it starts; the second row patches that out. The figure is the worker's
    CPU time per event (psutil), since the parent, not the worker, limits the events/s.
 
+A/B against a baseline commit (``--baseline REF``): the script checks REF out with ``git worktree
+add --detach`` into a temporary directory (removed at the end, also on error, then ``git worktree
+prune``) and measures every eventmp row twice per run, once with this tree's ``eventmp`` and
+once with the baseline's: throughput by ``submit()`` and by a generator under each start method,
+the two ``workers=N`` reference rows, idle latency, busy-producer latency (with the
+``idle_spin=0`` row), the CPU-heavy rows and restart time. The peers, the raw Pipe and Queue
+references, the RSS and the GC rows run once, in this process, as usual: they are not eventmp
+code (RSS and GC are left out to keep the A/B short). Both sides of a row run the same function of
+this script, each in a fresh interpreter (``bench.py --one-case KEY --json-out FILE``) whose
+``PYTHONPATH`` is that tree's root, so that both pay the same start-up and neither inherits the
+other's heap; spawn and forkserver workers inherit ``PYTHONPATH``. The two run back to back,
+which one first alternating from row to row and run to run. Before measuring, a probe in each
+tree checks that ``eventmp.__file__``, in the interpreter and in its workers under every start
+method, lies under that tree, and whether ``poll_interval=0`` works there (if it fails in either,
+both generator rows use 0.001). The measurements use eventmp's public API only, so any commit
+with the same API can serve as the baseline; a row the baseline cannot run is shown as failed.
+The usual tables then show this tree's figures from those fresh interpreters (the peers still
+run in this process), and one more table, "this tree vs baseline", shows for each eventmp row and
+figure the median and min-max of each side and the ratio of the medians (this / baseline; for
+events/s higher is better, for latency and restart time lower is better), flagging a row more
+than 10% worse. The JSON holds the same (``ab``), both commits, and each row's baseline runs.
+
 Worker-side functions and classes are at module level and the script only runs under
 ``if __name__ == "__main__":``, so ``spawn`` and ``forkserver`` workers can import it.
 """
@@ -105,6 +127,7 @@ import argparse
 import array
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import inspect
 import json
@@ -113,7 +136,10 @@ import multiprocessing.connection
 import os
 import pickle
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -121,7 +147,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +175,9 @@ RSS_SLACK_MB = 16.0  # allocator slack allowed on top of max_pending's worth of 
 WAIT_TIMEOUT = 300.0  # no single wait in this script should come near it
 QUIET_STEAL_PCT = 1.0  # a latency run with less CPU steal than this counts as quiet
 DUMP = "dump"  # event data that makes a LatencyRecorder write its samples
+AB_WORSE = 0.10  # an A/B row this much worse than the baseline is flagged
+AB_CHILD_TIMEOUT = WAIT_TIMEOUT + 120.0  # one measurement in a fresh interpreter
+THIS_TREE = Path(__file__).resolve().parents[1]  # the checkout this script belongs to
 
 
 # == worker side (module level, so that spawn and forkserver workers can import it) ============
@@ -260,6 +289,17 @@ class CrashOrStamp:
         return True
 
 
+class WhereIsEventmp:
+    """Writes the worker's ``eventmp.__file__`` to ``path``: which tree the worker imported."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def process_event(self, event: Event) -> bool:
+        Path(self.path).write_text(str(sys.modules["eventmp"].__file__))
+        return True
+
+
 def pipe_ceiling_worker(tasks: Connection, acks: Connection) -> None:
     """The batched-Pipe ceiling's worker: load a list of events, run them, ack the list."""
     gc.freeze()
@@ -347,6 +387,23 @@ class Case:
     method: str
     run: Callable[[], dict[str, Any]]
     results: list[dict[str, Any]] = field(default_factory=list)
+    ab: bool = False  # an eventmp row: with --baseline, measured in both trees
+    baseline: list[dict[str, Any]] = field(default_factory=list)  # the baseline's results
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the measurements need beyond :class:`Sizes`, decided once in the parent.
+
+    A child interpreter of the A/B mode gets it as JSON, so that both trees measure exactly the
+    same thing (the same start methods, generator poll interval and CPU-heavy loop).
+    """
+
+    default_method: str
+    methods: tuple[str, ...]
+    cores: int
+    generator_interval: float = 0.0
+    cpu_iterations: int = 0
 
 
 def log(message: str) -> None:
@@ -819,10 +876,13 @@ def _timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def cpu_scaling(workers: int, count: int, iterations: int, tmp: Path) -> dict[str, Any]:
+def cpu_scaling(
+    workers: int, count: int, iterations: int, tmp: Path, method: str
+) -> dict[str, Any]:
     path = tmp / f"cpu-{workers}.txt"
     path.unlink(missing_ok=True)
-    with dispatcher(poll_interval=1.0, workers=workers) as (instance, errors):
+    options = {"poll_interval": 1.0, "workers": workers, "start_method": method}
+    with dispatcher(**options) as (instance, errors):
         handler = CpuBurner(str(path))
         warm = 4 * workers  # data = i: tiny loops, and every worker gets the handler
         before = warm_up(instance, handler, count=warm)
@@ -979,22 +1039,82 @@ def rss_in_fresh_process(max_pending: int, count: int) -> dict[str, Any]:
 # == the run =====================================================================================
 
 
-def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any]) -> list[Case]:
+def base_plan() -> Plan:
     default = eventmp_default_start_method()
-    methods = list(dict.fromkeys(["fork", default]))
-    meta["default_start_method"] = default
+    return Plan(default, tuple(dict.fromkeys(["fork", default])), os.cpu_count() or 1)
 
-    generator_interval = 0.0
-    log(f"probing EventDispatcher(poll_interval=0) under {default} ...")
-    if not probe_poll_interval_zero(default):
-        generator_interval = 0.001
+
+def make_plan(sizes: Sizes, notes: list[str], zero_poll_fails_in: str | None = None) -> Plan:
+    """Probe ``poll_interval=0`` and calibrate the CPU-heavy loop.
+
+    ``zero_poll_fails_in`` names another tree (the A/B baseline) where the probe failed: the
+    generator rows then use 0.001 in both trees, so that both measure the same thing.
+    """
+    plan = base_plan()
+    interval = 0.0
+    log(f"probing EventDispatcher(poll_interval=0) under {plan.default_method} ...")
+    if not probe_poll_interval_zero(plan.default_method):
+        interval = 0.001
         notes.append(
             "eventmp bug: with poll_interval=0 the dispatcher thread never reads the workers' "
             "acknowledgements (wait() does not return for a single submitted event), so the "
             "generator-fed path runs with poll_interval=0.001 instead."
         )
         log(f"  NOTE: {notes[-1]}")
-    meta["generator_poll_interval"] = generator_interval
+    elif zero_poll_fails_in is not None:
+        interval = 0.001
+        notes.append(
+            f"with poll_interval=0, wait() does not return in {zero_poll_fails_in}, so the "
+            "generator-fed rows run with poll_interval=0.001 in both trees."
+        )
+        log(f"  NOTE: {notes[-1]}")
+    log(f"calibrating a {sizes.cpu_handler_ms} ms pure-Python loop ...")
+    iterations = calibrate_burn(sizes.cpu_handler_ms)
+    return replace(plan, generator_interval=interval, cpu_iterations=iterations)
+
+
+def eventmp_runner(
+    key: str, sizes: Sizes, tmp: Path, plan: Plan
+) -> Callable[[], dict[str, Any]] | None:
+    """The measurement of the eventmp row ``key`` (None for a peer or reference row).
+
+    These are the rows the A/B mode measures in both trees; a child interpreter finds its
+    measurement here by key.
+    """
+    n = sizes.throughput_events
+    default = plan.default_method
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "tp.submit_workers": lambda: tp_eventmp_submit(default, n, workers=plan.cores),
+        "tp.submit_keyed": lambda: tp_eventmp_submit(default, n, workers=plan.cores, key=eighth),
+        "lat.idle.eventmp": lambda: with_steal(
+            lambda: lat_eventmp(default, tmp, sizes, busy=False)
+        ),
+        "lat.busy.eventmp": lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=True)),
+        "lat.busy.eventmp_nospin": lambda: with_steal(
+            lambda: lat_eventmp(default, tmp, sizes, busy=True, idle_spin=0.0)
+        ),
+    }
+    for method in plan.methods:
+        runners[f"tp.submit.{method}"] = functools.partial(tp_eventmp_submit, method, n)
+        runners[f"tp.generator.{method}"] = functools.partial(
+            tp_eventmp_generator, method, n, plan.generator_interval
+        )
+        runners[f"restart.{method}"] = functools.partial(restart_time, method, tmp, sizes.restarts)
+    for workers in range(1, plan.cores + 1):
+        runners[f"cpu.{workers}"] = functools.partial(
+            cpu_scaling, workers, sizes.cpu_events, plan.cpu_iterations, tmp, default
+        )
+    return runners.get(key)
+
+
+def build_cases(
+    sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any], plan: Plan
+) -> list[Case]:
+    default = plan.default_method
+    methods = plan.methods
+    meta["default_start_method"] = default
+    meta["generator_poll_interval"] = plan.generator_interval
+    meta["cpu_handler_iterations"] = plan.cpu_iterations
 
     n = sizes.throughput_events
     cases: list[Case] = []
@@ -1002,20 +1122,18 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
     def add(key: str, group: str, label: str, method: str, run: Callable[..., Any]) -> None:
         cases.append(Case(key, group, label, method, run))
 
+    def add_eventmp(key: str, group: str, label: str, method: str) -> None:
+        run = eventmp_runner(key, sizes, tmp, plan)
+        assert run is not None, key
+        cases.append(Case(key, group, label, method, run, ab=True))
+
     for method in methods:
-        add(
-            f"tp.submit.{method}",
-            "throughput",
-            "eventmp `submit()`",
-            method,
-            lambda m=method: tp_eventmp_submit(m, n),
-        )
-        add(
+        add_eventmp(f"tp.submit.{method}", "throughput", "eventmp `submit()`", method)
+        add_eventmp(
             f"tp.generator.{method}",
             "throughput",
             f"eventmp generator-fed ({GENERATOR_CHUNK:,}/poll)",
             method,
-            lambda m=method: tp_eventmp_generator(m, n, generator_interval),
         )
         add(
             f"tp.ceiling.{method}",
@@ -1024,21 +1142,19 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
             method,
             lambda m=method: tp_pipe_ceiling(m, n),
         )
-    cores = os.cpu_count() or 1
+    cores = plan.cores
     if cores > 1:
-        add(
+        add_eventmp(
             "tp.submit_workers",
             "throughput",
             f"eventmp `submit()`, workers={cores} (reference)",
             default,
-            lambda: tp_eventmp_submit(default, n, workers=cores),
         )
-        add(
+        add_eventmp(
             "tp.submit_keyed",
             "throughput",
             f"eventmp `submit()`, workers={cores}, 8 keys (reference)",
             default,
-            lambda: tp_eventmp_submit(default, n, workers=cores, key=eighth),
         )
     add(
         "tp.pipe1024",
@@ -1088,13 +1204,7 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
         meta[f"{name}_version"] = getattr(module, "__version__", "?")
         add(key, "throughput", label, method, lambda run=run: run(n))
 
-    add(
-        "lat.idle.eventmp",
-        "latency",
-        "eventmp, idle (`submit()` → handler)",
-        default,
-        lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=False)),
-    )
+    add_eventmp("lat.idle.eventmp", "latency", "eventmp, idle (`submit()` → handler)", default)
     add(
         "lat.idle.pipe",
         "latency",
@@ -1102,19 +1212,17 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
         default,
         lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=False)),
     )
-    add(
+    add_eventmp(
         "lat.busy.eventmp",
         "latency",
         f"eventmp, busy producer ({sizes.busy_rate:,}/s offered)",
         default,
-        lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=True)),
     )
-    add(
+    add_eventmp(
         "lat.busy.eventmp_nospin",
         "latency",
         f"eventmp with idle_spin=0, busy producer ({sizes.busy_rate:,}/s offered) (reference)",
         default,
-        lambda: with_steal(lambda: lat_eventmp(default, tmp, sizes, busy=True, idle_spin=0.0)),
     )
     add(
         "lat.busy.pipe",
@@ -1124,26 +1232,11 @@ def build_cases(sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any])
         lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=True)),
     )
 
-    log(f"calibrating a {sizes.cpu_handler_ms} ms pure-Python loop ...")
-    iterations = calibrate_burn(sizes.cpu_handler_ms)
-    meta["cpu_handler_iterations"] = iterations
-    for workers in range(1, (os.cpu_count() or 1) + 1):
-        add(
-            f"cpu.{workers}",
-            "cpu",
-            f"workers={workers}",
-            default,
-            lambda w=workers: cpu_scaling(w, sizes.cpu_events, iterations, tmp),
-        )
+    for workers in range(1, cores + 1):
+        add_eventmp(f"cpu.{workers}", "cpu", f"workers={workers}", default)
 
     for method in methods:
-        add(
-            f"restart.{method}",
-            "restart",
-            "crash → next event's handler",
-            method,
-            lambda m=method: restart_time(m, tmp, sizes.restarts),
-        )
+        add_eventmp(f"restart.{method}", "restart", "crash → next event's handler", method)
 
     for freeze in (True, False):
         add(
@@ -1186,11 +1279,28 @@ def describe(result: dict[str, Any]) -> str:
     return f"{result['events_per_s']:,.0f} events/s"
 
 
-def run_all(cases: list[Case], runs: int) -> None:
+def run_all(cases: list[Case], runs: int, ab: ABRunner | None = None) -> None:
+    """Every case once per run, the runs one after the other.
+
+    With ``ab``, an eventmp row runs in a fresh interpreter per tree, back to back; which tree
+    goes first alternates from row to row and from run to run.
+    """
     for run in range(1, runs + 1):
         for index, case in enumerate(cases, 1):
             prefix = f"[run {run}/{runs}, {index}/{len(cases)}] {case.label} ({case.method})"
             log(f"{prefix} ...")
+            if ab is not None and case.ab:
+                sides = [(ab.this, case.results), (ab.base, case.baseline)]
+                if (run + index) % 2:
+                    sides.reverse()
+                for position, (tree, results) in enumerate(sides):
+                    started = time.perf_counter()
+                    result = ab.run_case(tree, case.key, f"{run}")
+                    result["ran_first"] = position == 0
+                    results.append(result)
+                    took = time.perf_counter() - started
+                    log(f"    {tree.name}: {describe(result)}  [{took:.1f} s]")
+                continue
             started = time.perf_counter()
             try:
                 result = case.run()
@@ -1200,12 +1310,203 @@ def run_all(cases: list[Case], runs: int) -> None:
             log(f"    {describe(result)}  [{time.perf_counter() - started:.1f} s]")
 
 
+# == A/B against a baseline commit ==============================================================
+
+
+def git(*args: str) -> str:
+    """``git -C <this tree> ARGS``'s output, stripped; BenchError if it fails."""
+    done = subprocess.run(
+        ["git", "-C", str(THIS_TREE), *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"git {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+    return done.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One side of the A/B: a checkout whose ``eventmp`` package a child interpreter imports."""
+
+    name: str  # "this tree" or "baseline <short sha>"
+    root: Path
+    commit: str
+
+
+@contextlib.contextmanager
+def baseline_worktree(commit: str) -> Iterator[Path]:
+    """``git worktree add --detach`` of ``commit`` in a temporary directory, removed on exit."""
+    holder = Path(tempfile.mkdtemp(prefix="eventmp-bench-baseline-"))
+    root = holder / "tree"
+    try:
+        git("worktree", "add", "--detach", str(root), commit)
+        yield root
+    finally:
+        with contextlib.suppress(BenchError):
+            git("worktree", "remove", "--force", str(root))
+        shutil.rmtree(holder, ignore_errors=True)
+        with contextlib.suppress(BenchError):
+            git("worktree", "prune")
+
+
+def under(path: str, root: Path) -> bool:
+    return Path(path).resolve().is_relative_to(root.resolve())
+
+
+class ABRunner:
+    """Runs one measurement of this script in a child interpreter that imports a given tree."""
+
+    def __init__(self, this: Tree, base: Tree, sizes: Sizes, plan: Plan, tmp: Path) -> None:
+        self.this = this
+        self.base = base
+        self.sizes = sizes
+        self.plan = plan
+        self.tmp = tmp
+        self.eventmp_files: dict[str, str] = {}
+
+    def run_case(self, tree: Tree, key: str, tag: str) -> dict[str, Any]:
+        """The child's result (``{"error": ...}`` if it failed); never raises BenchError."""
+        try:
+            return self._run(tree, key, tag)
+        except BenchError as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def _run(self, tree: Tree, key: str, tag: str) -> dict[str, Any]:
+        side = "base" if tree is self.base else "this"
+        out = self.tmp / f"ab-{key}-{side}-{tag}.json"
+        config = {
+            "sizes": asdict(self.sizes),
+            "plan": asdict(self.plan),
+            "tree": str(tree.root),
+            "tmp": str(self.tmp),  # removed by the parent, even after a child it had to kill
+        }
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--one-case",
+            key,
+            "--json-out",
+            str(out),
+            "--case-config",
+            json.dumps(config),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(tree.root)}
+        # A session of its own, so that a child that hangs goes with its workers; the working
+        # directory is neither tree, so nothing but PYTHONPATH decides which eventmp loads.
+        child = subprocess.Popen(
+            command,
+            env=env,
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = child.communicate(timeout=AB_CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"no result within {AB_CHILD_TIMEOUT:.0f}s") from exc
+        finally:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+        if child.returncode != 0 or not out.exists():
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
+            raise BenchError(f"child exited with {child.returncode}: {tail}")
+        answer = json.loads(out.read_text())
+        out.unlink()
+        if not under(answer["eventmp_file"], tree.root):
+            raise BenchError(f"child imported {answer['eventmp_file']}, not from {tree.root}")
+        self.eventmp_files.setdefault(tree.name, answer["eventmp_file"])
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    def probe(self, tree: Tree) -> dict[str, Any]:
+        """Which eventmp the tree's child and its workers import; whether poll_interval=0 works."""
+        result = self.run_case(tree, "probe", "0")
+        if "error" in result:
+            raise BenchError(f"{tree.name} ({tree.root}): {result['error']}")
+        return result
+
+
+def probe_tree(plan: Plan, tmp: Path, root: Path) -> dict[str, Any]:
+    """The A/B probe, in a child: every start method's workers import eventmp from ``root``."""
+    workers: dict[str, str] = {}
+    for method in plan.methods:
+        path = tmp / f"where-{method}.txt"
+        with dispatcher(poll_interval=1.0, start_method=method) as (instance, errors):
+            instance.submit(Event("bench", WhereIsEventmp(str(path)), 0))
+            wait_idle(instance, 60.0)
+            check_outcomes(instance, errors, 1)
+        workers[method] = path.read_text()
+        if not under(workers[method], root):
+            raise BenchError(f"a {method} worker imported {workers[method]}, not from {root}")
+    return {
+        "eventmp_file": str(eventmp.__file__),
+        "worker_eventmp_files": workers,
+        "poll_interval_zero_ok": probe_poll_interval_zero(plan.default_method),
+    }
+
+
+def run_one_case(key: str, json_out: Path, case_config: str | None, quick: bool) -> int:
+    """``--one-case``: one eventmp measurement in this interpreter, written to ``json_out``.
+
+    The config (sizes, plan and the tree ``eventmp`` must come from) is what the A/B parent
+    passes; run by hand without one, the sizes follow ``--quick`` and the plan is made here.
+    ``key`` ``probe`` checks where this interpreter's and its workers' eventmp come from.
+    """
+    answer: dict[str, Any] = {
+        "key": key,
+        "eventmp_file": str(eventmp.__file__),
+        "python": sys.executable,
+        "pid": os.getpid(),
+    }
+    notes: list[str] = []
+    config = json.loads(case_config) if case_config is not None else None
+    try:
+        parent_tmp = config.get("tmp") if config is not None else None
+        with tempfile.TemporaryDirectory(prefix="eventmp-bench-case-", dir=parent_tmp) as tmp:
+            if config is None:
+                sizes = QUICK_SIZES if quick else Sizes()
+                plan = make_plan(sizes, notes)
+                root = Path(str(eventmp.__file__)).resolve().parents[1]
+            else:
+                sizes = Sizes(**config["sizes"])
+                plan = Plan(**{**config["plan"], "methods": tuple(config["plan"]["methods"])})
+                root = Path(config["tree"])
+            if not under(str(eventmp.__file__), root):
+                raise BenchError(f"imported eventmp from {eventmp.__file__}, not from {root}")
+            if key == "probe":
+                result = probe_tree(plan, Path(tmp), root)
+            else:
+                run = eventmp_runner(key, sizes, Path(tmp), plan)
+                if run is None:
+                    raise BenchError(f"no eventmp measurement is called {key!r}")
+                result = run()
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    answer["result"] = result
+    answer["notes"] = notes
+    json_out.write_text(json.dumps(answer, indent=2) + "\n")
+    log(f"{key}: {result if key == 'probe' else describe(result)}")
+    return 0
+
+
 # == summaries and the report ===================================================================
 
 
-def summarize(case: Case) -> dict[str, dict[str, float]]:
+# For each group of eventmp rows, the figures the A/B table compares and which way is better.
+AB_FIGURES: dict[str, list[tuple[str, str, str]]] = {
+    "throughput": [("events_per_s", "events/s", "higher")],
+    "latency": [("median_us", "median µs", "lower"), ("p99_us", "p99 µs", "lower")],
+    "cpu": [("events_per_s", "events/s", "higher")],
+    "restart": [("median_ms", "median ms", "lower")],
+}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Median, min and max over the successful runs of every numeric figure."""
-    good = [r for r in case.results if "error" not in r]
+    good = [r for r in results if "error" not in r]
     summary: dict[str, dict[str, float]] = {}
     if not good:
         return summary
@@ -1229,7 +1530,8 @@ class Report:
         self.order = cases
         self.sizes = sizes
         self.meta = meta
-        self.summaries = {case.key: summarize(case) for case in cases}
+        self.summaries = {case.key: summarize(case.results) for case in cases}
+        self.baseline_summaries = {case.key: summarize(case.baseline) for case in cases}
 
     def value(self, key: str, name: str) -> float | None:
         figure = self.summaries.get(key, {}).get(name)
@@ -1544,6 +1846,80 @@ class Report:
             lines.append(f"- {case.label if case else key}: {cells}{summary}")
         return lines
 
+    def ab_rows(self) -> list[dict[str, Any]]:
+        """This tree against the baseline: per eventmp row and figure, medians and their ratio."""
+        if "ab" not in self.meta:
+            return []
+        rows: list[dict[str, Any]] = []
+        for case in self.order:
+            if not case.ab:
+                continue
+            for name, unit, better in AB_FIGURES.get(case.group, []):
+                this = self.summaries[case.key].get(name)
+                base = self.baseline_summaries[case.key].get(name)
+                ratio = None
+                if this is not None and base is not None and base["median"]:
+                    ratio = this["median"] / base["median"]
+                worse = ratio is not None and (
+                    ratio < 1 - AB_WORSE if better == "higher" else ratio > 1 + AB_WORSE
+                )
+                rows.append(
+                    {
+                        "key": case.key,
+                        "row": case.label,
+                        "start_method": case.method,
+                        "figure": name,
+                        "unit": unit,
+                        "better": better,
+                        "this": this,
+                        "baseline": base,
+                        "this_good_runs": sum("error" not in r for r in case.results),
+                        "baseline_good_runs": sum("error" not in r for r in case.baseline),
+                        "ratio": ratio,
+                        "worse_by_more_than_10pct": worse,
+                    }
+                )
+        return rows
+
+    def ab_table(self) -> list[str]:
+        ab = self.meta.get("ab")
+        if not ab:
+            return []
+        runs = max((len(c.results) for c in self.order if c.ab), default=0)
+        this = ab["this_short"] + (" + uncommitted changes in eventmp/" if ab["this_dirty"] else "")
+        lines = [
+            "",
+            f"**This tree ({this}) vs baseline {ab['baseline_short']}** (`--baseline "
+            f"{ab['ref']}`): the eventmp rows, each side in a fresh interpreter, back to back; "
+            f"median over {runs} run(s), (min-max) in brackets; ratio = this / baseline of the "
+            f"medians; WORSE = more than {AB_WORSE:.0%} worse than the baseline"
+            + (" (--quick: a smoke test, not a measurement)" if self.meta.get("quick") else ""),
+            "",
+            "| row | start method | figure | this tree | baseline | this / baseline | |",
+            "|---|---|---|---:|---:|---:|---|",
+        ]
+
+        def shown(figure: dict[str, float] | None, fmt: str) -> str:
+            if figure is None:
+                return "failed"
+            middle = format(figure["median"], fmt)
+            if figure["min"] == figure["max"]:
+                return middle
+            return f"{middle} ({format(figure['min'], fmt)}-{format(figure['max'], fmt)})"
+
+        for row in self.ab_rows():
+            fmt = ",.1f" if row["figure"] == "median_ms" else ",.0f"
+            ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+            flag = "WORSE" if row["worse_by_more_than_10pct"] else ""
+            if row["this"] is None or row["baseline"] is None:
+                flag = "FAILED (see the notes)"
+            lines.append(
+                f"| {row['row']} | {row['start_method']} | {row['unit']}, {row['better']} is "
+                f"better | {shown(row['this'], fmt)} | {shown(row['baseline'], fmt)} | {ratio} | "
+                f"{flag} |"
+            )
+        return lines
+
     def text(self) -> str:
         lines = [self.tables(), "", "**Throughput ratios** (eventmp / peer, medians)", ""]
         lines.append(self.ratio_table())
@@ -1555,11 +1931,13 @@ class Report:
         if by_steal:
             lines += ["", "**Busy-producer p99, run by run, by CPU steal** (lowest first)", ""]
             lines += by_steal
+        lines += self.ab_table()
         notes = self.meta.get("notes", [])
         failures = [
-            f"{case.label} ({case.method}), run {i}: {r['error']}"
+            f"{case.label} ({case.method}){side}, run {i}: {r['error']}"
             for case in self.order
-            for i, r in enumerate(case.results, 1)
+            for side, results in (("", case.results), (", baseline", case.baseline))
+            for i, r in enumerate(results, 1)
             if "error" in r
         ]
         if notes or failures:
@@ -1579,9 +1957,18 @@ class Report:
                     "start_method": case.method,
                     "runs": case.results,
                     "summary": self.summaries[case.key],
+                    **(
+                        {
+                            "baseline_runs": case.baseline,
+                            "baseline_summary": self.baseline_summaries[case.key],
+                        }
+                        if case.ab and "ab" in self.meta
+                        else {}
+                    ),
                 }
                 for case in self.order
             },
+            "ab": {**self.meta["ab"], "rows": self.ab_rows()} if "ab" in self.meta else None,
             "ratios": self.ratios(),
             "goals": self.goals(),
             "busy_by_steal": self.busy_by_steal(),
@@ -1590,7 +1977,10 @@ class Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="The module docstring explains every measurement and the A/B mode.",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="one run, ~10x fewer events (a smoke test)"
     )
@@ -1601,16 +1991,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("bench-results.json"),
         help="where to write every result (default bench-results.json)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="A/B: measure every eventmp row also with the eventmp package of git commit/ref "
+        "REF (checked out with `git worktree add --detach` into a temporary directory, removed "
+        "at the end), each side in a fresh interpreter, back to back in every run; adds the "
+        "table 'this tree vs baseline' (medians, min-max, ratio; rows >10%% worse flagged)",
+    )
+    parser.add_argument(
+        "--one-case",
+        metavar="KEY",
+        help="internal (used by --baseline): run only the eventmp measurement KEY (e.g. "
+        "tp.submit.fork, lat.idle.eventmp, cpu.1, restart.forkserver; 'probe' checks where "
+        "eventmp is imported from) in this interpreter and write it to --json-out",
+    )
+    parser.add_argument("--json-out", type=Path, help="with --one-case: where to write it")
+    parser.add_argument(
+        "--case-config",
+        metavar="JSON",
+        help="with --one-case: the sizes, plan and expected eventmp tree (--baseline passes it)",
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.one_case is not None and args.json_out is None:
+        parser.error("--one-case needs --json-out")
     return args
+
+
+def ab_trees(ref: str) -> tuple[Tree, dict[str, Any]]:
+    """This tree, and what the JSON records about both trees; SystemExit for a bad REF."""
+    try:
+        this_commit = git("rev-parse", "HEAD")
+        base_commit = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+        info = {
+            "ref": ref,
+            "this_commit": this_commit,
+            "this_short": git("rev-parse", "--short", this_commit),
+            "this_dirty": bool(git("status", "--porcelain", "--", "eventmp")),
+            "this_root": str(THIS_TREE),
+            "baseline_commit": base_commit,
+            "baseline_short": git("rev-parse", "--short", base_commit),
+            "method": "each eventmp row runs in a fresh interpreter per tree (PYTHONPATH = the "
+            "tree's root), back to back, which first alternating; the peers run in the parent",
+        }
+    except BenchError as exc:
+        raise SystemExit(f"--baseline {ref}: {exc}") from exc
+    return Tree("this tree", THIS_TREE, this_commit), info
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so that the baseline's worktree is removed
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.one_case is not None:
+        return run_one_case(args.one_case, args.json_out, args.case_config, args.quick)
     sizes = QUICK_SIZES if args.quick else Sizes()
     notes: list[str] = []
     meta: dict[str, Any] = {
@@ -1625,9 +2065,43 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
     }
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="eventmp-bench-") as tmp:
-        cases = build_cases(sizes, Path(tmp), notes, meta)
-        run_all(cases, args.runs)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventmp-bench-")))
+        ab: ABRunner | None = None
+        if args.baseline is None:
+            plan = make_plan(sizes, notes)
+        else:
+            this, info = ab_trees(args.baseline)
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            log(f"checking out the baseline {info['baseline_short']} in a git worktree ...")
+            try:
+                root = stack.enter_context(baseline_worktree(info["baseline_commit"]))
+            except BenchError as exc:
+                raise SystemExit(f"--baseline {args.baseline}: {exc}") from exc
+            base = Tree(f"baseline {info['baseline_short']}", root, info["baseline_commit"])
+            info["baseline_worktree"] = str(root)
+            ab = ABRunner(this, base, sizes, base_plan(), tmp)
+            probes = {}
+            for tree in (this, base):
+                log(f"probing which eventmp {tree.name} and its workers import ...")
+                try:
+                    probes[tree.name] = ab.probe(tree)
+                except BenchError as exc:
+                    raise SystemExit(f"--baseline: {exc}") from exc
+            failing = [name for name, probe in probes.items() if not probe["poll_interval_zero_ok"]]
+            plan = make_plan(sizes, notes, " and ".join(failing) or None)
+            ab.plan = plan
+            info["probes"] = probes
+            meta["ab"] = info
+            notes.append(
+                f"--baseline {args.baseline}: the eventmp rows of the tables above are this "
+                "tree's, each measured in a fresh interpreter; the peers and references ran in "
+                "this process."
+            )
+        cases = build_cases(sizes, tmp, notes, meta, plan)
+        run_all(cases, args.runs, ab)
+        if ab is not None:
+            meta["ab"]["eventmp_files"] = ab.eventmp_files
     meta["seconds"] = time.perf_counter() - began
     report = Report(cases, sizes, meta)
     print(report.text())
