@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -15,15 +19,18 @@ import pytest
 # logged, and the ledger audits itself after each transition: a test cannot pass over a bug.
 os.environ["EVENTMP_STRICT_LEDGER"] = "1"
 
-from eventmp import EventDispatcher
+from eventmp import Event, EventDispatcher
 from eventmp.ledger import Ledger
-from eventmp.testing import ErrorCollector
+from eventmp.testing import ErrorCollector, RecordingHandler
 
 Ledger.strict = True
 
 START_METHODS = [
     m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
 ]
+
+# Generous upper bounds for waits: they only matter when something is broken.
+WAIT = 30.0
 
 # A hang that pytest-timeout does not catch (a deadlock in a C call) still dumps every thread.
 faulthandler.enable(file=sys.stderr, all_threads=True)
@@ -83,3 +90,72 @@ def child_pids() -> set[int]:
             except psutil.NoSuchProcess:
                 continue
     return pids
+
+
+# == handlers shared by several test modules (module level: spawn/forkserver workers import
+# them from here, by reference) ==================================================================
+
+
+class GatedRecorder(RecordingHandler):
+    """Records each event once the file ``gate`` exists, waiting at most ``limit`` seconds."""
+
+    def __init__(self, path: Path, gate: Path, limit: float = WAIT) -> None:
+        super().__init__(path)
+        self.gate = os.fspath(gate)
+        self.limit = limit
+
+    def process_event(self, event: Event) -> bool:
+        deadline = time.monotonic() + self.limit
+        while not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().process_event(event)
+
+
+def data_of(records: list[dict[str, Any]]) -> list[Any]:
+    return [record["data"] for record in records]
+
+
+class HangOn:
+    """Does nothing, except that the event whose data is ``blocked`` waits for ``gate``."""
+
+    def __init__(self, gate: Path, blocked: object) -> None:
+        self.gate = os.fspath(gate)
+        self.blocked = blocked
+
+    def process_event(self, event: Event) -> bool:
+        deadline = time.monotonic() + WAIT
+        while event.data == self.blocked and not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return True
+
+
+class LineRecorder:
+    """Appends each event's data as a JSON line to ``path``, with one write: cheap for floods.
+
+    With ``hang``, the event that ``hang`` blocks on first waits for its gate (see HangOn).
+    """
+
+    def __init__(self, path: Path, hang: HangOn | None = None) -> None:
+        self.path = os.fspath(path)
+        self.hang = hang
+
+    def process_event(self, event: Event) -> bool:
+        if self.hang is not None:
+            self.hang.process_event(event)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(event.data) + "\n").encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def ran(self) -> list[Any]:
+        """The data of every event whose handler ran, in the order they ran (lists as tuples)."""
+        try:
+            lines = Path(self.path).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        data = [json.loads(line) for line in lines]
+        return [tuple(item) if isinstance(item, list) else item for item in data]

@@ -10,13 +10,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import child_pids
+from conftest import WAIT, GatedRecorder, HangOn, LineRecorder, child_pids, data_of
 
 from eventmp import (
     ChainEventHandler,
@@ -31,31 +31,12 @@ from eventmp import (
     SubmitTimeoutError,
     WorkerCrashedError,
 )
-from eventmp.batching import FloodGauge
 from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
 
 MakeDispatcher = Callable[..., EventDispatcher]
 
-# Generous upper bounds for waits: they only matter when something is broken.
-WAIT = 30.0
-
 
 # == handlers and helpers (module level: under spawn/forkserver the worker imports them) =========
-
-
-class GatedRecorder(RecordingHandler):
-    """Records each event once the file ``gate`` exists, waiting at most ``limit`` seconds."""
-
-    def __init__(self, path: Path, gate: Path, limit: float = WAIT) -> None:
-        super().__init__(path)
-        self.gate = os.fspath(gate)
-        self.limit = limit
-
-    def process_event(self, event: Event) -> bool:
-        deadline = time.monotonic() + self.limit
-        while not os.path.exists(self.gate) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return super().process_event(event)
 
 
 class RecordThenReturn(RecordingHandler):
@@ -156,10 +137,6 @@ class ParentSideErrorHandler:
     def process_event(self, event: Event) -> bool:
         self.calls.append((os.getpid(), threading.current_thread(), event))
         return True
-
-
-def data_of(records: list[dict[str, Any]]) -> list[Any]:
-    return [record["data"] for record in records]
 
 
 # == where handlers run ==========================================================================
@@ -799,36 +776,6 @@ def noop_handler(event: Event) -> bool:
     return True
 
 
-class LineRecorder:
-    """Appends each event's data as a JSON line to ``path``, with one write: cheap for floods.
-
-    With ``hang``, the event that ``hang`` blocks on first waits for its gate (see HangOn).
-    """
-
-    def __init__(self, path: Path, hang: HangOn | None = None) -> None:
-        self.path = os.fspath(path)
-        self.hang = hang
-
-    def process_event(self, event: Event) -> bool:
-        if self.hang is not None:
-            self.hang.process_event(event)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(event.data) + "\n").encode())
-        finally:
-            os.close(fd)
-        return True
-
-    def ran(self) -> list[Any]:
-        """The data of every event whose handler ran, in the order they ran (lists as tuples)."""
-        try:
-            lines = Path(self.path).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        data = [json.loads(line) for line in lines]
-        return [tuple(item) if isinstance(item, list) else item for item in data]
-
-
 def test_submits_racing_stop_each_end_accepted_or_refused(
     make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
 ) -> None:
@@ -962,67 +909,6 @@ def test_outcomes_arrive_while_a_submitter_reads_the_acknowledgements(
     ran = recorder.ran()
     assert ran == [i for i in range(20_000) if i % 400]  # one worker: in order, each once
     assert (len(ran), len(errors.events)) == (stats.processed, stats.failed)
-
-
-class BatchSizeSpy(EventDispatcher):
-    """Records the size of every batch it writes (the pipes and worker are real)."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.batches: list[tuple[int, int]] = []  # (events, bytes)
-
-    def _write_batch(
-        self, worker: Any, definitions: Any, blob: bytes, seqs: Any, **kw: Any
-    ) -> None:
-        self.batches.append((len(seqs), len(blob)))
-        super()._write_batch(worker, definitions, blob, seqs, **kw)
-
-
-@pytest.fixture
-def spy(errors: ErrorCollector) -> Iterator[BatchSizeSpy]:
-    """A started BatchSizeSpy wired to the ``errors`` collector, stopped after the test."""
-    dispatcher = BatchSizeSpy(poll_interval=0.05)
-    dispatcher.error_handler(errors)
-    dispatcher.start()
-    yield dispatcher
-    dispatcher.stop(timeout=10)
-
-
-def test_batches_are_capped_in_bytes(
-    spy: BatchSizeSpy, errors: ErrorCollector, tmp_path: Path
-) -> None:
-    """Heavy events that pile up go in batches of at most 1 MiB past their first event, in order."""
-    recorder = GatedRecorder(tmp_path / "out.jsonl", tmp_path / "gate")
-    for i in range(40):
-        spy.submit(Event("test", recorder, [i, "x" * 200_000]))
-    (tmp_path / "gate").touch()
-    assert spy.wait(WAIT)
-    assert [record["data"][0] for record in recorder.records()] == list(range(40))
-    assert not errors.events
-    assert sum(count for count, _size in spy.batches) == 40
-    assert all(size <= 1 << 20 for count, size in spy.batches if count > 1)
-    assert max(count for count, _size in spy.batches) > 1  # still batched
-
-
-def test_a_busy_worker_with_a_small_batch_gets_the_next_one_at_once(
-    spy: BatchSizeSpy, errors: ErrorCollector, tmp_path: Path
-) -> None:
-    """While a worker holds one slow event, the next events go to its pipe, not to a queue."""
-    gate = tmp_path / "gate"
-    recorder = GatedRecorder(tmp_path / "out.jsonl", gate)
-    spy.submit(Event("test", recorder, 0))
-    # Far fewer than a full batch: only a small batch in hand lets these go before it.
-    for _ in range(100):
-        time.sleep(0.001)  # each submit() past 100 us reads acknowledgements and sends
-        spy.submit(Event("test", recorder, "more"))
-        if len(spy.batches) >= 2:
-            break
-    assert len(spy.batches) >= 2, spy.batches
-    assert not gate.exists()  # the worker is still on event 0
-    gate.touch()
-    assert spy.wait(WAIT)
-    assert data_of(recorder.records())[0] == 0
-    assert not errors.events
 
 
 # == timeouts and workers ========================================================================
@@ -1159,135 +1045,6 @@ def test_a_steady_stream_arrives_whole_and_in_order_with_and_without_idle_spin(
         time.sleep(0.0002)
     assert dispatcher.wait(WAIT)
     assert data_of(recorder.records()) == list(range(300))
-    assert not errors.events
-
-
-def test_events_faster_than_100k_per_second_make_a_flood_until_they_slow_down() -> None:
-    """The arrival rate over each window of at least 10 ms decides: a flood, or a trickle."""
-    gauge = FloodGauge()
-    now, arrived = 1000.0, 0
-
-    def batches(count: int, events: int, every: float) -> bool:
-        nonlocal now, arrived
-        for _ in range(count):
-            now += every
-            arrived += events
-            gauge.update(now, arrived)
-        return gauge.flooded
-
-    assert not batches(500, 1, 40e-6)  # 25,000 events/s: a busy producer at a modest rate
-    assert batches(200, 20, 100e-6)  # 200,000 events/s in small batches: a flood all the same
-    assert not batches(200, 5, 100e-6)  # 50,000 events/s: slowed down
-    assert batches(200, 15, 100e-6)  # 150,000 events/s
-    assert not batches(1, 0, 0.05)  # a quiet spell
-    assert not batches(1, 2000, 1e-6)  # a burst right after it: within the window
-    assert batches(1, 0, 0.01)  # closed: 2,000 events in 10 ms
-    assert not batches(200, 3, 100e-6)  # 30,000 events/s again
-    # A producer held up for 5 ms catches up with 150 events at once: not a flood.
-    assert not batches(1, 0, 0.005)
-    assert not batches(1, 150, 0.0003) and not batches(8, 3, 100e-6)
-    assert not batches(100, 3, 100e-6)
-    assert not batches(1, 0, 0.02)  # a window closes here
-    assert not gauge.update(now + 0.005, arrived + 10_000)  # one under 10 ms waits, however full
-
-
-def test_two_workers_use_two_processes(make_dispatcher: MakeDispatcher, tmp_path: Path) -> None:
-    """With workers=2, events run in two distinct worker processes."""
-    gate = tmp_path / "gate"
-    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
-    dispatcher = make_dispatcher(workers=2)
-    dispatcher.start()
-    workers = set(dispatcher.stats().worker_pids)
-    assert len(workers) == 2
-    # The first worker holds at most two unacknowledged batches: the rest go to the second.
-    for i in range(6):
-        dispatcher.submit(Event("test", recording, i))
-    gate.touch()
-    assert dispatcher.wait(WAIT)
-    records = recording.records()
-    assert sorted(data_of(records)) == list(range(6))
-    assert {record["pid"] for record in records} == workers
-
-
-@pytest.mark.parametrize("idle_spin", [0.0, 0.0002])
-def test_a_flood_of_cheap_events_on_two_workers_arrives_whole_and_once(
-    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path, idle_spin: float
-) -> None:
-    """Cheap events sent as fast as possible to two workers, which batch them up, all arrive."""
-    recorder = RecordingHandler(tmp_path / "out.jsonl")
-    dispatcher = make_dispatcher(workers=2, idle_spin=idle_spin)
-    dispatcher.start()
-    for i in range(20_000):
-        dispatcher.submit(Event("test", recorder, i))
-    assert dispatcher.wait(WAIT)  # the last partial batch went out without another submit
-    assert sorted(data_of(recorder.records())) == list(range(20_000))
-    assert dispatcher.stats().processed == 20_000
-    assert not errors.events
-
-
-class HangOn:
-    """Does nothing, except that the event whose data is ``blocked`` waits for ``gate``."""
-
-    def __init__(self, gate: Path, blocked: object) -> None:
-        self.gate = os.fspath(gate)
-        self.blocked = blocked
-
-    def process_event(self, event: Event) -> bool:
-        deadline = time.monotonic() + WAIT
-        while event.data == self.blocked and not os.path.exists(self.gate):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        return True
-
-
-def test_a_worker_stuck_on_an_event_does_not_hold_back_cheap_events_for_the_other(
-    make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
-) -> None:
-    """Cheap events wait for a busy worker to batch up, but not for one that is stuck."""
-    gate = tmp_path / "gate"
-    recorder = LineRecorder(tmp_path / "ran.jsonl", hang=HangOn(gate, blocked="hang"))
-    dispatcher = make_dispatcher(workers=2, poll_interval=0.05)
-    dispatcher.start()
-    for n in range(2_000):  # the workers learn that these events are cheap
-        dispatcher.submit(Event("test", recorder, n))
-    assert dispatcher.wait(WAIT)
-    # One poll hands a single worker the hanging event and 100 behind it: far more in flight
-    # than a modest rate leaves, so cheap events would wait for that worker to finish.
-    burst = [Event("test", recorder, "hang")]
-    burst += [Event("test", recorder, n) for n in range(2_000, 2_100)]
-    dispatcher.add_event_generator(ListEventGenerator(burst))
-    deadline = time.monotonic() + WAIT
-    while dispatcher.stats().accepted < 2_101:
-        assert time.monotonic() < deadline, dispatcher.stats()
-        time.sleep(0.0005)
-    # Most likely within the moment the stuck worker still counts as busy: the event waits,
-    # and nothing but the dispatcher thread's own timer can send it once it counts as stuck.
-    dispatcher.submit(Event("test", recorder, 2_100))
-    while dispatcher.stats().processed < 2_001:
-        assert time.monotonic() < deadline, f"the other worker got nothing: {dispatcher.stats()}"
-        time.sleep(0.01)
-    while 2_100 not in recorder.ran():
-        assert time.monotonic() < deadline, f"event 2100 did not run: {dispatcher.stats()}"
-        time.sleep(0.01)
-    for n in range(2_101, 2_110):
-        dispatcher.submit(Event("test", recorder, n))
-        time.sleep(0.005)
-    while dispatcher.stats().processed < 2_010:
-        assert time.monotonic() < deadline, f"the other worker stopped: {dispatcher.stats()}"
-        time.sleep(0.01)
-    while not set(range(2_101, 2_110)) <= set(recorder.ran()):
-        assert time.monotonic() < deadline, f"the other worker stopped: {dispatcher.stats()}"
-        time.sleep(0.01)
-    assert not gate.exists()  # the first worker is still stuck
-    assert "hang" not in recorder.ran()
-    gate.touch()
-    assert dispatcher.wait(WAIT)
-    ran = recorder.ran()
-    assert sorted(ran, key=str) == sorted([*range(2_110), "hang"], key=str)  # each ran once
-    stats = dispatcher.stats()
-    assert (stats.processed, stats.failed) == (2_111, 0)
-    assert stats.processed == len(ran)
     assert not errors.events
 
 
