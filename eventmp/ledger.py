@@ -134,6 +134,7 @@ class Ledger:
         self._held: dict[int, deque[Batch]] = {}  # worker id -> batches not yet settled
         self._slot_of: dict[int, int] = {}
         self._acked: dict[int, int] = {}  # worker id -> the last batch_no it settled whole
+        self._pill: dict[int, int] = {}  # worker id -> the batch_no of its poison pill
         self._in_hand: list[int] = []  # taken from a backlog, not yet assigned (strict only)
 
     # -- acceptance and queues -----------------------------------------------------------------
@@ -219,6 +220,8 @@ class Ledger:
         if len(seqs) >= MAX_BATCH_EVENTS:
             self._illegal(f"batch {batch_no} holds {len(seqs)} events")
         batches.append(Batch(batch_no, seqs, stop))
+        if stop:
+            self._pill[worker] = batch_no
         if self.strict:
             for seq in seqs:
                 if seq not in self.pending:
@@ -269,7 +272,7 @@ class Ledger:
         refused.
         """
         batches = self._held.get(worker)
-        if not batches or batches[-1].no < batch_no or batches[0].no > batch_no:
+        if not batches or self._batch(worker, batch_no) is None:
             self._illegal(f"worker {worker} acknowledged batch {batch_no}, which it does not hold")
             return -1
         size = -1
@@ -278,8 +281,6 @@ class Ledger:
             if batch.no == batch_no:
                 size = len(batch.seqs)
             self._settle_processed(batch, len(batch.seqs))
-        if size < 0:
-            self._illegal(f"worker {worker} acknowledged batch {batch_no}, which it was not sent")
         self._acked[worker] = batch_no
         if self.strict:
             self.audit()
@@ -333,6 +334,8 @@ class Ledger:
                 rejected = unsettled
             else:
                 later[:0] = unsettled
+        if lost_pill:
+            del self._pill[worker]
         self.resync[slot] = rejected + self.resync[slot]
         self.backlog(slot).extendleft(reversed(later))
         if self.strict:
@@ -355,8 +358,8 @@ class Ledger:
             self._illegal(f"worker {worker} exited twice, or was never registered")
             return WorkerExit(0, None, 0, False)
         processed = self.finished_upto(worker, finished)
-        finished_batch = self._batch(worker, finished >> INDEX_BITS) if finished else None
-        took_pill = finished_batch is not None and finished_batch.stop
+        pill = self._pill.pop(worker, None)
+        took_pill = pill is not None and finished >= position(pill, 0)
         crashed = self.event_at(worker, started) if started > finished else None
         if crashed is not None:
             batch = self._batch(worker, started >> INDEX_BITS)
@@ -388,37 +391,48 @@ class Ledger:
     # -- failures decided in the parent ---------------------------------------------------------
 
     def fail(self, seq: int, originator: Any, exception: BaseException) -> bool:
-        """Fail a pending event that no worker holds now; false if it has an outcome already."""
+        """Fail a pending event that no worker holds now; false if refused.
+
+        Refused (and logged, or raised in strict mode) if it has an outcome already or a live
+        worker holds it: only that worker's evidence may settle it. The check scans the
+        batches in flight, a C-level pass over a few thousand seqs at most.
+        """
         if seq not in self.pending:
             self._illegal(f"event {seq} failed in the parent, but it has an outcome already")
             return False
-        if self.strict:
-            holder = self._holder(seq)
-            if holder is not None and self._crashed_event(holder, seq) is False:
-                self._illegal(f"event {seq} failed in the parent while worker {holder} holds it")
-                return False
-            if seq in self._in_hand:
-                self._in_hand.remove(seq)
+        holder = self._holder(seq)
+        if holder is not None:
+            self._illegal(f"event {seq} failed in the parent while worker {holder} holds it")
+            return False
+        if self.strict and seq in self._in_hand:
+            self._in_hand.remove(seq)
         self._settle_failed(seq, originator, exception)
         return True
 
     def fail_queued(self, originator: Any, make_error: Callable[[], BaseException]) -> int:
         """Fail every queued event (backlogs and resync lists); how many."""
-        count = 0
+        queued: list[int] = []
         for backlog in (self.shared, *self.lanes):
-            while backlog:
-                if self.fail(backlog.popleft(), originator, make_error()):
-                    count += 1
+            queued += backlog
+            backlog.clear()
         for slot, seqs in enumerate(self.resync):
             self.resync[slot] = []
-            for seq in seqs:
-                if seq in self.pending and self.fail(seq, originator, make_error()):
-                    count += 1
+            queued += seqs
+        held = self._held_seqs()
+        count = 0
+        for seq in queued:
+            if seq not in self.pending:
+                continue  # a resync list may name an event failed since
+            if seq in held:
+                self._illegal(f"event {seq} is queued while a worker holds it")
+                continue
+            self._settle_failed(seq, originator, make_error())
+            count += 1
         return count
 
     def fail_unheld(self, originator: Any, error: BaseException) -> int:
         """Fail every pending event that no worker holds (queued or not); how many."""
-        held = {seq for batches in self._held.values() for b in batches for seq in b.seqs}
+        held = self._held_seqs()
         for backlog in (self.shared, *self.lanes):
             backlog.clear()
         self.resync = [[] for _ in self.resync]
@@ -476,19 +490,18 @@ class Ledger:
         return None
 
     def _holder(self, seq: int) -> int | None:
+        """The worker holding ``seq`` without an outcome given yet, if any."""
         for worker, batches in self._held.items():
             for batch in batches:
                 if seq in batch.seqs:
-                    return worker
+                    index = batch.seqs.index(seq)
+                    if index >= batch.settled and not (batch.failed and index in batch.failed):
+                        return worker
         return None
 
-    def _crashed_event(self, worker: int, seq: int) -> bool:
-        """True if ``seq`` is marked failed (its outcome left to the caller) in ``worker``."""
-        for batch in self._held.get(worker, ()):
-            if seq in batch.seqs:
-                index = batch.seqs.index(seq)
-                return bool(batch.failed and index in batch.failed) or index < batch.settled
-        return False
+    def _held_seqs(self) -> set[int]:
+        """Every seq some worker holds, settled or not (for bulk checks)."""
+        return {seq for batches in self._held.values() for b in batches for seq in b.seqs}
 
     def _unsettled(self, batch: Batch, upto: int) -> list[int]:
         failed = batch.failed
