@@ -75,12 +75,14 @@ class BatchSizeSpy(EventDispatcher):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.batches: list[tuple[int, int]] = []  # (events, bytes)
+        sender = self._pool.sender
+        write_batch = sender.write_batch
 
-    def _write_batch(
-        self, worker: Any, definitions: Any, blob: bytes, seqs: Any, **kw: Any
-    ) -> None:
-        self.batches.append((len(seqs), len(blob)))
-        super()._write_batch(worker, definitions, blob, seqs, **kw)
+        def spy(worker: Any, definitions: Any, blob: bytes, seqs: Any, **kw: Any) -> None:
+            self.batches.append((len(seqs), len(blob)))
+            write_batch(worker, definitions, blob, seqs, **kw)
+
+        sender.write_batch = spy  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -1,0 +1,568 @@
+"""The worker pool: the parent's side of every worker process.
+
+Runs in the parent process. It starts workers and waits until they are ready, reads what they
+write back (acknowledgements, failures) into the :class:`~eventmp.ledger.Ledger`, enforces
+``event_timeout``, notices deaths, reaps and replaces the dead, and waits on every pipe and
+sentinel at once for the dispatcher thread (:meth:`WorkerPool.wait_for_io`, the one place that
+blocks). Its methods run with the dispatcher's lock held unless they say otherwise; reaping,
+which may join, runs without it. What goes to the workers is :mod:`eventmp.sending`'s job.
+
+This is the seam a second backend would replace (workers as Ray actors, say): it turns a
+worker's reports into ledger transitions. Here those reports are messages on a pipe plus the
+shared progress array's positions; a backend without shared memory would report the same
+positions by message, and the ledger would not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import batching, serialization, workers
+from .errors import (
+    EventAbandonedError,
+    EventmpError,
+    HandlerTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+    describe_exit,
+)
+from .ledger import Ledger
+from .messages import (
+    FINISHED,
+    PROGRESS_FIELDS,
+    RING,
+    STARTED,
+    STARTED_AT_NS,
+    BatchDone,
+    BatchRejected,
+    EventFailed,
+    WorkerReady,
+    WorkerRetiring,
+    decode_result,
+)
+from .sending import Sender
+from .shared import Mode, Waker
+from .workers import Slot, WorkerHandle
+
+__all__ = ["WorkerPool"]
+
+logger = logging.getLogger("eventmp")
+
+_READ_CHUNK = 1 << 18
+_START_RETRIES = 5
+_SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
+_monotonic = time.monotonic
+
+
+class WorkerPool:
+    """``count`` worker slots, their processes, and what each process holds (in the ledger)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        changed: threading.Condition,
+        waker: Waker,
+        mode: Mode,
+        *,
+        context: Any,
+        count: int,
+        keyed: bool,
+        event_timeout: float | None,
+        kill_grace: float,
+        start_timeout: float,
+        idle_spin: float,
+        max_events_per_worker: int | None,
+        max_memory_per_worker: int | None,
+    ) -> None:
+        self.ledger = ledger
+        self.changed = changed  # the dispatcher's lock, and its condition
+        self.waker = waker
+        self.mode = mode
+        self.context = context
+        self.start_method: str = context.get_start_method()
+        self.count = count
+        self.event_timeout = event_timeout
+        self.kill_grace = kill_grace
+        self.start_timeout = start_timeout
+        self.idle_spin = idle_spin
+        self.max_events_per_worker = max_events_per_worker
+        self.max_memory_per_worker = max_memory_per_worker
+        self.slots: list[Slot] = []
+        self.sender = Sender(
+            ledger, self.slots, waker, mode, keyed=keyed, event_timeout=event_timeout
+        )
+        self.restarts = 0
+        self.recycles = 0
+        self.messages_read = 0
+        self.ringing = False  # the workers' RING marks are set (acknowledgements handed off)
+        # Set when a worker cannot be started or replaced: the dispatcher then fails everything.
+        self.start_error: WorkerStartError | None = None
+
+    # -- start and stop (no lock held) ------------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Start every worker and wait until each is ready; on failure none is left running."""
+        try:
+            for index in range(self.count):
+                slot = Slot(index, self.context.RawArray("q", PROGRESS_FIELDS))
+                self.slots.append(slot)
+                with self.changed:
+                    self.start_worker(slot)
+            deadline = time.monotonic() + self.start_timeout
+            for slot in self.slots:
+                assert slot.worker is not None
+                self.await_ready(slot.worker, deadline)
+        except BaseException:
+            for slot in self.slots:
+                if slot.worker is not None:
+                    workers.kill(slot.worker, self.kill_grace)
+                    workers.close(slot.worker)
+                    slot.worker = None
+            raise
+
+    def kill_all(self) -> None:
+        """Terminate, reap and settle every worker left (the end of the dispatcher thread)."""
+        with self.changed:
+            live = [s.worker for s in self.slots if s.worker is not None]
+        for worker in live:
+            if not worker.exited:
+                workers.kill(worker, self.kill_grace)
+                self.worker_gone(worker)
+
+    def terminate_all(self) -> None:
+        """Tell every worker to finish its event in hand and leave; start none (lock held)."""
+        for slot in self.slots:
+            slot.restart_at = None
+            worker = slot.worker
+            if worker is not None and not worker.exited and worker.kill_at is None:
+                self.terminate(worker)
+
+    def all_gone(self) -> bool:
+        """No worker runs and none is due to start (lock held)."""
+        return all(
+            (slot.worker is None or slot.worker.exited)
+            and (slot.retired or slot.restart_at is None)
+            for slot in self.slots
+        )
+
+    def live_workers(self) -> list[WorkerHandle]:
+        return [s.worker for s in self.slots if s.worker is not None and not s.worker.exited]
+
+    # -- the dispatcher thread's wait (takes the lock itself) ----------------------------------
+
+    def wait_for_io(self, timeout: float | None, leave_acks: bool) -> None:
+        """Wait for a result, a death, room in a task pipe or the wake-up pipe; handle them.
+
+        With ``leave_acks``, a busy submitter reads the acknowledgements; this thread sleeps
+        through them, since each wake-up would queue it for the GIL behind the producer.
+        Should the submitter pause with events waiting, their worker rings the wake-up pipe
+        once it has been idle a moment (RING). Reading the result pipes after setting RING
+        closes the race: a worker either wrote its last acknowledgement before this read (it
+        is read now) or reads RING after it (the pipe's lock orders the two).
+        """
+        waker = self.waker
+        poller = select.poll()
+        watched: dict[int, tuple[str, WorkerHandle | None]] = {waker.read_fd: ("wake", None)}
+        poller.register(waker.read_fd, select.POLLIN)
+        ended: list[WorkerHandle] = []  # result pipe at its end
+        with self.changed:
+            if leave_acks != self.ringing:
+                self.ringing = leave_acks
+                for slot in self.slots:
+                    slot.view[RING] = int(leave_acks)
+            if leave_acks:
+                read_before = self.messages_read
+                for worker in self.live_workers():
+                    if self.read_results(worker):
+                        ended.append(worker)
+                if self.messages_read != read_before:
+                    timeout = 0  # what was read (outcomes to deliver, room) needs the loop now
+            for worker in self.live_workers():
+                if not leave_acks:
+                    poller.register(worker.result_fd, select.POLLIN)
+                    watched[worker.result_fd] = ("result", worker)
+                if not worker.orphaned:
+                    poller.register(worker.sentinel, select.POLLIN)
+                    watched[worker.sentinel] = ("sentinel", worker)
+                if worker.outbuf:
+                    poller.register(worker.task_fd, select.POLLOUT)
+                    watched[worker.task_fd] = ("task", worker)
+            waker.pending = False
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        ready = poller.poll(0 if ended else ms)
+        signalled: list[WorkerHandle] = []  # sentinel fired
+        with self.changed:
+            for fd, _mask in ready:
+                kind, source = watched[fd]
+                if kind == "wake":
+                    waker.drain()
+                elif source is None or source.exited:
+                    continue
+                elif kind == "result":
+                    if self.read_results(source):
+                        ended.append(source)
+                elif kind == "sentinel":
+                    signalled.append(source)
+                elif kind == "task":
+                    self.sender.flush(source)
+        for worker in signalled:
+            # May sleep a moment (a forkserver child): without the lock.
+            if workers.confirm_exit(worker, self.start_method):
+                ended.append(worker)
+            else:
+                worker.orphaned = True
+                logger.info(
+                    "the forkserver is gone; worker %s lives on, watched by its pid", worker.pid
+                )
+        for worker in dict.fromkeys(ended):
+            self.worker_gone(worker)
+
+    def worker_gone(self, worker: WorkerHandle) -> None:
+        """Reap a worker whose pipe or sentinel says it is leaving, then settle what it held.
+
+        The reap may join for ``kill_grace``: it runs without the lock, the worker closed to
+        new batches first.
+        """
+        with self.changed:
+            if worker.exited or worker.gone:
+                return
+            worker.gone = True
+        exitcode = workers.reap(worker, self.kill_grace)
+        with self.changed:
+            self.on_worker_exit(worker, exitcode)
+
+    # -- timers (lock held) -----------------------------------------------------------------------
+
+    def timers(self, now: float) -> list[float]:
+        """Moments the dispatcher thread must look without I/O: restarts, kills, timeouts."""
+        timers: list[float] = []
+        tracking = bool(self.ledger.trackers)
+        for slot in self.slots:
+            if slot.restart_at is not None:
+                timers.append(slot.restart_at)
+            worker = slot.worker
+            if worker is None or worker.exited:
+                continue
+            if worker.kill_at is not None:
+                timers.append(worker.kill_at)
+            if worker.orphaned:
+                timers.append(now + 0.25)
+            if tracking and worker.batches:
+                timers.append(now + _SETTLE_INTERVAL)
+            if self.event_timeout is not None and worker.batches:
+                timers.append(now + min(self.event_timeout / 4, 0.25))
+        sender = self.sender
+        sender.hold_timer_armed = sender.held_back
+        if sender.held_back:
+            # Monotonic like ``now``: when the busy workers would count as stalled.
+            timers += [
+                slot.worker.progressed_at + batching.STALLED_AFTER
+                for slot in self.slots
+                if slot.worker is not None and slot.worker.batches
+            ]
+        return timers
+
+    def maintain(self, now: float) -> None:
+        """Restarts due, handler timeouts, kill deadlines, early settling for trackers."""
+        for slot in self.slots:
+            worker = slot.worker
+            if worker is None:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self.restart(slot)
+                continue
+            if worker.exited or worker.gone:
+                continue
+            if worker.orphaned and workers.process_gone(worker.pid):
+                worker.gone = True
+                self.on_worker_exit(worker, None)
+                continue
+            if worker.kill_at is not None and now >= worker.kill_at:
+                worker.kill_at = None
+                workers.send_signal(worker.pid, signal.SIGKILL)
+            if self.event_timeout is not None and worker.timed_out is None:
+                self.check_timeout(slot, worker)
+            if self.ledger.trackers and worker.batches:
+                self.settle_finished(slot, worker)
+
+    # -- results (lock held) ----------------------------------------------------------------------
+
+    def read_all(self) -> bool:
+        """Read every live worker's results; true if a result pipe reached its end."""
+        ended = False
+        for worker in self.live_workers():
+            if self.read_results(worker):
+                ended = True
+        return ended
+
+    def read_results(self, worker: WorkerHandle) -> bool:
+        """Read and handle every complete message; true if the pipe reached its end.
+
+        The one place a result pipe is read, from whichever thread owns the acknowledgements;
+        a failure read outside the dispatcher thread wakes it to deliver the error event.
+        """
+        failures = len(self.ledger.failures)
+        try:
+            while True:
+                try:
+                    data = os.read(worker.result_fd, _READ_CHUNK)
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+                if not data:
+                    return True
+                for payload in worker.reader.feed(data):
+                    self._handle_message(worker, decode_result(payload))
+        finally:
+            if len(self.ledger.failures) != failures and not self.waker.in_loop():
+                self.waker.wake()
+
+    def _handle_message(self, worker: WorkerHandle, message: Any) -> None:
+        self.messages_read += 1
+        kind = type(message)
+        if kind is BatchDone:
+            self._on_batch_done(worker, message)
+        elif kind is EventFailed:
+            exc = serialization.load_exception(
+                message.exception, message.type_name, message.message, message.traceback
+            )
+            self.ledger.failed_at(
+                worker.id, message.position, message.seq, self._processor_name(worker), exc
+            )
+            self.changed.notify_all()
+        elif kind is WorkerReady:
+            worker.ready = True
+            worker.rss = message.rss
+            limit = self.max_memory_per_worker
+            if limit is not None and message.rss >= limit:
+                logger.warning(
+                    "worker %s starts at %d bytes RSS, above max_memory_per_worker=%d: it will "
+                    "not be recycled for memory (raise the limit)",
+                    worker.pid,
+                    message.rss,
+                    limit,
+                )
+        elif kind is WorkerRetiring:
+            worker.retiring = message.reason
+            worker.signalled = message.signalled
+        elif kind is BatchRejected:
+            if self.ledger.batch_rejected(worker.id, message.batch_no):
+                worker.stop_sent = False  # the pill was dropped with the rest: send it again
+            logger.info(
+                "worker %s could not unpickle a batch (%s); re-sending its events one by one",
+                worker.pid,
+                message.error,
+            )
+        else:
+            logger.error("unexpected message from worker %s: %r", worker.pid, message)
+
+    def _on_batch_done(self, worker: WorkerHandle, message: BatchDone) -> None:
+        worker.rss = message.rss
+        worker.progressed_at = _monotonic()
+        events = self.ledger.batch_done(worker.id, message.batch_no)
+        self.sender.estimates.note_batch(message.busy_ns, events)
+        self.slots[worker.slot].crash_streak = 0
+        self.changed.notify_all()
+
+    def settle_finished(self, slot: Slot, worker: WorkerHandle) -> None:
+        """Give the events a worker has finished their outcome before their batch is done.
+
+        A checkpointing tail saves its position only up to settled lines; one slow event
+        would otherwise hold back every event of its batch, and a kill -9 of the parent would
+        send them all again. The worker reports a failure before it marks the event finished,
+        so once the mark is read and the result pipe drained, every event up to it that has
+        no failure was processed.
+        """
+        finished = int(slot.view[FINISHED])
+        if self.read_results(worker) or worker.exited:
+            return  # it is leaving: the exit settles what it held
+        if self.ledger.finished_upto(worker.id, finished):
+            self.changed.notify_all()
+
+    def check_timeout(self, slot: Slot, worker: WorkerHandle) -> None:
+        assert self.event_timeout is not None
+        view = slot.view
+        started = int(view[STARTED])
+        if started <= view[FINISHED] or self.ledger.event_at(worker.id, started) is None:
+            return
+        started_at = view[STARTED_AT_NS]
+        if view[STARTED] != started:
+            return  # it moved on while we looked
+        if time.monotonic_ns() - started_at < self.event_timeout * 1e9:
+            return
+        logger.warning(
+            "handler of event %d ran longer than event_timeout=%gs; killing worker %s",
+            self.ledger.event_at(worker.id, started),
+            self.event_timeout,
+            worker.pid,
+        )
+        worker.timed_out = started
+        self.terminate(worker)
+
+    def terminate(self, worker: WorkerHandle) -> None:
+        """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
+        workers.send_signal(worker.pid, signal.SIGTERM)
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + self.kill_grace
+
+    def start_worker(self, slot: Slot) -> None:
+        close_fds = [self.waker.read_fd, self.waker.write_fd]
+        for other in self.slots:
+            if other.worker is not None and not other.worker.exited:
+                close_fds += [other.worker.task_fd, other.worker.result_fd]
+        handle = workers.start_worker(
+            self.context,
+            slot,
+            deque(),
+            label=self._processor_label(slot.index),
+            wake_fd=self.waker.write_fd,
+            close_fds=close_fds,
+            ringing=self.ringing,
+            flooded=self.sender.flood.flooded,
+            idle_spin=self.idle_spin,
+            max_events=self.max_events_per_worker,
+            max_memory=self.max_memory_per_worker,
+            stamp_starts=self.event_timeout is not None,
+        )
+        handle.batches = self.ledger.worker_started(handle.id, slot.index)
+        slot.worker = handle
+        slot.restart_at = None
+
+    def await_ready(self, worker: WorkerHandle, deadline: float) -> None:
+        """Block until ``worker`` says it is ready (used by ``start()`` only)."""
+        while not worker.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerStartError(
+                    f"worker process {worker.pid} was not ready after {self.start_timeout}s"
+                )
+            ready = multiprocessing.connection.wait([worker.result_fd, worker.sentinel], remaining)
+            if worker.result_fd in ready:
+                with self.changed:
+                    ended = self.read_results(worker)
+                if worker.ready:
+                    return
+                if ended:
+                    ready.append(worker.sentinel)
+            if worker.sentinel in ready:
+                worker.process.join(self.kill_grace)
+                raise WorkerStartError(
+                    workers.start_failure_message(
+                        self.start_method, worker.pid, worker.process.exitcode
+                    )
+                )
+
+    def restart(self, slot: Slot) -> None:
+        if self.mode.abandoning is not None or slot.retired:
+            slot.restart_at = None
+            return
+        try:
+            self.start_worker(slot)
+        except Exception as exc:
+            # A forkserver killed by the same process-group signal refuses connections for a
+            # moment before multiprocessing starts a new one: retry a few times, then give up.
+            slot.start_failures += 1
+            if slot.start_failures > _START_RETRIES:
+                self._start_failed(WorkerStartError(f"could not start a replacement worker: {exc}"))
+            else:
+                logger.warning("could not start a worker (%s); retrying", exc)
+                slot.restart_at = time.monotonic() + workers.BACKOFF_FIRST * 2**slot.start_failures
+            return
+        slot.start_failures = 0
+        self.restarts += 1
+
+    def on_worker_exit(self, worker: WorkerHandle, exitcode: int | None) -> None:
+        """Settle every event the reaped worker held, then arrange its replacement (or not)."""
+        self.read_results(worker)  # messages it wrote before dying come first
+        slot = self.slots[worker.slot]
+        started = int(slot.view[STARTED])
+        finished = int(slot.view[FINISHED])
+        workers.close(worker)
+        slot.worker = None
+        outcome = self.ledger.worker_exited(
+            worker.id,
+            started,
+            finished,
+            resync_unstarted=(
+                exitcode != 0 and self.mode.abandoning is None and not worker.signalled
+            ),
+        )
+        if outcome.crashed is not None:
+            self.fail(
+                outcome.crashed,
+                self._processor_name(worker),
+                self._death_error(worker, started, exitcode),
+            )
+        if not worker.ready and self.mode.running and (exitcode or 0) > 0:
+            # What it held is queued again by now: _break fails it with the reason.
+            self._start_failed(
+                WorkerStartError(
+                    workers.start_failure_message(self.start_method, worker.pid, exitcode)
+                )
+            )
+        told_to_leave = worker.signalled or (
+            exitcode == 0 and outcome.crashed is None and worker.retiring is None
+        )
+        if outcome.took_pill or self.mode.abandoning is not None:
+            slot.retired = True  # it took its poison pill and left, or everything is abandoned
+        elif (
+            told_to_leave
+            and not self.mode.running
+            and not (self.ledger.backlog(slot.index) or self.ledger.resync[slot.index])
+        ):
+            # Told to leave while stopping (a SIGTERM to the whole process group, say), with
+            # nothing left for it to drain: not a crash, and no fresh worker.
+            slot.retired = True
+            logger.info("worker %s left on SIGTERM while stopping", worker.pid)
+        else:
+            delay = 0.0
+            if told_to_leave:
+                logger.info("worker %s left (SIGTERM); starting a fresh one", worker.pid)
+            elif worker.retiring is not None and outcome.crashed is None:
+                self.recycles += 1
+                logger.info("recycling worker %s: %s", worker.pid, worker.retiring)
+            else:
+                slot.crash_streak += 1
+                delay = workers.restart_delay(slot.crash_streak)
+                if outcome.crashed is None:
+                    logger.warning(
+                        "idle worker %s %s; starting a fresh one",
+                        worker.pid,
+                        describe_exit(exitcode),
+                    )
+            slot.restart_at = time.monotonic() + delay
+        self.changed.notify_all()
+
+    def _death_error(self, worker: WorkerHandle, pos: int, exitcode: int | None) -> EventmpError:
+        """Why the event a dead worker held failed."""
+        if self.mode.abandoning is not None:
+            return EventAbandonedError(self.mode.abandoning)
+        if worker.timed_out == pos and self.event_timeout is not None:
+            return HandlerTimeoutError(self.event_timeout, worker.pid)
+        return WorkerCrashedError(exitcode, worker.pid)
+
+    def fail(self, seq: int, originator: Any, error: BaseException) -> None:
+        """Fail an event no worker holds any more; the dispatcher thread delivers it."""
+        if self.ledger.fail(seq, originator, error):
+            self.changed.notify_all()
+            self.waker.wake_from_elsewhere()
+
+    def _start_failed(self, error: WorkerStartError) -> None:
+        logger.error("%s", error)
+        if self.start_error is None:
+            self.start_error = error
+
+    def _processor_label(self, index: int) -> str:
+        return f"EventProcessor-{index}"
+
+    def _processor_name(self, worker: WorkerHandle) -> str:
+        return f"{self._processor_label(worker.slot)}[pid {worker.pid}]"

@@ -1,0 +1,80 @@
+"""What the parent's rooms share: the dispatcher thread's wake-up pipe, and the pipeline's mode.
+
+Runs in the parent process. The dispatcher owns both and hands them to the rooms that need
+them (:mod:`eventmp.pool`, :mod:`eventmp.sending`), so that none of them calls back into the
+dispatcher: waking the dispatcher thread is a write to a pipe, and the mode is three fields the
+dispatcher sets with its lock held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+__all__ = ["Mode", "Waker"]
+
+RUNNING, STOPPING = "running", "stopping"
+
+
+class Mode:
+    """The dispatcher's state as the rooms need it (set by the dispatcher, lock held)."""
+
+    __slots__ = ("abandoning", "drain", "state")
+
+    def __init__(self) -> None:
+        self.state = "new"  # new, running, stopping, stopped
+        self.drain = True  # stop() sends poison pills behind the queued events
+        self.abandoning: str | None = None  # why queued events are abandoned, once they are
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    @property
+    def draining(self) -> bool:
+        """Stopping with a drain: workers get their poison pill once their queue is empty."""
+        return self.state == STOPPING and self.drain and self.abandoning is None
+
+
+class Waker:
+    """The dispatcher thread's wake-up pipe (also rung by idle workers, see RING).
+
+    One byte at most per wait of the dispatcher thread, not one per event.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pending = False
+        self.loop_ident: int | None = None  # the dispatcher thread, once it runs
+
+    def in_loop(self) -> bool:
+        """True in the dispatcher thread."""
+        return threading.get_ident() == self.loop_ident
+
+    def wake(self) -> None:
+        """Wake the dispatcher thread."""
+        if self.pending or self.write_fd < 0:
+            return
+        self.pending = True
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.write_fd, b"\0")
+
+    def wake_from_elsewhere(self) -> None:
+        """Wake the dispatcher thread unless this is it (it will look anyway)."""
+        if not self.in_loop():
+            self.wake()
+
+    def drain(self) -> None:
+        """Empty the pipe (the dispatcher thread, before it looks at everything)."""
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
