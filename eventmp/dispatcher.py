@@ -4,11 +4,17 @@ Everything in this module runs in the parent process (the worker side is
 :mod:`eventmp.processor`). Its rooms, one module each, all parent-side and called with the
 dispatcher's lock held unless they say otherwise:
 
+- this module: the public API, ``submit()``'s inbox, the dispatcher thread's loop, and the
+  delivery of outcomes to the error handler and tracking generators;
 - :mod:`eventmp.ledger`: where every accepted event is, until its one outcome (no I/O);
-- :mod:`eventmp.batching`: which worker gets how many events, and when (no I/O);
-- :mod:`eventmp.workers`: start, confirm an exit, reap and kill worker processes;
-- :mod:`eventmp.handler_cache`: each handler serialized once, then sent by id;
-- this module: the public API, the dispatcher thread's loop, and the pipes' reads and writes.
+- :mod:`eventmp.sending`: what goes to which worker now, encoded and written without blocking,
+  by the rules of :mod:`eventmp.batching` (no I/O), each handler serialized once
+  (:mod:`eventmp.handler_cache`);
+- :mod:`eventmp.pool`: the seam to the worker processes: start them, read their results into
+  the ledger, ``event_timeout``, deaths and restarts, and the one blocking wait; one process at
+  a time is :mod:`eventmp.workers`;
+- :mod:`eventmp.shared`: the wake-up pipe and the pipeline's mode, which this module sets and
+  the rooms read.
 
 Data flow::
 
@@ -39,11 +45,11 @@ Actors:
   ``event_timeout``, replaces dead workers, and delivers every outcome: the user's error
   handler and generators run only in this thread.
 
-Who reads acknowledgements: one function reads a result pipe (``WorkerPool.read_results``), with the
-lock held; the dispatcher thread does unless a submitter read them within the last
-``_ACK_HANDOFF`` (it owns them then). A failure read by anyone is queued in the ledger and
-wakes the dispatcher thread, which delivers it. Nothing sleeps or joins with the lock held:
-confirming and reaping a worker's exit happen between two holds of it.
+Who reads acknowledgements: one function reads a result pipe (``WorkerPool.read_results``), with
+the lock held; the dispatcher thread does unless a submitter read them within the last
+``_ACK_HANDOFF`` (the submitter owns them then). A failure read by anyone is queued in the
+ledger and wakes the dispatcher thread, which delivers it. Nothing sleeps or joins with the
+lock held: confirming and reaping a worker's exit happen between two holds of it.
 
 When a worker dies, the ledger settles what it held from the worker's own progress marks
 (positions in its batches): events it finished were processed, the one in hand failed, the
