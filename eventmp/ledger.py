@@ -177,8 +177,12 @@ class Ledger:
     def take(self, slot: int, count: int) -> list[int]:
         """Up to ``count`` events from the front of ``slot``'s backlog, to assign or fail."""
         backlog = self.backlog(slot)
-        popleft = backlog.popleft
-        seqs = [popleft() for _ in range(min(count, len(backlog)))]
+        if count >= len(backlog):
+            seqs = list(backlog)  # the usual case under load: all of it, in one C-level pass
+            backlog.clear()
+        else:
+            popleft = backlog.popleft
+            seqs = [popleft() for _ in range(count)]
         if self.strict:
             self._in_hand += seqs
         return seqs
