@@ -136,6 +136,24 @@ def test_sigterm_to_group_with_two_workers_loses_nothing(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_workers_told_to_leave_by_a_group_sigterm_are_not_crashes(
+    tmp_path: Path, method: str
+) -> None:
+    """A process-group SIGTERM: workers say they leave on SIGTERM; none is logged as a crash."""
+    result, summary, _pids = _run_until_signalled(tmp_path, method, 2, [("group", signal.SIGTERM)])
+    assert result.returncode == 0, result.stderr
+    produced, seen = _produced_and_seen(tmp_path)
+    assert sorted(seen) == sorted(produced)
+    assert summary["failed"] == 0
+    # Before workers said why they left, a forkserver's children reported status 255 (their
+    # server died with them) and were logged as idle workers that crashed.
+    assert "idle worker" not in result.stderr
+    assert "exited with status" not in result.stderr
+    assert "left on SIGTERM" in result.stderr or "left (SIGTERM)" in result.stderr
+
+
+@pytest.mark.timeout(120)
 def test_sigint_drains_like_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group) drains and exits 0: workers ignore SIGINT."""
     result, _summary, pids = _run_until_signalled(
