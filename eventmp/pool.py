@@ -323,8 +323,8 @@ class WorkerPool:
                 for payload in worker.reader.feed(data):
                     self._handle_message(worker, decode_result(payload))
         finally:
-            if len(self.ledger.failures) != failures and not self.waker.in_loop():
-                self.waker.wake()
+            if len(self.ledger.failures) != failures:
+                self.waker.wake_from_elsewhere()
 
     def _handle_message(self, worker: WorkerHandle, message: Any) -> None:
         self.messages_read += 1
@@ -407,6 +407,8 @@ class WorkerPool:
         )
         worker.timed_out = started
         self.terminate(worker)
+
+    # -- worker lifecycle (lock held) ---------------------------------------------------------
 
     def terminate(self, worker: WorkerHandle) -> None:
         """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
