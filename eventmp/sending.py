@@ -103,7 +103,7 @@ class Sender:
                 continue
             if ledger.resync[slot.index]:
                 self.send_resync(worker)
-            backlog = ledger.backlog(slot.index)
+            backlog = ledger.lanes[slot.index] if self.keyed else ledger.shared
             if backlog and not worker.batches and self.event_timeout is not None:
                 # The dispatcher thread may sleep without a timer; it must now time this.
                 self.waker.wake()
