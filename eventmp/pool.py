@@ -298,8 +298,9 @@ class WorkerPool:
     def read_all(self) -> bool:
         """Read every live worker's results; true if a result pipe reached its end."""
         ended = False
-        for worker in self.live_workers():
-            if self.read_results(worker):
+        for slot in self.slots:
+            worker = slot.worker
+            if worker is not None and not worker.exited and self.read_results(worker):
                 ended = True
         return ended
 
