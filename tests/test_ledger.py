@@ -850,9 +850,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if kept or data.draw(st.booleans(), label="empty batch"):
             self._assign(worker, kept)  # an empty one carries handler definitions only
 
-    @precondition(lambda self: self.ledger is not None)
-    @rule(data=st.data())
-    def pump(self, data: st.DataObject) -> None:
+    def _pump(self, data: st.DataObject) -> None:
         """_pump_once: slots in some order, each given up to its room (its resync list first), an
         event alone to an idle worker, or, once nothing is queued for it, the poison pill."""
         ledger = self.ledger
@@ -1052,13 +1050,17 @@ class LedgerMachine(RuleBasedStateMachine):
         batch.state = "done"
         worker.current += 1
 
-    @precondition(lambda self: self.ledger is not None and self._working())
+    @precondition(lambda self: self.ledger is not None)
     @rule(data=st.data())
     def work(self, data: st.DataObject) -> None:
-        """Time passes: each worker moves on through its batches in order, at its own pace, and
-        the parent reads its messages and marks now and then. A handler may raise or kill its
-        worker, a worker may die between events, a batch may not unpickle."""
+        """Time passes: the parent pumps, each worker moves on through its batches in order at
+        its own pace, and the parent reads its messages and marks now and then. A handler may
+        raise or kill its worker, a worker may die between events, a batch may not unpickle."""
+        if data.draw(st.booleans(), label="pumps first"):
+            self._pump(data)
         working = self._working()
+        if not working:
+            return
         lead = data.draw(st.sampled_from(working), label="busiest")
         for slot in working:
             worker = self.slots[slot]
