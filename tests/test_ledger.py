@@ -614,6 +614,27 @@ def test_illegal_transition_is_logged_and_refused_in_production(
         assert ledger.illegal == 1
 
 
+@pytest.mark.parametrize(
+    ("prepare", "illegal"), [pytest.param(*case, id=name) for name, case in STRICT_ONLY.items()]
+)
+def test_illegal_transition_is_logged_in_production_when_it_goes_on(
+    prepare: Step,
+    illegal: Step,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without strict mode an illegal transition the ledger goes on with is logged at ERROR."""
+    monkeypatch.setattr(Ledger, "strict", False)
+    ledger = two_workers()
+    prepare(ledger)
+    caplog.set_level(logging.ERROR, logger="eventmp")
+    caplog.clear()
+    illegal(ledger)
+    assert ledger.illegal >= 1
+    errors = [r for r in caplog.records if r.name == "eventmp" and r.levelno == logging.ERROR]
+    assert len(errors) == ledger.illegal
+
+
 # -- a model: a dispatcher and its workers, simulated at the ledger's level ---------------------
 
 MAX_INFLIGHT = 2  # batches a worker is given ahead (MAX_INFLIGHT_BATCHES), resync and pill aside
@@ -760,6 +781,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert ledger.accepted == len(self.events)
         assert ledger.failed == sum(1 for o in self.outcome.values() if o == "failed")
         assert ledger.processed == sum(1 for o in self.outcome.values() if o == "processed")
+        assert ledger.abandoned == sum(
+            1
+            for seq, o in self.outcome.items()
+            if o == "failed" and self.why[seq] is EventAbandonedError
+        )
         for worker in self.slots:
             assert ledger.holds(worker.id) == bool(worker.held)
         self.most_out_of_order = max(self.most_out_of_order, *map(self._out_of_order, self.slots))
@@ -770,6 +796,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _misjudged(worker: SimWorker, mark: int) -> int:
+        """Events after ``mark`` with a seq below the one there: what seqs would misjudge."""
         at = [b.seqs for b in worker.held if b.no == mark >> INDEX_BITS]
         index = mark & (MAX_BATCH_EVENTS - 1)
         if not at or index >= len(at[0]):
@@ -897,7 +924,9 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert kind == "rejected"
             (no,) = args
-            index = next(i for i, b in enumerate(worker.held) if b.no == no)
+            indexes = [i for i, b in enumerate(worker.held) if b.no == no]
+            assert indexes, f"batch {no} rejected but not held"
+            index = indexes[0]
             rejected, later = worker.held[index], worker.held[index + 1 :]
             lost_pill = ledger.batch_rejected(worker.id, no)
             assert lost_pill == any(b.stop for b in worker.held[index:])
