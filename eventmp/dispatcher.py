@@ -1,20 +1,14 @@
 """The parent side: :class:`EventDispatcher` polls generators and feeds the worker processes.
 
 Everything in this module runs in the parent process (the worker side is
-:mod:`eventmp.processor`). Its rooms, one module each, all parent-side and called with the
-dispatcher's lock held unless they say otherwise:
-
-- this module: the public API, ``submit()``'s inbox, the dispatcher thread's loop, and the
-  delivery of outcomes to the error handler and tracking generators;
-- :mod:`eventmp.ledger`: where every accepted event is, until its one outcome (no I/O);
-- :mod:`eventmp.sending`: what goes to which worker now, encoded and written without blocking,
-  by the rules of :mod:`eventmp.batching` (no I/O), each handler serialized once
-  (:mod:`eventmp.handler_cache`);
-- :mod:`eventmp.pool`: the seam to the worker processes: start them, read their results into
-  the ledger, ``event_timeout``, deaths and restarts, and the one blocking wait; one process at
-  a time is :mod:`eventmp.workers`;
-- :mod:`eventmp.shared`: the wake-up pipe and the pipeline's mode, which this module sets and
-  the rooms read.
+:mod:`eventmp.processor`). This module holds the public API, ``submit()``'s inbox and the
+dispatcher thread's loop; the rest of the parent side is one room per module, called with the
+dispatcher's lock held unless they say otherwise (``docs/design.md`` has the table):
+:mod:`eventmp.ledger` (every accepted event until its one outcome), :mod:`eventmp.sending`
+and :mod:`eventmp.batching` (what goes to which worker now), :mod:`eventmp.pool` and
+:mod:`eventmp.workers` (the worker processes), :mod:`eventmp.generators` (polling),
+:mod:`eventmp.outcomes` (the user's error handler), :mod:`eventmp.shared` (the wake-up pipe
+and the mode).
 
 Data flow::
 
@@ -36,25 +30,15 @@ Actors:
   the ledger, so the lock and the bookkeeping cost once per batch. When a worker is idle a
   submitter writes the event itself, so an event on an idle pipeline pays for no thread
   hand-off. Under load it sends full batches and reads the acknowledgements itself (see
-  :meth:`EventDispatcher._collect_acks`): the dispatcher thread may wait a whole GIL switch
-  interval behind a busy submitter, so meanwhile it sleeps without watching the result pipes,
-  and a worker that goes idle while it sleeps rings the wake-up pipe.
+  :meth:`EventDispatcher._collect_acks`), and the dispatcher thread leaves them to it.
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe, and (while a
   write is unfinished) the task pipes. It polls generators every ``poll_interval``, enforces
   ``event_timeout``, replaces dead workers, and delivers every outcome: the user's error
   handler and generators run only in this thread.
 
-Who reads acknowledgements: one function reads a result pipe (``WorkerPool.read_results``), with
-the lock held; the dispatcher thread does unless a submitter read them within the last
-``_ACK_HANDOFF`` (the submitter owns them then). A failure read by anyone is queued in the
-ledger and wakes the dispatcher thread, which delivers it. Nothing sleeps or joins with the
-lock held: confirming and reaping a worker's exit happen between two holds of it.
-
-When a worker dies, the ledger settles what it held from the worker's own progress marks
-(positions in its batches): events it finished were processed, the one in hand failed, the
-rest go back to the front of the queue for a fresh worker on fresh pipes (a pipe a killed
-process wrote half a message into is never trusted again).
+Who reads acknowledgements, what happens when a worker dies, and why nothing sleeps or joins
+with the lock held: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -68,7 +52,6 @@ import signal
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +65,9 @@ from .errors import (
     SubmitTimeoutError,
 )
 from .event import Event, EventGenerator
-from .handlers import call_handler, describe_handler
-from .ledger import Ledger, Outcome
+from .generators import Generators
+from .ledger import Ledger
+from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
 from .shared import Mode, Waker
 from .units import parse_size
@@ -219,9 +203,7 @@ class EventDispatcher(threading.Thread):
         # pool and the sender, which read them; set only here, with the lock held.
         self._mode = Mode()
         self._waker = Waker()
-        self._error_handler: Any = None
-        self._generators: list[EventGenerator] = []
-        self._exhausted: set[int] = set()  # ids of generators that said they are finished
+        self._generators = Generators()
         # Every accepted event's state until its outcome (made here so that events submitted
         # before start() have somewhere to go).
         self._ledger = Ledger(workers, keyed=key is not None)
@@ -241,33 +223,32 @@ class EventDispatcher(threading.Thread):
             max_memory_per_worker=self.max_memory_per_worker,
         )
         self._sender = self._pool.sender
+        self._outcomes = OutcomeDelivery(self._ledger, self._changed)
         # submit()'s fast path appends here without the lock (a list append is atomic under
         # the GIL); whoever holds the lock next accepts the events into the ledger, in order.
         # _inbox_room is how many events it may take before the lock is needed: 0 closes the
         # fast path (not running, or max_pending reached).
         self._inbox: list[Event] = []
         self._inbox_room = 0
-        self._generator_errors: deque[tuple[EventGenerator, BaseException]] = deque()
         self._stop_deadline: float | None = None
         self._broken: EventmpError | None = None
         self._poll_again = False  # a generator said it has more right now (has_more)
         self._next_ack_check = 0.0
         self._submitter_read_acks_at = -math.inf
         self._submitter_collected_at = -math.inf
-        self._delivering = 0
 
     # == public API ==============================================================================
 
     def error_handler(self, handler: Any) -> None:
         """Set the handler that receives error events, in the parent process."""
-        self._error_handler = handler
+        self._outcomes.error_handler = handler
 
     def add_event_generator(self, generator: EventGenerator) -> None:
         """Add a generator to poll; allowed before and after ``start()``."""
         with self._lock:
             if self._mode.state in (_STOPPING, _STOPPED):
                 raise DispatcherStoppedError("cannot add a generator to a stopped dispatcher")
-            self._generators.append(generator)
+            self._generators.add(generator)
         self._waker.wake()
 
     def start(self) -> None:
@@ -363,9 +344,9 @@ class EventDispatcher(threading.Thread):
         Idempotent; safe before ``start()``.
         """
         if self._begin_stop(timeout, drain):
-            self._stop_generators()
+            self._generators.stop_all()
             self._waker.close()
-            self._deliver_outcomes()
+            self._outcomes.deliver_all()
             return
         if self._in_loop_thread():
             return
@@ -511,8 +492,8 @@ class EventDispatcher(threading.Thread):
                 )
                 if poll_due:
                     self._poll_again = False
-                generators = list(self._generators) if poll_due else []
-            self._deliver_outcomes()
+                generators = self._generators.due() if poll_due else []
+            self._outcomes.deliver_all()
             if poll_due:
                 self._poll_generators(generators)
                 next_poll = now + self.poll_interval
@@ -532,8 +513,7 @@ class EventDispatcher(threading.Thread):
             timers = self._pool.timers(now)
             if (
                 self._mode.state == _RUNNING
-                and self._generators
-                and not self._all_exhausted()
+                and self._generators.wants_polling()
                 and len(self._ledger.pending) < self.max_pending
             ):
                 timers.append(now if self._poll_again else next_poll)
@@ -547,43 +527,20 @@ class EventDispatcher(threading.Thread):
 
     def _poll_generators(self, generators: list[EventGenerator]) -> None:
         for generator in generators:
-            if id(generator) in self._exhausted:
-                continue
-            try:
-                events = list(generator.get_events() or ())
-            except Exception as exc:
-                logger.warning("generator %s failed in get_events(): %r", generator, exc)
-                with self._lock:
-                    self._generator_errors.append((generator, exc))
-                continue
-            tracker = generator if getattr(generator, "track_outcomes", False) else None
+            polled = self._generators.poll(generator)
             with self._lock:
-                accepted = [event for event in events if isinstance(event, Event)]
-                self._take_inbox()
-                self._enqueue(accepted, tracker)
-                if len(accepted) < len(events):
-                    for item in events:
-                        if not isinstance(item, Event):
-                            error = TypeError(
-                                f"get_events() returned a {type(item).__qualname__}, not an Event"
-                            )
-                            self._generator_errors.append((generator, error))
-                if getattr(generator, "finished", False):
-                    self._exhausted.add(id(generator))
-                elif getattr(generator, "has_more", False):
+                for error in polled.errors:
+                    self._outcomes.generator_failed(generator, error)
+                if polled.events:
+                    self._take_inbox()
+                    self._enqueue(polled.events, generator if polled.tracks else None)
+                if polled.finished:
+                    self._generators.mark_finished(generator)
+                elif polled.has_more:
                     self._poll_again = True
                 self._pump()
                 self._changed.notify_all()
-        self._deliver_outcomes()
-
-    def _stop_generators(self) -> None:
-        with self._lock:
-            generators = list(self._generators)
-        for generator in generators:
-            try:
-                generator.stop()
-            except Exception:
-                logger.exception("generator %s failed in stop()", generator)
+        self._outcomes.deliver_all()
 
     # -- acceptance (lock held, any thread) -----------------------------------------------------
 
@@ -740,7 +697,7 @@ class EventDispatcher(threading.Thread):
         except BaseException:
             with self._lock:
                 self._mode.state = _STOPPED
-            self._stop_generators()
+            self._generators.stop_all()
             self._waker.close()
             raise
         _live_dispatchers.add(self)
@@ -762,24 +719,8 @@ class EventDispatcher(threading.Thread):
                 self._waker.wake()
 
     def _abandon_stranded(self) -> None:
-        """While stopping: abandon queued events that no worker is left to run.
-
-        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
-        ``KillMode=control-group`` signals every process of the service) is not replaced; the
-        events it would have run have no one else.
-        """
-        ledger = self._ledger
-        if not ledger.queued():
-            return
-        stranded: list[int] = []
-        for slot in self._pool.slots:
-            if slot.retired:
-                stranded += ledger.take_resync(slot.index)
-                if self.key is not None:
-                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
-        if self.key is None and all(slot.retired for slot in self._pool.slots):
-            stranded += ledger.take(0, len(ledger.shared))
-        for seq in stranded:
+        """While stopping: abandon queued events that no worker is left to run."""
+        for seq in self._pool.take_stranded():
             self._fail(
                 seq,
                 self.name,
@@ -812,58 +753,6 @@ class EventDispatcher(threading.Thread):
         self._ledger.fail_unheld(self.name, error)
         self._changed.notify_all()
 
-    def _deliver_outcomes(self) -> None:
-        """Call the error handler and tracking generators for each outcome, in this thread."""
-        ledger = self._ledger
-        while True:
-            with self._lock:
-                error: tuple[EventGenerator, BaseException] | None = None
-                outcome: Outcome | None = None
-                if self._generator_errors:
-                    error = self._generator_errors.popleft()
-                elif ledger.failures:
-                    outcome = ledger.failures.popleft()
-                elif ledger.settled:
-                    outcome = ledger.settled.popleft()
-                else:
-                    self._changed.notify_all()
-                    return
-                self._delivering += 1
-            try:
-                if error is not None:
-                    self._deliver(error[0], error[1], None)
-                elif outcome is not None:
-                    if outcome.exception is not None:
-                        self._deliver(outcome.originator, outcome.exception, outcome.event)
-                    if outcome.tracker is not None:
-                        self._notify_settled(outcome.tracker, outcome.event, outcome.exception)
-            finally:
-                with self._lock:
-                    self._delivering -= 1
-
-    def _notify_settled(self, tracker: Any, event: Event, exc: BaseException | None) -> None:
-        try:
-            tracker.settled(event, exc)
-        except Exception:
-            logger.exception("generator %s failed in settled()", tracker)
-
-    def _deliver(self, originator: Any, exception: BaseException, event: Event | None) -> None:
-        handler = self._error_handler
-        if handler is None:
-            logger.warning(
-                "event %s failed: %s: %s",
-                event if event is not None else "(none)",
-                type(exception).__name__,
-                exception,
-                exc_info=exception,
-            )
-            return
-        error_event = Event(originator, handler, (exception, event))
-        try:
-            call_handler(handler, error_event)
-        except Exception:
-            logger.exception("error handler %s raised; ignored", describe_handler(handler))
-
     def _idle(self) -> bool:
         ledger = self._ledger
         return (
@@ -871,15 +760,9 @@ class EventDispatcher(threading.Thread):
             # After stop() the inbox holds only events that were never accepted (their
             # submitters take them back), even one whose submit() a KeyboardInterrupt cut short.
             and (not self._inbox or self._mode.state != _RUNNING)
-            and not self._generator_errors
-            and not ledger.failures
-            and not ledger.settled
-            and not self._delivering
-            and self._all_exhausted()
+            and not self._outcomes.undelivered()
+            and self._generators.all_finished()
         )
-
-    def _all_exhausted(self) -> bool:
-        return all(id(g) in self._exhausted for g in self._generators)
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -890,9 +773,9 @@ class EventDispatcher(threading.Thread):
             self._close_inbox()
             self._ledger.fail_unheld(self.name, EventAbandonedError("the dispatcher stopped"))
             self._log_abandoned()
-        self._deliver_outcomes()  # before the generators stop: a tail's last checkpoint
-        self._stop_generators()
-        self._deliver_outcomes()
+        self._outcomes.deliver_all()  # before the generators stop: a tail's last checkpoint
+        self._generators.stop_all()
+        self._outcomes.deliver_all()
         with self._lock:
             self._mode.state = _STOPPED
             self._changed.notify_all()

@@ -90,6 +90,7 @@ class WorkerPool:
         self.context = context
         self.start_method: str = context.get_start_method()
         self.count = count
+        self.keyed = keyed
         self.event_timeout = event_timeout
         self.kill_grace = kill_grace
         self.start_timeout = start_timeout
@@ -153,6 +154,27 @@ class WorkerPool:
             and (slot.retired or slot.restart_at is None)
             for slot in self.slots
         )
+
+    def take_stranded(self) -> list[int]:
+        """Take from the queues the events no worker is left to run (stopping, lock held).
+
+        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
+        ``KillMode=control-group`` signals every process of the service) is not replaced: what
+        was queued for its slot alone, and the shared backlog once no slot has a worker, has
+        no one else to run it.
+        """
+        ledger = self.ledger
+        if not ledger.queued():
+            return []
+        stranded: list[int] = []
+        for slot in self.slots:
+            if slot.retired:
+                stranded += ledger.take_resync(slot.index)
+                if self.keyed:
+                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
+        if not self.keyed and all(slot.retired for slot in self.slots):
+            stranded += ledger.take(0, len(ledger.shared))
+        return stranded
 
     def live_workers(self) -> list[WorkerHandle]:
         return [s.worker for s in self.slots if s.worker is not None and not s.worker.exited]

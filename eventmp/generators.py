@@ -1,0 +1,85 @@
+"""The event generators a dispatcher polls: which are due, one poll, and their end.
+
+Parent-side, dispatcher thread. A poll calls the user's ``get_events()`` without the
+dispatcher's lock (a slow generator must not block ``submit()``) and returns what it learned as
+a :class:`Polled`; the dispatcher accepts the events and acts on the rest with the lock held.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .event import Event, EventGenerator
+
+__all__ = ["Generators", "Polled"]
+
+logger = logging.getLogger("eventmp")
+
+
+@dataclass
+class Polled:
+    """What one ``get_events()`` call produced."""
+
+    events: list[Event] = field(default_factory=list)
+    # The generator hears of each of these events' outcomes (``track_outcomes``).
+    tracks: bool = False
+    # get_events() raised, or returned items that are not events: each is an error event.
+    errors: list[BaseException] = field(default_factory=list)
+    finished: bool = False  # it says it will produce nothing more
+    has_more: bool = False  # it has more right now: poll again without waiting
+
+
+class Generators:
+    """The generators added to one dispatcher, and which of them said they are finished."""
+
+    def __init__(self) -> None:
+        self.all: list[EventGenerator] = []
+        self._finished: set[int] = set()  # by id(): a generator need not be hashable
+
+    def add(self, generator: EventGenerator) -> None:
+        self.all.append(generator)
+
+    def due(self) -> list[EventGenerator]:
+        """The generators to poll now (a copy, to iterate without the lock)."""
+        return [g for g in self.all if id(g) not in self._finished]
+
+    def all_finished(self) -> bool:
+        return all(id(g) in self._finished for g in self.all)
+
+    def wants_polling(self) -> bool:
+        return bool(self.all) and not self.all_finished()
+
+    def mark_finished(self, generator: EventGenerator) -> None:
+        """``generator`` produces nothing more: it is not polled again (lock held)."""
+        self._finished.add(id(generator))
+
+    @staticmethod
+    def poll(generator: EventGenerator) -> Polled:
+        """Call ``generator.get_events()`` once, without the lock, and say what came of it."""
+        try:
+            items = list(generator.get_events() or ())
+        except Exception as exc:
+            logger.warning("generator %s failed in get_events(): %r", generator, exc)
+            return Polled(errors=[exc])
+        polled = Polled(tracks=bool(getattr(generator, "track_outcomes", False)))
+        for item in items:
+            if isinstance(item, Event):
+                polled.events.append(item)
+            else:
+                polled.errors.append(
+                    TypeError(f"get_events() returned a {type(item).__qualname__}, not an Event")
+                )
+        if getattr(generator, "finished", False):
+            polled.finished = True
+        else:
+            polled.has_more = bool(getattr(generator, "has_more", False))
+        return polled
+
+    def stop_all(self) -> None:
+        """Call every generator's ``stop()``; one that raises is logged, the rest still stop."""
+        for generator in list(self.all):
+            try:
+                generator.stop()
+            except Exception:
+                logger.exception("generator %s failed in stop()", generator)
