@@ -207,7 +207,8 @@ class WorkerPool:
                     if self.read_results(worker):
                         ended.append(worker)
                 if self.messages_read != read_before:
-                    timeout = 0  # what was read (outcomes to deliver, room) needs the loop now
+                    self.sender.feed()
+                    timeout = 0  # what was read (outcomes to deliver) needs the loop now
             for worker in self.live_workers():
                 if not leave_acks:
                     poller.register(worker.result_fd, select.POLLIN)
@@ -223,6 +224,7 @@ class WorkerPool:
         ready = poller.poll(0 if ended else ms)
         signalled: list[WorkerHandle] = []  # sentinel fired
         with self.changed:
+            read_before = self.messages_read
             for fd, _mask in ready:
                 kind, source = watched[fd]
                 if kind == "wake":
@@ -236,6 +238,11 @@ class WorkerPool:
                     signalled.append(source)
                 elif kind == "task":
                     self.sender.flush(source)
+            if self.messages_read != read_before:
+                # An acknowledgement frees a worker: send to it in this same hold of the lock.
+                # Once this thread lets go, a busy submitter may keep the GIL for a whole
+                # switch interval, and meanwhile submit() would not see the worker free.
+                self.sender.feed()
         for worker in signalled:
             # May sleep a moment (a forkserver child): without the lock.
             if workers.confirm_exit(worker, self.start_method):

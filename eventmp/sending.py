@@ -75,16 +75,16 @@ class Sender:
         self.held_back = False
         self.hold_timer_armed = False
 
-    def feed(self, arrived: int) -> None:
+    def feed(self, arrived: int | None = None) -> None:
         """Send queued events to every worker that has room, then the poison pills if draining.
 
-        ``arrived`` is how many events the pipeline has accepted so far (the flood gauge's
-        measure).
+        ``arrived`` is how many events the pipeline has accepted so far, counting those still
+        in submit()'s inbox: the flood gauge's measure (left alone when not given).
         """
         self.held_back = False
         flood = self.flood
         ledger = self.ledger
-        if flood.update(_monotonic(), arrived):
+        if arrived is not None and flood.update(_monotonic(), arrived):
             for slot in self.slots:
                 slot.view[FLOODED] = int(flood.flooded)
         slots = self.slots
@@ -116,14 +116,18 @@ class Sender:
                         break
                     self.send_batch(worker, limit)
             else:
-                while batching.wants_batch(worker, len(backlog), limit):
+                # An idle worker gets what there is without asking (the usual case).
+                while backlog and (
+                    not worker.batches or batching.wants_batch(worker, len(backlog), limit)
+                ):
                     share = len(backlog)
                     if pooled:
                         share = -(-share // batching.workers_with_room(self.slots))
                     self.send_batch(worker, min(limit, share))
             if draining and not backlog and not ledger.resync[slot.index]:
                 self.send_stop(worker)
-            self.flush(worker)
+            if worker.outbuf:
+                self.flush(worker)
         self.find_idle_worker()
 
     def send_alone(self, event: Event) -> bool:
