@@ -45,7 +45,7 @@ __all__ = [
 MAX_INFLIGHT_BATCHES = 2
 # A batch holds at most this many events and, past its first event, this many bytes. Fewer,
 # larger batches cost the parent less per event, up to about this size (measured in
-# scripts/bench.py; see the README's performance section).
+# scripts/bench.py; see docs/design.md and docs/performance.md).
 MAX_BATCH_EVENTS = 1024
 MAX_BATCH_BYTES = 1 << 20
 # Events in flight under which a busy worker gets its next batch at once.

@@ -1,9 +1,8 @@
 """The ``eventmp`` command: ``eventmp run PIPELINE.toml``, ``eventmp check PIPELINE.toml``.
 
-Everything here runs in the parent process. Exit status: 0 when the run ended cleanly (in
-``--once`` mode: and every event succeeded), 1 when an event failed in ``--once`` mode or the
-workers could not start, 2 on a bad pipeline file or bad arguments. A bad pipeline file gets
-one line naming the file and key, never a traceback.
+Everything here runs in the parent process. The exit statuses are those of :data:`EXIT_CODES`,
+which ``--help`` shows. A bad pipeline file gets one line naming the file and key, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from . import __version__
@@ -26,13 +27,66 @@ from .pipeline import Pipeline, PipelineError, load_pipeline
 from .tail import FileTailGenerator, Rule
 from .units import parse_duration
 
-__all__ = ["FailureSummary", "StatusReporter", "main"]
+__all__ = ["EXIT_CODES", "FailureSummary", "RateMeter", "StatusReporter", "main"]
 
 logger = logging.getLogger("eventmp")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that SIGINT ended
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success: `check` found the file good; `run --once` read every input to its "
+    "end and every event succeeded; `run` (follow mode) was stopped by SIGINT or SIGTERM and "
+    "drained (in follow mode a failed event is logged; it does not change the status)",
+    EXIT_FAILED: "`run --once`: at least one event failed (or was abandoned by a second "
+    "signal); or the run could not go on, for instance the workers could not start",
+    EXIT_USAGE: "bad arguments, or a bad pipeline file (one line on stderr names the file "
+    "and the key)",
+    EXIT_INTERRUPTED: "interrupted: SIGINT or SIGTERM stopped `run --once` before it had read "
+    "every input (what it had read was handled first), or SIGINT came while the command was "
+    "loading or starting",
+}
+"""Every status the command exits with, and what it means; ``--help`` prints this table."""
+
+# (what it does, the command line) for each command's --help.
+_EXAMPLES = {
+    "eventmp": [
+        ("Check a pipeline file and show what it holds", "eventmp check pipeline.toml"),
+        ("Follow the inputs until SIGINT or SIGTERM", "eventmp run pipeline.toml"),
+        ("Batch job: read every input to its end, then exit", "eventmp run --once pipeline.toml"),
+    ],
+    "run": [
+        (
+            "Follow the inputs (from their end, or from the checkpoint in state_file) and "
+            "handle new lines until SIGINT or SIGTERM",
+            "eventmp run pipeline.toml",
+        ),
+        (
+            "The same under a supervisor (stderr not a terminal): info logging and a stats "
+            "line every 5 minutes",
+            "eventmp run -v --stats-interval 5m pipeline.toml",
+        ),
+        (
+            "Batch job: read every input from its beginning to its end, handle every match, "
+            "exit 0 if all succeeded",
+            "eventmp run --once pipeline.toml",
+        ),
+        (
+            "In a script: no status line, no summary, only fatal errors on stderr",
+            "eventmp run --once -qq pipeline.toml || exit 1",
+        ),
+    ],
+    "check": [
+        ("Check a file and print its inputs and rules", "eventmp check pipeline.toml"),
+        (
+            "Run a file only if it checks",
+            "eventmp check pipeline.toml && eventmp run pipeline.toml",
+        ),
+    ],
+}
+_HELP_WIDTH = 78
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,11 +109,32 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventmp",
         description="Watch log files and run handlers on matching lines in worker processes.",
+        epilog=_epilog("eventmp"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"eventmp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run a pipeline (follow mode until SIGINT/SIGTERM)")
-    check = commands.add_parser("check", help="check a pipeline file without running it")
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline (follow mode until SIGINT/SIGTERM)",
+        description=_wrap(
+            "Run a pipeline: follow its inputs and run each rule's handlers on the lines it "
+            "matches, in worker processes, until SIGINT or SIGTERM (the first drains what was "
+            "read, a second stops at once); with --once, read every input to its end and exit."
+        ),
+        epilog=_epilog("run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check = commands.add_parser(
+        "check",
+        help="check a pipeline file without running it",
+        description=_wrap(
+            "Load a pipeline file and check every table, key, regex, template and handler "
+            "setting without running anything; print what it holds."
+        ),
+        epilog=_epilog("check"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for command in (run, check):
         command.add_argument("pipeline", metavar="PIPELINE.toml", help="the pipeline file")
         command.add_argument(
@@ -72,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="batch mode: read every input to its end, process everything, exit "
-        "(0: all succeeded, 1: some failed)",
+        "(0: all succeeded, 1: some failed, 130: interrupted)",
     )
     run.add_argument(
         "--stats-interval",
@@ -82,6 +157,24 @@ def _parser() -> argparse.ArgumentParser:
         help="when stderr is not a terminal, log a stats line this often (default 60; 0: never)",
     )
     return parser
+
+
+def _epilog(command: str) -> str:
+    """The examples for ``command``'s ``--help``, then the table of exit statuses."""
+    lines = ["examples:"]
+    for what, example in _EXAMPLES[command]:
+        lines += textwrap.wrap(what + ":", _HELP_WIDTH, initial_indent="  ", subsequent_indent="  ")
+        lines += [f"    {example}", ""]
+    lines.append("exit status:")
+    for code, meaning in EXIT_CODES.items():
+        lines += textwrap.wrap(
+            meaning, _HELP_WIDTH, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7
+        )
+    return "\n".join(lines)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, _HELP_WIDTH)
 
 
 def _duration(text: str) -> float:
@@ -95,12 +188,33 @@ def _configure_logging(verbosity: int) -> None:
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
         verbosity, logging.DEBUG if verbosity > 1 else logging.CRITICAL
     )
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 local time with milliseconds and the UTC offset:
+    ``2026-11-29T17:03:57.123+01:00``.
+
+    The offset makes a line mean one instant wherever it is read and whatever the host's time
+    zone, and it sorts and parses (``datetime.fromisoformat``) as it is. Milliseconds because
+    a failure's warning, the stats line and the events behind them come many to a second: a
+    log watcher (eventmp itself, with the ``time`` field of its templates, which has the same
+    form) can order them and match a warning with the handler output it is about.
+    """
+    # From UTC, not from a naive local time: in the hour a DST change repeats, that is ambiguous.
+    return datetime.fromtimestamp(seconds, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+class LogFormatter(logging.Formatter):
+    """The command's log lines: ``2026-11-29T17:03:57.123+01:00 eventmp WARNING: message``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _timestamp(record.created)
 
 
 def _describe(pipeline: Pipeline) -> str:
@@ -173,6 +287,8 @@ def _run(pipeline: Pipeline, args: argparse.Namespace) -> int:
         print(_summary(dispatcher, tails, failures, time.monotonic() - started), file=sys.stderr)
     if args.once and dispatcher.stats().failed:
         return EXIT_FAILED
+    if args.once and not all(tail.finished for tail in tails):
+        return EXIT_INTERRUPTED  # a signal stopped it: the inputs were not all read
     return EXIT_OK
 
 
@@ -241,7 +357,8 @@ class StatusReporter:
         self.progress = progress
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="eventmp-status", daemon=True)
-        self._last = (time.monotonic(), 0)
+        self._rate = RateMeter()
+        self._rate.update(time.monotonic(), 0)
 
     def start(self) -> None:
         if self.interval > 0:
@@ -261,17 +378,12 @@ class StatusReporter:
             if self.interactive:
                 self.stream.write("\r\x1b[K" + line)
             else:
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-                self.stream.write(f"{stamp} eventmp stats: {line}\n")
+                self.stream.write(f"{_timestamp(time.time())} eventmp stats: {line}\n")
             self.stream.flush()
 
     def line(self) -> str:
         stats = self.dispatcher.stats()
-        now = time.monotonic()
-        then, done_before = self._last
-        done = stats.processed + stats.failed
-        rate = (done - done_before) / max(now - then, 1e-9)
-        self._last = (now, done)
+        rate = self._rate.update(time.monotonic(), stats.processed + stats.failed)
         rss = max(stats.worker_rss, default=0)
         parts = [
             f"{rate:,.0f} ev/s",
@@ -284,6 +396,39 @@ class StatusReporter:
         if self.progress:
             parts.insert(0, _progress_bar(self.tails))
         return " | ".join(parts)
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds, from samples of a running count.
+
+    Events come in bursts (a tail reads what a poll found, a worker settles a batch), so the
+    rate between two status lines half a second apart jumps between 0 and thousands. Averaged
+    over a few seconds it reads steadily: :meth:`update` divides the events done since the
+    newest sample at least ``window`` old (or the oldest sample, early on) by the time since.
+    A steady flow shows its rate; a burst of N events shows as N over the window and is gone
+    once it is a window old; with nothing done for a window, the rate is exactly 0. Samples
+    further apart than the window (a stats line a minute) give the rate since the previous one.
+    Pure: the caller gives the time, so tests need no clock.
+    """
+
+    def __init__(self, window: float = 5.0) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be more than 0 seconds, got {window!r}")
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, now: float, count: int) -> float:
+        """Record that ``count`` events were done by ``now`` (seconds); the rate per second."""
+        samples = self._samples
+        samples.append((now, count))
+        horizon = now - self.window
+        # Keep one sample at or before the horizon, the base of a full window.
+        while len(samples) > 1 and samples[1][0] <= horizon:
+            samples.popleft()
+        then, before = samples[0]
+        if now <= then:
+            return 0.0
+        return max(count - before, 0) / (now - then)
 
 
 def _progress_bar(tails: list[FileTailGenerator], width: int = 20) -> str:
@@ -323,7 +468,7 @@ def run_main() -> None:
     try:
         status = main()
     except KeyboardInterrupt:
-        status = 130
+        status = EXIT_INTERRUPTED
     except EventmpError as exc:
         print(f"eventmp: {exc}", file=sys.stderr)
         status = EXIT_FAILED

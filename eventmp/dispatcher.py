@@ -131,7 +131,7 @@ def _stop_live_dispatchers() -> None:
 class EventDispatcher(threading.Thread):
     """Polls event generators and runs each event's handler in a worker process.
 
-    See the README for every setting; the essentials:
+    docs/api.md describes every setting; the essentials:
 
     - ``poll_interval``: seconds between polls of the generators. ``submit()`` does not wait
       for it.
@@ -170,6 +170,10 @@ class EventDispatcher(threading.Thread):
             raise ValueError(f"workers must be >= 1, got {workers!r}")
         if event_timeout is not None and event_timeout <= 0:
             raise ValueError(f"event_timeout must be > 0, got {event_timeout!r}")
+        if kill_grace < 0:
+            raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
+        if start_timeout <= 0:
+            raise ValueError(f"start_timeout must be > 0, got {start_timeout!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
         if not 0 <= idle_spin <= 0.01:

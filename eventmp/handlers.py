@@ -15,6 +15,7 @@ from types import CodeType
 from typing import IO, Any
 
 from .event import Event
+from .templates import check, fields, printable, render_fields
 
 __all__ = [
     "ChainEventHandler",
@@ -127,15 +128,36 @@ _STREAMS = ("stdout", "stderr")
 
 
 class PrintEventHandler(EventHandler):
-    """Write ``str(event)`` and a newline, then flush.
+    """Write ``str(event)``, or ``format`` filled from the event, and a newline, then flush.
 
     ``file`` is a file object, ``"stdout"``, ``"stderr"`` (the worker's own streams, inherited
     from the parent), or a path, opened for append in the worker on first use. ``None`` means
     ``"stdout"``.
+
+    ``format`` is a template (see :mod:`eventmp.templates`), such as ``"{time} {ip} {user}"``,
+    checked when the handler is built. The fields' text is escaped with
+    :func:`~eventmp.templates.printable` (a newline shows as ``\\n``, an escape character as
+    ``\\x1b``), so one event is always one line, whatever the log line held; the template's
+    own text is written as it is.
     """
 
-    def __init__(self, file: IO[str] | str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        file: IO[str] | str | os.PathLike[str] | None = None,
+        format: str | None = None,
+    ) -> None:
         self.file: IO[str] | str = _stream_name(file)
+        self.format = format
+        if format is not None:
+            if not isinstance(format, str) or not format:
+                raise ValueError(
+                    f"{type(self).__name__}: setting 'format': expected a non-empty template "
+                    f"string, got {format!r}"
+                )
+            try:
+                check(format)
+            except ValueError as exc:
+                raise ValueError(f"{type(self).__name__}: setting 'format': {exc}") from None
         self._opened: IO[str] | None = None
 
     def _target(self) -> IO[str]:
@@ -149,14 +171,20 @@ class PrintEventHandler(EventHandler):
         return self._opened
 
     def process_event(self, event: Event) -> bool:
+        if self.format is None:
+            text = str(event)
+        else:
+            text = render_fields(self.format, fields(event), escape=printable)
         out = self._target()
-        out.write(f"{event}\n")
+        out.write(f"{text}\n")
         out.flush()
         return True
 
     def settings(self) -> dict[str, Any]:
         file = self.file if isinstance(self.file, str) else getattr(self.file, "name", self.file)
-        return {"file": file}
+        if self.format is None:
+            return {"file": file}
+        return {"file": file, "format": self.format}
 
     def __getstate__(self) -> dict[str, Any]:
         # An open file does not travel to another process; its name does.

@@ -45,7 +45,9 @@ A handler is a short built-in name (``"print"``) or a table with ``type`` (a bui
 handler's settings as keys. ``${NAME}`` in any string is replaced by
 the environment variable ``NAME`` (``$$`` is a literal ``$``); an unset variable is an error.
 Relative paths (inputs, ``state_file``, a built-in handler's ``file``) are relative to the
-pipeline file.
+pipeline file. A ``print`` handler's ``format`` (``{ type = "print", format = "{time} {ip}" }``)
+may name only fields its events have (the rule's groups, the tail's fields; see
+:mod:`eventmp.templates`): another is an error here, not on every event.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ from typing import Any
 
 from .errors import EventmpError, PipelineError
 from .event import Event
-from .handlers import ChainEventHandler
+from .handlers import ChainEventHandler, ExecEventHandler, PrintEventHandler
+from .tail import check_encoding
 from .units import parse_bool, parse_duration, parse_size
 
 __all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
@@ -72,12 +75,12 @@ _DISPATCHER_KEYS = {
     "poll_interval": "duration",
     "workers": "count",
     "start_method": "start_method",
-    "event_timeout": "duration",
+    "event_timeout": "timeout",
     "max_pending": "count",
     "max_events_per_worker": "count",
     "max_memory_per_worker": "size",
     "kill_grace": "duration",
-    "start_timeout": "duration",
+    "start_timeout": "timeout",
     "idle_spin": "spin",
     "key": "template",
 }
@@ -187,6 +190,7 @@ class _Loader:
         self.load_dispatcher(pipeline, self.table(document, "dispatcher", "dispatcher"))
         if "error_handler" in document:
             pipeline.error_handler = self.handler(document["error_handler"], "error_handler")
+            self.check_fields([pipeline.error_handler], ["error_handler"], _error_fields())
         pipeline.inputs = [
             self.load_input(table, f"inputs[{n}]", n)
             for n, table in enumerate(self.array(document, "inputs"), 1)
@@ -274,9 +278,9 @@ class _Loader:
             raise self.fail(f"{where}.start_at", f'expected "end" or "beginning", got {start_at!r}')
         encoding = self.string(table.get("encoding", "utf-8"), f"{where}.encoding")
         try:
-            "".encode(encoding)
-        except LookupError:
-            raise self.fail(f"{where}.encoding", f"unknown encoding {encoding!r}") from None
+            check_encoding(encoding)
+        except ValueError as exc:
+            raise self.fail(f"{where}.encoding", str(exc)) from None
         state_file = table.get("state_file")
         if state_file is not None:
             state_file = self.relative(self.string(state_file, f"{where}.state_file"))
@@ -320,7 +324,9 @@ class _Loader:
             specs = [specs]
         if not specs:
             raise self.fail(f"{where}.{key}", "expected at least one handler")
-        handlers = [self.handler(spec, f"{where}.{key}[{n}]") for n, spec in enumerate(specs, 1)]
+        places = [f"{where}.{key}[{n}]" for n in range(1, len(specs) + 1)]
+        handlers = [self.handler(spec, place) for spec, place in zip(specs, places, strict=True)]
+        self.check_fields(handlers, places, _tail_fields(regex))
         handler = handlers[0] if len(handlers) == 1 else ChainEventHandler(*handlers)
         return RuleSpec(name, list(wanted), regex, exclude, quick, handler)
 
@@ -407,6 +413,31 @@ class _Loader:
             )
         return builtins[type_name]
 
+    def check_fields(self, handlers: list[Any], places: list[str], available: list[str]) -> None:
+        """A ``print`` handler's ``format`` may name only fields its events will have.
+
+        The fields are known before anything runs: those of a rule's events follow from its
+        regex, those of an error event are fixed. An ``exec`` handler or one of the user's own
+        earlier in a chain may add fields to the event it is given, so the check stops there.
+        """
+        from .templates import names
+
+        leave_data_alone = tuple(
+            cls for cls in _builtin_handlers().values() if not issubclass(cls, ExecEventHandler)
+        )
+        for handler, place in zip(handlers, places, strict=True):
+            if not isinstance(handler, leave_data_alone):
+                return
+            if not isinstance(handler, PrintEventHandler) or handler.format is None:
+                continue
+            for name in names(handler.format):
+                if name not in available:
+                    raise self.fail(
+                        f"{place}.format",
+                        f"the template {handler.format!r} names {{{name}}}, a field these "
+                        f"events do not have; available: {', '.join(available)}",
+                    )
+
     # -- values ---------------------------------------------------------------------------------
 
     def no_unknown(self, table: dict[str, Any], known: set[str], where: str) -> None:
@@ -450,6 +481,11 @@ class _Loader:
         try:
             if kind == "duration":
                 return parse_duration(value)
+            if kind == "timeout":
+                seconds = parse_duration(value)
+                if seconds <= 0:
+                    raise ValueError
+                return seconds
             if kind == "spin":
                 seconds = parse_duration(value)
                 if seconds > 0.01:
@@ -471,6 +507,7 @@ class _Loader:
         except (TypeError, ValueError):
             expected = {
                 "duration": "a number of seconds or a string such as '250ms', '30s', '5m'",
+                "timeout": "a number of seconds > 0 or a string such as '250ms', '30s', '5m'",
                 "spin": "a number of seconds up to 0.01, or a string such as '0.2ms'",
                 "size": "a number of bytes or a string such as '512MB'",
                 "bool": "true or false",
@@ -485,6 +522,42 @@ def _builtin_handlers() -> dict[str, Any]:
     from .actions import BUILTIN_HANDLERS
 
     return dict(BUILTIN_HANDLERS)
+
+
+def _tail_fields(regex: re.Pattern[str]) -> list[str]:
+    """The template fields of the events a log tail makes for a rule with ``regex``.
+
+    The data's keys are those :class:`~eventmp.tail.FileTailGenerator` gives its events (a test
+    holds the two together); :func:`~eventmp.templates.fields` adds the rest.
+    """
+    from .templates import fields
+
+    data = {
+        "input": "",
+        "file": "",
+        "line_number": 0,
+        "line": "",
+        "rule": "",
+        "match": "",
+        "groups": [None] * regex.groups,
+        "named": dict.fromkeys(regex.groupindex),
+    }
+    return _in_order(fields(Event("", None, data)))
+
+
+def _in_order(names: Mapping[str, Any]) -> list[str]:
+    """Field names sorted for a message: words first, then group numbers in numeric order."""
+
+    def key(name: str) -> tuple[bool, int, str]:
+        return (name.isdigit(), len(name) if name.isdigit() else 0, name)
+
+    return sorted(names, key=key)
+
+
+def _error_fields() -> list[str]:
+    from .templates import fields
+
+    return _in_order(fields(Event("", None, (None, None))))
 
 
 def _join(where: str, key: str) -> str:

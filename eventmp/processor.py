@@ -227,7 +227,7 @@ class EventProcessor:
         guest does not poll before halting, the hypervisor may then run someone else there,
         and the next batch waits for the worker's vCPU to be run again: milliseconds, counted
         as steal. The spin keeps the vCPU busy across those short gaps; the measurements
-        behind it are in the README's performance section.
+        behind it are in docs/performance.md (see docs/design.md, "Idle spin").
         """
         poll = self._task_poller.poll
         deadline = time.monotonic_ns() + self._spin_ns

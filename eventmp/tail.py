@@ -116,6 +116,23 @@ Identity = tuple[int, int]
 _AT_END = "the end"
 
 
+def check_encoding(encoding: str) -> None:
+    """Raise ValueError unless the tail can read files in ``encoding``.
+
+    The tail cuts lines at the byte 0x0A, so the encoding must write a newline as that byte
+    alone (UTF-8, Latin-1 and the like; not UTF-16).
+    """
+    try:
+        newline = "\n".encode(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+    if newline != b"\n":
+        raise ValueError(
+            f"encoding {encoding!r} does not write a newline as the byte 0x0A; "
+            "the tail cuts lines at that byte (use UTF-8, Latin-1, ...)"
+        )
+
+
 @dataclass(frozen=True)
 class Rule:
     """A line matches when ``regex`` search-matches it and ``exclude`` (if any) does not.
@@ -198,15 +215,7 @@ class FileTailGenerator(EventGenerator):
             raise ValueError("a file tail needs at least one path")
         if start_at not in ("end", "beginning"):
             raise ValueError(f"start_at must be 'end' or 'beginning', got {start_at!r}")
-        try:
-            newline = "\n".encode(encoding)
-        except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
-        if newline != b"\n":
-            raise ValueError(
-                f"encoding {encoding!r} does not write a newline as the byte 0x0A; "
-                "the tail cuts lines at that byte (use UTF-8, Latin-1, ...)"
-            )
+        check_encoding(encoding)
         if rescan_interval < 0:
             raise ValueError(f"rescan_interval must be >= 0, got {rescan_interval!r}")
         if checkpoint_interval < 0:

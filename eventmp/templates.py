@@ -12,20 +12,27 @@ pipeline file can read an event but never run code:
 The fields an event offers are listed by :func:`fields`. A field the event lacks raises
 :class:`~eventmp.errors.TemplateError`, naming it and the fields that are there; a field whose
 value is ``None`` (a regex group that did not take part in the match) renders as ``""``.
+:func:`names` lists the fields a template uses, so a pipeline can compare them with the fields
+its events will have before anything runs.
+
+Field values from a log are attacker input. A handler that writes lines for people or line-based
+tools (``print``) fills its template with ``escape=printable``: each field's text then shows a
+newline as ``\\n``, an escape character as ``\\x1b`` and so on, so a line in a log cannot add a
+line of its own to the output or move a terminal's cursor.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from .errors import TemplateError
 from .event import Event, describe_originator
 
-__all__ = ["check", "fields", "render", "render_fields"]
+__all__ = ["check", "fields", "names", "printable", "render", "render_fields"]
 
 # A field name is anything up to the closing brace but these: '.' and '[' would be attribute
 # access and indexing, '!' and ':' start a conversion and a format spec, braces nest.
@@ -51,7 +58,8 @@ def fields(event: Event) -> dict[str, Any]:
     values: dict[str, Any] = {
         "originator": describe_originator(event.originator),
         "timestamp": event.timestamp,
-        "time": datetime.fromtimestamp(event.timestamp)
+        # From UTC: a naive local time is ambiguous in the hour a DST change repeats.
+        "time": datetime.fromtimestamp(event.timestamp, UTC)
         .astimezone()
         .isoformat(timespec="milliseconds"),
     }
@@ -182,6 +190,42 @@ def check(template: str) -> None:
     _parse(template)
 
 
+def names(template: str) -> list[str]:
+    """The field names ``template`` uses, in order of first use, each once.
+
+    Raises ``ValueError`` for a template that :func:`check` rejects.
+    """
+    check(template)
+    return list(dict.fromkeys(part[0] for part in _parse(template) if not isinstance(part, str)))
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that :meth:`str.isprintable` refuses written as an escape.
+
+    The escapes are those of :func:`repr`: ``\\n``, ``\\r``, ``\\t``, ``\\xNN``, ``\\uNNNN``,
+    ``\\UNNNNNNNN``. That covers line breaks (``\\n``, ``\\r``, ``\\x85``, ``\\u2028``...), terminal
+    control (``\\x1b``), and invisible format characters such as bidi overrides. Backslashes
+    are left alone, so text that is already printable comes back unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 def render(template: str, event: Event) -> str:
     """Fill ``template`` from ``event``'s :func:`fields`.
 
@@ -191,9 +235,19 @@ def render(template: str, event: Event) -> str:
     return render_fields(template, fields(event))
 
 
-def render_fields(template: str, values: Mapping[str, Any]) -> str:
+def render_fields(
+    template: str,
+    values: Mapping[str, Any],
+    *,
+    escape: Callable[[str], str] | None = None,
+) -> str:
     """Fill ``template`` from ``values`` (what :func:`fields` returned, computed once for
-    several templates)."""
+    several templates).
+
+    ``escape`` (for instance :func:`printable`) is applied to each field's text, never to the
+    template's own text: a string value is escaped before its format spec pads it, so columns
+    line up with what is shown; any other value's formatted text is escaped after.
+    """
     out: list[str] = []
     for part in _parse(template):
         if isinstance(part, str):
@@ -208,10 +262,13 @@ def render_fields(template: str, values: Mapping[str, Any]) -> str:
             value = _CONVERSIONS[conversion](value)
         elif value is None:
             value = ""
+        if escape is not None and isinstance(value, str):
+            value = escape(value)
         try:
-            out.append(format(value, spec))
+            text = format(value, spec)
         except (ValueError, TypeError) as exc:
             raise TemplateError(
                 name, sorted(values), template, f"cannot format {value!r} with {spec!r}: {exc}"
             ) from None
+        out.append(text if escape is None else escape(text))
     return "".join(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from eventmp.errors import (
     TemplateError,
     WebhookError,
 )
+from eventmp.templates import fields
 from eventmp.testing import RecordingHandler, run_events
 
 STAMP = 1_700_000_000.5
@@ -336,6 +338,79 @@ def test_bad_setting_is_a_value_error_naming_it(
         cls(**settings)
     assert f"setting {setting!r}" in str(caught.value)
     assert cls.__name__ in str(caught.value)
+
+
+# == print with a format =========================================================================
+
+
+def test_print_format_fills_the_template() -> None:
+    """print with format writes the template filled from the event's fields, one line."""
+    out = io.StringIO()
+    event = tail_event()
+    assert PrintEventHandler(out, format="{time} {ip} {user}").process_event(event) is True
+    assert out.getvalue() == f"{fields(event)['time']} 203.0.113.9 root\n"
+
+
+def test_print_without_format_writes_str_event() -> None:
+    """Without format, print writes str(event) as before, and str() does not mention format."""
+    out = io.StringIO()
+    event = tail_event()
+    PrintEventHandler(out).process_event(event)
+    assert out.getvalue() == f"{event}\n"
+    assert str(PrintEventHandler("stderr")) == "PrintEventHandler(file='stderr')"
+    assert str(PrintEventHandler("stderr", format="{ip}")) == (
+        "PrintEventHandler(file='stderr', format='{ip}')"
+    )
+
+
+def test_print_format_cannot_be_given_an_extra_line_by_the_log() -> None:
+    """Line breaks and terminal control in a field are escaped: one event, one output line."""
+    out = io.StringIO()
+    forged = "x\n2026-11-29T17:03:57 ALERT forged\r\x1b[2K\u2028y"
+    event = tail_event(line=forged, named={"user": "evil\nroot", "ip": "1.2.3.4"})
+    handler = PrintEventHandler(out, format="{user}@{ip}: {line}")
+    handler.process_event(event)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert len(text.splitlines()) == 1, "no character any splitlines() knows as a line break"
+    assert text == (
+        "evil\\nroot@1.2.3.4: x\\n2026-11-29T17:03:57 ALERT forged\\r\\x1b[2K\\u2028y\n"
+    )
+
+
+def test_print_format_keeps_the_templates_own_line_breaks() -> None:
+    """The pipeline's author may break the output over lines; only the fields are escaped."""
+    out = io.StringIO()
+    PrintEventHandler(out, format="{rule}:\n\t{line}").process_event(tail_event(line="a\tb"))
+    assert out.getvalue() == "ssh-failure:\n\ta\\tb\n"
+
+
+@pytest.mark.parametrize("bad", ["{ip", "{ip.__class__}", "{}", "", 3])
+def test_print_bad_format_is_a_value_error_naming_it(bad: Any) -> None:
+    """A format that is not a valid template fails when print is built, naming the setting."""
+    with pytest.raises(ValueError, match=r"PrintEventHandler: setting 'format'"):
+        PrintEventHandler(format=bad)
+
+
+def test_print_format_missing_field_is_a_template_error() -> None:
+    """A field the event lacks fails the event with a TemplateError naming it."""
+    with pytest.raises(TemplateError, match=r"no field \{host\}"):
+        PrintEventHandler(io.StringIO(), format="{host}").process_event(tail_event())
+
+
+def test_print_format_in_a_real_worker(tmp_path: Path, start_method: str) -> None:
+    """print with a format travels to a worker and appends filled lines to its file."""
+    out = tmp_path / "printed.txt"
+    handler = PrintEventHandler(out, format="{line_number:>4} {user} from {ip}")
+    events = [
+        Event("tail", handler, tail_data(line_number=n, named={"user": u, "ip": "10.0.0.9"}))
+        for n, u in [(1, "a"), (22, "b\x1b]0;pwned\x07")]
+    ]
+    assert run_events(events, timeout=WAIT, start_method=start_method, poll_interval=0.05) == []
+    assert out.read_text(encoding="utf-8").splitlines() == [
+        "   1 a from 10.0.0.9",
+        "  22 b\\x1b]0;pwned\\x07 from 10.0.0.9",
+    ]
 
 
 # == event_record ================================================================================

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import itertools
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import eventmp
+from eventmp import cli
+from eventmp.cli import EXIT_CODES, LogFormatter, RateMeter
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0
@@ -275,6 +284,9 @@ def test_stats_line_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     assert len(stats_lines) >= 2
     assert "pending 0" in stats_lines[-1] and "worker rss" in stats_lines[-1]
     assert "\r" not in err
+    for line in stats_lines:  # stamped like the log lines: ISO 8601 with the UTC offset
+        stamp = datetime.fromisoformat(line.split(" ", 1)[0])
+        assert stamp.utcoffset() is not None
 
 
 def test_the_shipped_example_shows_matches_an_error_event_and_the_summary() -> None:
@@ -333,3 +345,339 @@ def test_live_status_line_on_a_terminal(tmp_path: Path) -> None:
     assert "ev/s" in text and "processed" in text and "worker rss" in text
     assert "MB" in text and "%" in text and "[" in text  # the progress bar over bytes read
     assert "eventmp: read 20 lines" in text
+
+
+# == --help: examples and the exit statuses ======================================================
+
+
+def help_text(*command: str) -> str:
+    """What ``eventmp [command] --help`` prints (argparse exits 0 after printing it)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--help"])
+    assert exited.value.code == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("command", [(), ("run",), ("check",)], ids=["eventmp", "run", "check"])
+def test_help_lists_every_exit_status_the_command_uses(command: tuple[str, ...]) -> None:
+    """Each --help ends with the table of exit statuses: every code in EXIT_CODES, no other."""
+    text = help_text(*command)
+    table = text[text.index("\nexit status:\n") :]
+    assert [int(code) for code in re.findall(r"^  (\d+) ", table, re.M)] == list(EXIT_CODES)
+    for meaning in EXIT_CODES.values():
+        assert " ".join(table.split()).count(meaning) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "examples"),
+    [
+        ((), ["eventmp check pipeline.toml", "eventmp run pipeline.toml", "--once"]),
+        (("run",), ["eventmp run pipeline.toml", "eventmp run --once pipeline.toml"]),
+        (("check",), ["eventmp check pipeline.toml"]),
+    ],
+    ids=["eventmp", "run", "check"],
+)
+def test_help_shows_examples(command: tuple[str, ...], examples: list[str]) -> None:
+    """Each --help has an examples section with the command lines a newcomer needs."""
+    text = help_text(*command)
+    section = text[text.index("\nexamples:\n") : text.index("\nexit status:\n")]
+    for example in examples:
+        assert example in section
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_every_exit_status_in_the_code_is_in_the_table() -> None:
+    """cli.py exits only with named EXIT_* constants, and EXIT_CODES lists every one of them."""
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    constants = {
+        node.targets[0].id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.startswith("EXIT_")
+        and isinstance(node.value, ast.Constant)
+    }
+    assert sorted(constants.values()) == sorted(EXIT_CODES)
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name in ("main", "_run", "run_main")
+    }
+    assert len(functions) == 3
+    statuses = []
+    for function in functions.values():
+        for node in ast.walk(function):
+            returns = isinstance(node, ast.Return)
+            sets_status = isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "status" for t in node.targets
+            )
+            if returns or sets_status:
+                statuses.append(node.value)
+    for value in statuses:
+        if isinstance(value, ast.Call):  # the status of main() or _run(), checked here too
+            assert isinstance(value.func, ast.Name) and value.func.id in ("main", "_run")
+        else:
+            assert isinstance(value, ast.Name) and value.id in constants, ast.unparse(value)
+    # argparse exits 2 on bad arguments and 0 after --help and --version: both in the table.
+    assert cli.EXIT_USAGE == 2 and cli.EXIT_OK == 0
+
+
+def test_keyboard_interrupt_outside_the_run_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt that reaches the entry point (Ctrl-C while loading) exits 130."""
+
+    def interrupted(argv: object = None) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        cli.run_main()
+    assert exited.value.code == cli.EXIT_INTERRUPTED == 130
+
+
+def test_once_stopped_by_sigterm_before_its_end_exits_130(tmp_path: Path) -> None:
+    """A --once run stopped by a signal handles what it had read, then exits 130, not 0."""
+    pipeline_file(
+        tmp_path,
+        """
+        [dispatcher]
+        poll_interval = "50ms"
+        max_pending = 1
+
+        [[inputs]]
+        paths = ["a.log"]
+
+        [[rules]]
+        regex = 'n=(?P<n>\\d+)'
+        handlers = [
+          { type = "print", file = "seen.txt", format = "{n}" },
+          { type = "exec", command = "import time; time.sleep(1)" },
+        ]
+        """,
+    )
+    # One match, then more than a poll reads of lines that match nothing, then more matches:
+    # while the first event's handler runs, nothing else is read (max_pending = 1).
+    filler = "x" * 99 + "\n"
+    with (tmp_path / "a.log").open("w") as f:
+        f.write("n=0\n" + filler * 60_000 + "".join(f"n={n}\n" for n in range(1, 50)))
+    seen = tmp_path / "seen.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventmp", "run", "--once", str(tmp_path / "pipeline.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: seen.exists() and seen.read_text() != "")
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "SIGTERM received: draining" in err
+    assert "1 events: 1 processed, 0 failed" in err
+    assert seen.read_text() == "0\n"
+
+
+# == log lines: ISO 8601 with the UTC offset ======================================================
+
+
+@contextlib.contextmanager
+def time_zone(spec: str) -> Iterator[None]:
+    """Run the body with the process's local time zone set by a POSIX TZ string."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = spec
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def test_log_formatter_writes_iso_8601_with_milliseconds_and_offset() -> None:
+    """A real log record is stamped in local time with milliseconds and the local UTC offset."""
+    record = logging.getLogger("eventmp").makeRecord(
+        "eventmp", logging.WARNING, __file__, 1, "rule %s failed", ("x",), None
+    )
+    record.created = 1_795_971_837.25  # 2026-11-29T17:03:57.250Z
+    with time_zone("IST-5:30"):
+        line = LogFormatter().format(record)
+    assert line == "2026-11-29T22:33:57.250+05:30 eventmp WARNING: rule x failed"
+    with time_zone("UTC0"):
+        assert LogFormatter().format(record).startswith("2026-11-29T17:03:57.250+00:00 eventmp")
+
+
+def test_command_log_lines_carry_the_local_utc_offset(tmp_path: Path) -> None:
+    """The command's own warnings (a failed event) are stamped with the local UTC offset."""
+    pipeline_file(tmp_path, ONCE)
+    append(tmp_path / "a.log", "amount=-1")
+    before = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "eventmp", "run", "--once", str(tmp_path / "pipeline.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "IST-5:30"},
+    )
+    after = time.time()
+    assert result.returncode == 1, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if " eventmp WARNING: " in line]
+    assert warnings, result.stderr
+    stamp = datetime.fromisoformat(warnings[0].split(" ", 1)[0])
+    assert stamp.utcoffset() == timedelta(hours=5, minutes=30)
+    assert before - 1 <= stamp.timestamp() <= after + 1
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30 eventmp", warnings[0])
+
+
+# == the status line's rate =======================================================================
+
+
+def rates(meter: RateMeter, samples: list[tuple[float, int]]) -> list[float]:
+    """The rate the meter gives after each (time, count) sample."""
+    return [meter.update(now, count) for now, count in samples]
+
+
+def test_rate_of_a_steady_flow_is_steady() -> None:
+    """100 events/s, counted every half second, reads 100 ev/s from the first update on."""
+    shown = rates(RateMeter(5.0), [(t / 2, 50 * t) for t in range(40)])
+    assert shown[0] == 0.0  # one sample: no time has passed yet
+    assert shown[1:] == pytest.approx([100.0] * 39)
+
+
+def test_rate_of_bursty_input_does_not_flicker() -> None:
+    """Events arriving as 200 every second (0, then 200 per half second) read about 200 ev/s."""
+    samples = [(t / 2, 200 * ((t + 1) // 2)) for t in range(40)]
+    old = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples)]
+    assert min(old) == 0 and max(old) == 400, "what the status line used to show"
+    shown = rates(RateMeter(5.0), samples)[10:]  # once the 5 s window is full
+    assert min(shown) >= 180 and max(shown) <= 220
+
+
+def test_a_burst_is_spread_over_the_window_and_then_gone() -> None:
+    """1000 events at once read as 1000/5 s for the window, never higher, then exactly 0."""
+    meter = RateMeter(5.0)
+    quiet = rates(meter, [(t / 2, 0) for t in range(21)])  # 0 .. 10 s, nothing
+    assert set(quiet) == {0.0}
+    after = rates(meter, [(10 + t / 2, 1000) for t in range(1, 21)])  # 10.5 .. 20 s
+    assert after[0] == pytest.approx(200.0)
+    assert all(a >= b for a, b in itertools.pairwise(after)), "never rises again"
+    assert max(after) == pytest.approx(200.0)
+    burst_is_a_window_old = 10  # 15.5 s: the sample that saw the burst is now the base
+    assert after[burst_is_a_window_old:] == [0.0] * (20 - burst_is_a_window_old)
+
+
+def test_rate_with_samples_further_apart_than_the_window() -> None:
+    """A stats line a minute: the rate is that of the last minute, whatever came before."""
+    shown = rates(RateMeter(5.0), [(0.0, 0), (60.0, 6000), (120.0, 6000), (180.0, 6600)])
+    assert shown == [0.0, 100.0, 0.0, 10.0]
+
+
+def test_rate_meter_edge_cases() -> None:
+    """Two samples at the same instant give 0, not a division by zero; a bad window is refused."""
+    meter = RateMeter()
+    assert meter.update(1.0, 5) == 0.0
+    assert meter.update(1.0, 9) == 0.0
+    with pytest.raises(ValueError, match="window"):
+        RateMeter(0)
+
+
+# == print with a format, end to end =============================================================
+
+PRINT_FORMAT = """
+[dispatcher]
+poll_interval = "50ms"
+
+[[inputs]]
+paths = ["auth.log"]
+
+[[rules]]
+name = "ssh"
+regex = 'Failed password for (?P<user>.+) from (?P<ip>\\S+)'
+handler = { type = "print", format = "{time} {ip} {user}" }
+"""
+
+
+def test_print_format_end_to_end(tmp_path: Path) -> None:
+    """print with format writes one filled line per match to the command's stdout."""
+    pipeline_file(tmp_path, PRINT_FORMAT)
+    append(
+        tmp_path / "auth.log",
+        "Failed password for root from 203.0.113.9 port 22",
+        "Accepted password for alice from 198.51.100.7 port 22",
+        "Failed password for bob from 198.51.100.8 port 22",
+    )
+    result = eventmp_command("run", "--once", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["203.0.113.9 root", "198.51.100.8 bob"]
+    for line in lines:
+        assert datetime.fromisoformat(line.split(" ", 1)[0]).utcoffset() is not None
+
+
+def test_print_format_end_to_end_escapes_what_a_log_line_smuggles(tmp_path: Path) -> None:
+    """A log line cannot make print write a forged extra line or move the terminal's cursor."""
+    pipeline_file(tmp_path, PRINT_FORMAT)
+    forged = "x\r2026-11-29T17:03:57.000+00:00 10.0.0.1 admin LOGIN OK\x1b[1A\x1b[2K\u2028\x85y"
+    with (tmp_path / "auth.log").open("w", encoding="utf-8", newline="") as f:
+        f.write(f"Failed password for {forged} from 203.0.113.9 port 22\n")
+    result = eventmp_command("run", "--once", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1, repr(result.stdout)
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert result.stdout.split(" ", 1)[1] == (
+        "203.0.113.9 x\\r2026-11-29T17:03:57.000+00:00 10.0.0.1 admin LOGIN OK"
+        "\\x1b[1A\\x1b[2K\\u2028\\x85y\n"
+    )
+
+
+def test_print_without_format_is_unchanged(tmp_path: Path) -> None:
+    """Without format, print still writes the event as before: its time, originator and data."""
+    pipeline_file(
+        tmp_path,
+        PRINT_FORMAT.replace(
+            'handler = { type = "print", format = "{time} {ip} {user}" }', 'handler = "print"'
+        ),
+    )
+    append(tmp_path / "auth.log", "Failed password for root from 203.0.113.9 port 22")
+    result = eventmp_command("run", "--once", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "'named': {'user': 'root', 'ip': '203.0.113.9'}" in result.stdout
+    assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("format", "what"),
+    [
+        ("{time} {ip", "setting 'format': bad template '{time} {ip' at position 7"),
+        ("{time} {host}", "names {host}, a field these events do not have; available: "),
+        ("{ip.__class__}", "attribute access in {ip.__class__} is not allowed"),
+    ],
+)
+def test_check_rejects_a_bad_print_format_in_one_line(
+    tmp_path: Path, format: str, what: str
+) -> None:
+    """eventmp check on a bad or unknown-field format: exit 2, one line naming file and key."""
+    pipeline_file(tmp_path, PRINT_FORMAT.replace("{time} {ip} {user}", format))
+    result = eventmp_command("check", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f'eventmp: {tmp_path / "pipeline.toml"}: rules[1] ("ssh").handler[1]'
+    )
+    assert what in lines[0]
+
+
+def test_check_shows_the_print_format(tmp_path: Path) -> None:
+    """eventmp check on a good print format exits 0 and shows the format with the handler."""
+    pipeline_file(tmp_path, PRINT_FORMAT)
+    result = eventmp_command("check", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "PrintEventHandler(file='stdout', format='{time} {ip} {user}')" in result.stdout

@@ -163,6 +163,21 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "unknown encoding 'klingon'",
         ),
         (
+            "[[inputs]]\npath='a.log'\nencoding='utf-16'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].encoding",
+            "does not write a newline as the byte 0x0A",
+        ),
+        (
+            "[dispatcher]\nevent_timeout=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.event_timeout",
+            "expected a number of seconds > 0",
+        ),
+        (
+            "[dispatcher]\nstart_timeout='0s'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "dispatcher.start_timeout",
+            "expected a number of seconds > 0",
+        ),
+        (
             "[[inputs]]\npath='${NOPE}/a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "inputs[1].path",
             "environment variable NOPE is not set",
@@ -254,3 +269,117 @@ def test_bad_routing_key_template(tmp_path: Path) -> None:
         "[dispatcher]\nkey='{file'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
     )
     assert ": dispatcher.key: bad template '{file' at position 0" in message
+
+
+# == print's format: its fields are checked against the events' =================================
+
+SSH = (
+    "[[inputs]]\npath='a.log'\n"
+    "[[rules]]\nname='ssh'\nregex='for (?P<user>\\S+) from (?P<ip>\\S+)'\n"
+)
+
+
+def test_print_format_with_known_fields_loads(tmp_path: Path) -> None:
+    """A print format naming the rule's groups and the tail's fields loads as written."""
+    pipeline = load(
+        tmp_path,
+        SSH + "handler={type='print', format='{time} {ip} {user} {file}:{line_number} {2}'}\n",
+    )
+    handler = pipeline.rules[0].handler
+    assert isinstance(handler, PrintEventHandler)
+    assert handler.format == "{time} {ip} {user} {file}:{line_number} {2}"
+
+
+@pytest.mark.parametrize(
+    ("handler", "where", "what"),
+    [
+        (
+            "{type='print', format='{time} {ipaddr}'}",
+            'rules[1] ("ssh").handler[1].format',
+            "names {ipaddr}, a field these events do not have; available: file, groups, "
+            "input, ip, line, line_number, match, named, originator, rule, time, timestamp, "
+            "user, 0, 1, 2",
+        ),
+        (
+            "{type='print', format='{3}'}",
+            'rules[1] ("ssh").handler[1].format',
+            "names {3}, a field these events do not have",
+        ),
+        (
+            "[{type='count', count=2}, {type='print', format='{data}'}]",
+            'rules[1] ("ssh").handlers[2].format',
+            "names {data}, a field these events do not have",
+        ),
+        (
+            "{type='print', format='{time} {ip'}",
+            'rules[1] ("ssh").handler[1]',
+            "handler 'print': PrintEventHandler: setting 'format': bad template '{time} {ip' "
+            "at position 7: '{' is never closed",
+        ),
+        (
+            "{type='print', format='{ip.__class__}'}",
+            'rules[1] ("ssh").handler[1]',
+            "attribute access in {ip.__class__} is not allowed",
+        ),
+    ],
+)
+def test_bad_print_format_names_file_key_and_problem(
+    tmp_path: Path, handler: str, where: str, what: str
+) -> None:
+    """A print format with a field the rule's events lack, or a bad template, is one clear error."""
+    key = "handlers" if handler.startswith("[") else "handler"
+    message = error_of(tmp_path, SSH + f"{key}={handler}\n")
+    assert f": {where}: " in message and what in message, message
+
+
+def test_error_handler_print_format_is_checked_against_error_events(tmp_path: Path) -> None:
+    """An error handler's print format may use the error event's fields, and only those."""
+    good = "[error_handler]\ntype='print'\nformat='{time} {originator}: {data!r}'\n"
+    assert load(tmp_path, good + SSH + "handler='print'\n").error_handler is not None
+    message = error_of(
+        tmp_path, "[error_handler]\ntype='print'\nformat='{ip}'\n" + SSH + "handler='print'\n"
+    )
+    assert ": error_handler.format: " in message
+    assert "available: data, originator, time, timestamp" in message
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "'my_enricher:Enrich'",
+        '{type=\'exec\', command=\'event.data["named"]["country"] = "NL"\'}',
+    ],
+    ids=["module:Class", "exec"],
+)
+def test_a_handler_that_may_add_fields_stops_the_field_check(tmp_path: Path, first: str) -> None:
+    """An exec or module:Class handler may add fields to the event: later formats pass."""
+    (tmp_path / "my_enricher.py").write_text(
+        "class Enrich:\n"
+        "    def process_event(self, event):\n"
+        "        event.data['named']['country'] = 'NL'\n"
+        "        return True\n"
+    )
+    pipeline = load(
+        tmp_path, SSH + f"handlers=[{first}, {{type='print', format='{{ip}} {{country}}'}}]\n"
+    )
+    assert isinstance(pipeline.rules[0].handler, ChainEventHandler)
+
+
+def test_checked_fields_are_those_of_a_real_tail_event(tmp_path: Path) -> None:
+    """The fields the check allows are exactly those a FileTailGenerator's event offers."""
+    from eventmp.pipeline import _tail_fields
+    from eventmp.tail import FileTailGenerator, Rule
+    from eventmp.templates import fields
+
+    regex = re.compile(r"for (?P<user>\S+) from (?P<ip>\S+)( port (\d+))?")
+    log = tmp_path / "auth.log"
+    log.write_text("Failed password for root from 203.0.113.9 port 22\n")
+    tail = FileTailGenerator(
+        [str(log)], [Rule("ssh", regex, "print")], start_at="beginning", once=True
+    )
+    try:
+        events = tail.get_events()
+    finally:
+        tail.stop()
+    assert len(events) == 1
+    assert sorted(_tail_fields(regex)) == sorted(fields(events[0]))

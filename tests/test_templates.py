@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 
 from eventmp import Event, EventmpError
 from eventmp.errors import TemplateError
-from eventmp.templates import check, fields, render, render_fields
+from eventmp.templates import check, fields, names, printable, render, render_fields
 
 STAMP = 1_700_000_000.5
 
@@ -229,3 +233,90 @@ def test_bad_template_raises_value_error_when_rendered_too() -> None:
     """render() refuses a template check() would refuse, rather than guessing."""
     with pytest.raises(ValueError, match="position"):
         render("{line", tail_event())
+
+
+# == names =======================================================================================
+
+
+def test_names_lists_each_field_once_in_order() -> None:
+    """names() gives the fields a template uses, in order of first use, without repeats."""
+    assert names("{time} {ip} {user!r:>8} {ip} {{literal}} {0}") == ["time", "ip", "user", "0"]
+    assert names("no fields {{at all}}") == []
+
+
+def test_names_rejects_a_bad_template() -> None:
+    """names() checks the template first, so a bad one is a ValueError with its position."""
+    with pytest.raises(ValueError, match="at position 0"):
+        names("{ip")
+
+
+# == printable and escape ========================================================================
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "plain text, with 'quotes' and \\backslashes\\",
+            "plain text, with 'quotes' and \\backslashes\\",
+        ),
+        ("two\nlines", "two\\nlines"),
+        ("carriage\rreturn and\ttab", "carriage\\rreturn and\\ttab"),
+        ("\x1b[2Kcleared", "\\x1b[2Kcleared"),
+        ("nul\x00 del\x7f nel\x85", "nul\\x00 del\\x7f nel\\x85"),
+        ("line\u2028sep para\u2029sep", "line\\u2028sep para\\u2029sep"),
+        ("bidi \u202eevil", "bidi \\u202eevil"),
+        ("unicode é 日本 🙂", "unicode é 日本 🙂"),
+        ("private \U000f0000", "private \\U000f0000"),
+    ],
+)
+def test_printable_escapes_what_is_not_printable(text: str, shown: str) -> None:
+    """printable() writes line breaks, control and format characters as repr-style escapes."""
+    assert printable(text) == shown
+    assert printable(shown) == shown, "escaping twice changes nothing"
+    assert len(printable(text).splitlines()) <= 1
+
+
+def test_render_fields_escape_applies_to_fields_not_to_the_template() -> None:
+    """With escape=, a field's text is escaped but the template's own line break is kept."""
+    values = {"user": "root\nFAKE alert", "n": 3, "groups": ["a\nb"]}
+    shown = render_fields("{user}\n  n={n} {groups} {user!r}", values, escape=printable)
+    assert shown == "root\\nFAKE alert\n  n=3 ['a\\nb'] 'root\\nFAKE alert'"
+
+
+def test_render_fields_escape_before_padding() -> None:
+    """A string field is escaped before its format spec pads it, so columns stay aligned."""
+    shown = render_fields("[{user:<8}]", {"user": "a\tb"}, escape=printable)
+    assert shown == "[a\\tb    ]"
+
+
+def test_render_fields_without_escape_is_unchanged() -> None:
+    """Without escape=, field values are written as they are (the json and command handlers)."""
+    assert render_fields("{line}", {"line": "a\nb"}) == "a\nb"
+
+
+@contextlib.contextmanager
+def time_zone(spec: str) -> Iterator[None]:
+    """Run the body with the process's local time zone set by a POSIX TZ string."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = spec
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def test_time_field_is_unambiguous_across_a_dst_change() -> None:
+    """In the hour a DST change repeats, the time field's offset still names the right instant."""
+    # 2026-10-25 00:30 UTC is 02:30 CEST; an hour later it is 02:30 CET: the same wall time.
+    with time_zone("CET-1CEST,M3.5.0,M10.5.0/3"):
+        shown = [
+            fields(Event("x", None, {}, timestamp=s))["time"]
+            for s in (1_792_888_200.0, 1_792_891_800.0)
+        ]
+    assert shown == ["2026-10-25T02:30:00.000+02:00", "2026-10-25T02:30:00.000+01:00"]
