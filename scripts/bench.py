@@ -1,121 +1,54 @@
-"""Benchmark eventmp against the IPC ceiling and its peers (issue 4).
+"""Benchmark eventmp against the IPC ceiling and its peers; write docs/performance.md.
 
 Usage::
 
     .venv/bin/python scripts/bench.py [--quick] [--runs N] [--json PATH] [--baseline REF]
+                                      [--write-docs [--docs-dir DIR]]
+    .venv/bin/python scripts/bench.py --report-from PATH [--write-docs [--docs-dir DIR]]
 
-Progress goes to stderr; at the end a markdown table (for the README), the ratios
-eventmp / peer and the goal checks of issue 4 go to stdout, and every figure is written as JSON
-(default ``bench-results.json``). Each run performs every measurement once, and the runs are
-interleaved (run 1 does them all, then run 2, ...), so that a burst of load elsewhere on the
-machine hits every path rather than one; the table shows the median over the runs and the
-min-max range. ``--quick`` does one run with about ten times fewer events: a smoke test that
-the script works, not a measurement. A failed measurement is reported and the script goes on;
-the exit code is 0 whatever the goals say (this is a measurement, not a test).
+Progress goes to stderr; at the end markdown tables, the ratios eventmp / peer and the goal
+checks go to stdout, and every figure is written as JSON (default ``bench-results.json``), with
+a stamp of what was measured (commit, Python, machine, date, command). Each run performs every
+measurement once, and the runs are interleaved (run 1 does them all, then run 2, ...), so that
+a burst of load elsewhere on the machine hits every path rather than one; the tables show the
+median over the runs and the min-max range. ``--quick`` does one run with about ten times fewer
+events: a smoke test that the script works, not a measurement. A failed measurement is reported
+and the script goes on; the exit code is 0 whatever the goals say (this is a measurement, not a
+test).
 
-What is measured:
+``--write-docs`` also writes ``docs/performance.md`` and its two charts,
+``docs/performance-throughput.svg`` and ``docs/performance-latency.svg`` (plain SVG written
+here, no plotting library). ``--report-from PATH`` measures nothing: it rebuilds the report from
+a results JSON this script wrote, so a saved run can be re-rendered (and the report tested).
 
-1. Throughput: a no-op handler, one worker, small events (``data`` is an int), events/s. Every
-   eventmp path runs under ``fork`` and under eventmp's default start method (forkserver on
-   Linux); the peers run under ``fork`` (Python 3.11's default on Linux), loky under its own.
-
-   a. eventmp ``submit()``: events are built before timing, once the worker runs (as on every
-      other path: under ``fork``, objects built before the fork and written after it cost the
-      parent a copy-on-write fault per page); the clock runs from the first ``submit()`` until
-      ``wait()`` returns.
-   b. eventmp fed by a generator that returns chunks of 1,000 events per poll
-      (``poll_interval=0``); the clock runs from ``add_event_generator()`` to ``wait()``.
-   c. The hand-written batched-Pipe ceiling: the parent pickles lists of 256 whole
-      ``eventmp.Event`` objects (protocol 5) and writes them with ``Connection.send_bytes`` to
-      one worker, which loads each list, calls every event's handler and acknowledges each list;
-      at most two lists are unacknowledged; the worker runs ``gc.freeze()``. The goals use it
-      as the issue defines it; a reference row runs it with lists of 1,024 (eventmp's largest
-      batch), under ``fork``.
-   d. ``multiprocessing.Queue``, one ``put()`` per event and one acknowledgement per event on a
-      return queue: the naive design (fewer events).
-   e. ``concurrent.futures.ProcessPoolExecutor(max_workers=1)``: ``submit()`` per event (fewer
-      events) and ``map(chunksize=1024)``.
-   f. loky ``get_reusable_executor(max_workers=1).map(chunksize=1024)`` and pebble
-      ``ProcessPool(max_workers=1).map(chunksize=1024)``, skipped with a note if not installed
-      (they are the project's optional ``bench`` extra).
-
-   The peers carry the same ``Event`` objects as eventmp and the ceiling, and run the same
-   handler on each (``fn(event)``). One reference row maps the executor over bare ints instead,
-   to show how much of any path's cost is the payload; two more run eventmp's ``submit()`` with
-   one worker per CPU, shared and routed by a key of 8 values (cheap events then batch up as
-   for one worker, rather than go out a few at a time to whichever worker is idle). The goals
-   use none of them.
-
-2. Idle latency: one event at a time with the pipeline idle (2 ms between events), from
-   ``submit()`` to the handler starting; median and p99. The parent stores
-   ``time.monotonic_ns()`` in ``event.data`` just before ``submit()``; the handler, one instance
-   of :class:`LatencyRecorder` kept in the worker, stamps ``time.monotonic_ns()`` on entry and
-   keeps both in a list, which a final event makes it write to a file the parent then reads.
-   CLOCK_MONOTONIC is system-wide on Linux, so the stamps compare across processes. The
-   reference is a raw ``multiprocessing`` Pipe one-way trip measured the same way: the parent
-   stamps, then ``send_bytes``; the worker stamps when ``recv_bytes`` returns.
-
-3. Latency under a busy producer: a producer thread submits at a fixed offered rate (30,000
-   events/s for about 3 s), pacing itself with a busy loop on ``time.perf_counter`` so that it
-   holds the GIL like a real busy producer; median and p99 latency as above, and the same for
-   a raw Pipe sender (one ``send_bytes`` per event) at the same rate.
-
-   Every latency row also shows the share of all CPU time the hypervisor took (steal, from
-   ``/proc/stat``) while it was measured: on a shared VM the worker is now and then not run
-   for milliseconds, which no design on this side of the hypervisor can hide. So after the goals
-   the busy-producer p99 is listed run by run, ordered by steal, eventmp beside the raw Pipe,
-   with the median over the quiet runs (under 1% steal): the comparison at equal steal. A
-   reference row runs the busy producer with ``idle_spin=0`` (workers sleep as soon as they run
-   out of batches, where by default they poll a moment first); the goal uses the default.
-
-4. A CPU-heavy handler (a pure-Python loop of about 5 ms, calibrated in the parent) over
-   ``workers=1..os.cpu_count()``: events/s and the speed-up against one worker, as the median
-   of the per-run ratios (each run measures both rows close together, so a noisy minute moves
-   both rather than one).
-
-5. Restart time after a crash: the handler calls ``os._exit(1)`` on a marked event; the time
-   from submitting that event to the handler of the next event starting in the fresh worker
-   (which appends its ``time.monotonic_ns()`` to a file); median, min and max of 10 crashes,
-   under ``fork`` and under the default start method.
-
-6. Parent RSS while 1,000,000 events are submitted as fast as possible to one worker whose
-   handler (a tiny busy loop) is slower than the producer, with ``max_pending`` at its default
-   and at ten times that. A thread samples ``psutil.Process().memory_info().rss`` (and the
-   dispatcher's pending count) every 50 ms; reported: baseline, peak, peak minus baseline (MB),
-   and the peak pending count. It runs in a fresh interpreter (a spawned process that starts
-   the dispatcher), so that memory the other measurements freed, but the allocator kept, does
-   not absorb the growth. The point: memory is bounded by ``max_pending``, not by the number
-   of events; for scale, the table also shows what holding every event at once would take
-   (traced with ``tracemalloc`` on a sample of events kept in a dict).
-
-7. GC in a forked worker (the issue asks to measure it): the parent holds 2,000,000 small lists
-   when the worker forks; the handler keeps a small list per event (as a handler that
-   aggregates does), so the worker's collector keeps promoting objects and now and then runs a
-   full collection, which re-scans whatever it inherited. eventmp's worker calls
-   ``gc.freeze()`` as it starts; the second row patches that out. The figure is the worker's
-   CPU time per event (psutil), since the parent, not the worker, limits the events/s.
+What each measurement does, and why, is written next to it: the :class:`Section` texts
+(``INTRO``, ``THROUGHPUT``, ``LATENCY``, ``SPIN``, ``SCALING``, ``RESTART``, ``MEMORY``,
+``GC``), which are the explanatory paragraphs of the generated page. Keep them true when a
+measurement changes; they are formatted with the run's sizes (:func:`text_context`), so they
+carry no figure of their own.
 
 A/B against a baseline commit (``--baseline REF``): the script checks REF out with ``git worktree
 add --detach`` into a temporary directory (removed at the end, also on error, then ``git worktree
 prune``) and measures every eventmp row twice per run, once with this tree's ``eventmp`` and
 once with the baseline's: throughput by ``submit()`` and by a generator under each start method,
 the two ``workers=N`` reference rows, idle latency, busy-producer latency (with the
-``idle_spin=0`` row), the CPU-heavy rows and restart time. The peers, the raw Pipe and Queue
-references, the RSS and the GC rows run once, in this process, as usual: they are not eventmp
-code (RSS and GC are left out to keep the A/B short). Both sides of a row run the same function of
-this script, each in a fresh interpreter (``bench.py --one-case KEY --json-out FILE``) whose
-``PYTHONPATH`` is that tree's root, so that both pay the same start-up and neither inherits the
-other's heap; spawn and forkserver workers inherit ``PYTHONPATH``. The two run back to back,
-which one first alternating from row to row and run to run. Before measuring, a probe in each
-tree checks that ``eventmp.__file__``, in the interpreter and in its workers under every start
-method, lies under that tree, and whether ``poll_interval=0`` works there (if it fails in either,
-both generator rows use 0.001). The measurements use eventmp's public API only, so any commit
-with the same API can serve as the baseline; a row the baseline cannot run is shown as failed.
-The usual tables then show this tree's figures from those fresh interpreters (the peers still
-run in this process), and one more table, "this tree vs baseline", shows for each eventmp row and
-figure the median and min-max of each side and the ratio of the medians (this / baseline; for
-events/s higher is better, for latency and restart time lower is better), flagging a row more
-than 10% worse. The JSON holds the same (``ab``), both commits, and each row's baseline runs.
+``idle_spin=0`` row), the idle spin's CPU cost, the CPU-heavy rows and restart time. The peers,
+the raw Pipe and Queue references, the RSS and the GC rows run once, in this process, as usual:
+they are not eventmp code (RSS and GC are left out to keep the A/B short). Both sides of a row
+run the same function of this script, each in a fresh interpreter (``bench.py --one-case KEY
+--json-out FILE``) whose ``PYTHONPATH`` is that tree's root, so that both pay the same start-up
+and neither inherits the other's heap; spawn and forkserver workers inherit ``PYTHONPATH``. The
+two run back to back, which one first alternating from row to row and run to run. Before
+measuring, a probe in each tree checks that ``eventmp.__file__``, in the interpreter and in its
+workers under every start method, lies under that tree, and whether ``poll_interval=0`` works
+there (if it fails in either, both generator rows use 0.001). The measurements use eventmp's
+public API only, so any commit with the same API can serve as the baseline; a row the baseline
+cannot run is shown as failed. The usual tables then show this tree's figures from those fresh
+interpreters (the peers still run in this process), and one more table, "this tree vs
+baseline", shows for each eventmp row and figure the median and min-max of each side and the
+ratio of the medians (this / baseline; for events/s higher is better, for latency, restart time
+and CPU lower is better), flagging a row more than 10% worse. The JSON holds the same (``ab``),
+both commits, and each row's baseline runs.
 
 Worker-side functions and classes are at module level and the script only runs under
 ``if __name__ == "__main__":``, so ``spawn`` and ``forkserver`` workers can import it.
@@ -131,25 +64,29 @@ import functools
 import gc
 import inspect
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import platform
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 import psutil
 
@@ -355,6 +292,8 @@ class Sizes:
     latency_gap_s: float = 0.002
     busy_rate: int = 30_000
     busy_seconds: float = 3.0
+    spin_rates: tuple[int, ...] = (1_000, 5_000, 30_000)
+    spin_seconds: float = 2.0
     cpu_events: int = 400
     cpu_handler_ms: float = 5.0
     restarts: int = 10
@@ -369,6 +308,7 @@ QUICK_SIZES = Sizes(
     ppe_submit_events=2_000,
     latency_events=200,
     busy_seconds=0.5,
+    spin_seconds=0.3,
     cpu_events=80,
     restarts=3,
     rss_events=200_000,
@@ -404,6 +344,74 @@ class Plan:
     cores: int
     generator_interval: float = 0.0
     cpu_iterations: int = 0
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the report: its heading, and what it measures and how, for a reader.
+
+    ``about`` is markdown, formatted with :func:`text_context` (the sizes and plan of the run
+    shown), so the page states the sizes of its own run and no figure that could drift.
+    """
+
+    group: str  # the Case.group the section shows ("" for the introduction)
+    title: str
+    about: str
+
+    def text(self, context: dict[str, Any]) -> str:
+        """The markdown, formatted and re-wrapped (the figures change the lines' lengths)."""
+        return reflow(inspect.cleandoc(self.about).format_map(context))
+
+
+def reflow(markdown: str, width: int = 100) -> str:
+    """Re-wrap paragraphs and ``- `` list items (their continuation lines indented by two)."""
+    blocks = []
+    for block in markdown.split("\n\n"):
+        items: list[list[str]] = []
+        for line in block.splitlines():
+            if line.startswith("- ") or not items:
+                items.append([line.strip()])
+            else:
+                items[-1].append(line.strip())
+        wrapped = []
+        for item in items:
+            indent = "  " if item[0].startswith("- ") else ""
+            wrapped.append(
+                textwrap.fill(
+                    " ".join(item),
+                    width,
+                    subsequent_indent=indent,
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
+        blocks.append("\n".join(wrapped))
+    return "\n\n".join(blocks)
+
+
+INTRO = Section(
+    "",
+    "Performance",
+    """
+    `scripts/bench.py` measures eventmp side by side with what a Python program would otherwise
+    use to hand events to another process, and against the IPC ceiling: a hand-written batched
+    pipe that only moves pickled events to one worker and acknowledges them. The ceiling is the
+    least that a correct design has to do (pickle, write, read, unpickle, call the handler,
+    acknowledge), written by hand for this one job; what eventmp adds on top of it (a ledger of
+    every event, acknowledgements per event, crash recovery, timeouts, backpressure, several
+    workers) is what the comparison prices. The peers are `multiprocessing.Queue`,
+    `concurrent.futures.ProcessPoolExecutor`, [loky](https://github.com/joblib/loky) and
+    [pebble](https://github.com/noxdafox/pebble), each with one worker, carrying the same
+    `Event` objects to the same handler. Why eventmp is built the way it is lives in
+    [the design notes](design.md); this page shows what that design measures.
+
+    Each run performs every measurement once, and the runs are interleaved (run 1 does them
+    all, then run 2, ...), so that a burst of load elsewhere on the machine hits every path
+    rather than one. The tables show the median over {runs_text} and, in brackets, the range
+    from the lowest to the highest run. On a shared virtual machine figures swing from
+    run to run, which the ranges show: compare rows of one page, not figures of two pages.
+    """,
+)
 
 
 def log(message: str) -> None:
@@ -534,6 +542,48 @@ def probe_poll_interval_zero(method: str) -> bool:
 
 
 # == 1. throughput ===============================================================================
+
+
+THROUGHPUT = Section(
+    "throughput",
+    "Throughput",
+    """
+    A no-op handler, one worker, small events (`data` is an int): events per second, from the
+    first event handed over until the last one is done. Every eventmp path runs under `fork`
+    and under eventmp's default start method (`{default_start_method}` here); the peers run
+    under `fork` (Python's default on Linux before 3.14), loky under its own. Every path builds
+    its events once its worker runs: under `fork`, objects built before the fork and written
+    after it (reference counts) cost the parent a copy-on-write page fault per page.
+
+    - **eventmp `submit()`**: {throughput_events:,} events submitted one at a time; the clock
+      runs from the first `submit()` until `wait()` returns.
+    - **eventmp generator-fed**: an `EventGenerator` that returns {generator_chunk:,} events per
+      poll (`poll_interval={generator_poll_interval:g}`); the clock runs from
+      `add_event_generator()` until `wait()` returns.
+    - **batched-Pipe ceiling**: the parent pickles lists of {ceiling_batch} whole `Event`
+      objects (protocol 5) and writes them with `Connection.send_bytes` to one worker, which
+      loads each list, calls every event's handler and acknowledges the list; at most
+      {ceiling_window} lists are unacknowledged, and the worker runs `gc.freeze()` as eventmp's
+      does. A reference row sends lists of {max_batch:,}, eventmp's largest batch. eventmp can
+      beat its ceiling: it sends flat tuples with a handler id rather than pickled `Event`
+      objects, and its batches grow up to {max_batch:,} events while the worker is busy.
+    - **`multiprocessing.Queue`**: one `put()` per event and one acknowledgement per event on a
+      return queue, the naive design ({queue_events:,} events).
+    - **`ProcessPoolExecutor(max_workers=1)`**: `submit()` per event ({ppe_submit_events:,}
+      events), and `map(chunksize=1024)`.
+    - **loky** `get_reusable_executor(max_workers=1).map(chunksize=1024)` and **pebble**
+      `ProcessPool(max_workers=1).map(chunksize=1024)`, installed by the `bench` extra
+      (`pip install -e ".[bench]"`); a peer that is not installed is left out.
+
+    The peers carry the same `Event` objects and run the same handler on each (`fn(event)`).
+    Rows marked "(reference)" are not peers and no goal uses them: the executor's `map` over
+    bare ints shows how much of any path's cost is the payload; and, on a machine with more
+    than one CPU, eventmp's `submit()` with one worker per CPU, shared or routed by a key of 8
+    values. With a no-op handler it is the parent that limits the rate, so extra workers add
+    processes that compete for the same CPUs rather than capacity; several workers pay off
+    for handlers that do work (see [Scaling with workers](#scaling-with-workers)).
+    """,
+)
 
 
 def tp_eventmp_submit(
@@ -701,6 +751,39 @@ def tp_pebble_map(count: int) -> dict[str, Any]:
 # == 2. and 3. latency ===========================================================================
 
 
+LATENCY = Section(
+    "latency",
+    "Latency",
+    """
+    The time from `submit()` to the handler starting, median and 99th percentile (p99), in µs.
+    The parent stores `time.monotonic_ns()` in `event.data` just before `submit()`; the
+    handler, one instance kept in the worker, stamps `time.monotonic_ns()` on entry and keeps
+    both stamps in a flat array (a list of tuples would make the worker's garbage collector,
+    not the pipeline, the cause of the worst latencies); a final event makes it write them to
+    a file the parent reads. `CLOCK_MONOTONIC` is system-wide on Linux, so the stamps of two
+    processes compare. The first {latency_warm_up} samples are dropped (cold caches). The
+    reference is a raw `multiprocessing` Pipe measured the same way (the parent stamps, then
+    calls `send_bytes`; the worker stamps when `recv_bytes` returns): the least that any
+    design crossing a process boundary pays.
+
+    - **Idle**: {latency_events:,} events one at a time, {latency_gap_ms:g} ms apart: what a
+      lone event costs when the pipeline has nothing else to do.
+    - **Busy producer**: a producer thread submits {busy_rate:,} events/s for {busy_seconds:g} s,
+      pacing itself with a busy loop on `time.perf_counter`, so that it holds the GIL as a
+      real busy producer does; the raw Pipe sends one `send_bytes` per event at the same rate.
+      A reference row runs eventmp with `idle_spin=0` (see
+      [CPU cost of the idle spin](#cpu-cost-of-the-idle-spin)).
+
+    Every row also shows the CPU steal while it was measured: the share of all CPU time that
+    the hypervisor took (from `/proc/stat`). On a shared virtual machine a vCPU is now and then
+    not run for milliseconds, which no design inside the guest can hide, and which sets the p99
+    of every path. So after the table the busy-producer p99 is listed run by run in order of
+    steal, eventmp beside the raw Pipe, with the median over the quiet runs (under
+    {quiet_steal_pct:g}% steal): the comparison at equal steal.
+    """,
+)
+
+
 def paced(send: Callable[[int], None], per_second: int, seconds: float) -> dict[str, Any]:
     """Call ``send(monotonic_ns())`` at ``per_second``, busy-waiting between calls."""
     count = int(per_second * seconds)
@@ -817,7 +900,100 @@ def lat_raw_pipe(method: str, tmp: Path, sizes: Sizes, busy: bool) -> dict[str, 
     return {**latency_figures(pairs, expected), **extra}
 
 
+# == 3b. CPU cost of the idle spin ===============================================================
+
+
+SPIN = Section(
+    "spin",
+    "CPU cost of the idle spin",
+    """
+    A worker that runs out of batches polls its pipe for the next one for a moment before it
+    sleeps (`idle_spin`, at most {idle_spin_us:g} µs by default, a window that adapts to the
+    gaps between batches, so that a pipeline that goes quiet costs no CPU). On a virtual
+    machine this keeps the worker's vCPU from halting between batches, and the next batch from
+    waiting until the hypervisor runs it again; the busy-producer rows of [Latency](#latency),
+    with and without the spin, show what that is worth. Why the spin works as it does, and why
+    workers sleep at once under a flood: [the design notes](design.md#idle-spin).
+
+    What the spin costs is CPU in the worker while events come at a modest rate. Here a
+    producer thread submits no-op events at a steady rate for {spin_seconds:g} s under
+    `{default_start_method}`, once with the default `idle_spin` and once with `idle_spin=0`;
+    the figure is the worker's CPU time (user + system, from psutil) over the wall-clock time,
+    in % of one CPU, and per event. The kernel's haltpoll makes the same trade by default, with
+    one difference: it polls in the idle loop, which gives way to any runnable task, where a
+    spinning worker competes for the CPU like any process. Where a core matters more than the
+    tail latency, set `idle_spin=0` ([operations](operations.md#cpu-the-idle-spin)).
+    """,
+)
+
+
+def default_idle_spin() -> float | None:
+    """``EventDispatcher``'s default ``idle_spin`` (s); None if it has no such parameter."""
+    parameter = inspect.signature(EventDispatcher).parameters.get("idle_spin")
+    return None if parameter is None else float(parameter.default)
+
+
+def spin_cpu(method: str, per_second: int, seconds: float, spin: bool) -> dict[str, Any]:
+    """The worker's CPU while a producer thread submits no-op events at ``per_second``.
+
+    ``spin`` false runs the dispatcher with ``idle_spin=0``; true leaves the default.
+    """
+    options: dict[str, Any] = {"poll_interval": 1.0, "start_method": method}
+    if not spin:
+        options["idle_spin"] = 0.0
+    with dispatcher(**options) as (instance, errors):
+        before = warm_up(instance, noop_handler)
+        pid = instance.stats().worker_pids[0]
+        submit = instance.submit
+
+        def send(stamp: int) -> None:
+            submit(Event("bench", noop_handler, stamp))
+
+        cpu_before = worker_cpu_seconds(pid)
+        start = time.perf_counter()
+        extra = in_thread(lambda: paced(send, per_second, seconds))
+        wait_idle(instance)
+        elapsed = time.perf_counter() - start
+        cpu = worker_cpu_seconds(pid) - cpu_before
+        check_outcomes(instance, errors, before + extra["sent"])
+    return {
+        **extra,
+        "seconds": elapsed,
+        "worker_cpu_pct": 100.0 * cpu / elapsed,
+        "worker_cpu_us_per_event": cpu / extra["sent"] * 1e6,
+    }
+
+
 # == 4. CPU-heavy handler ========================================================================
+
+
+SCALING = Section(
+    "cpu",
+    "Scaling with workers",
+    """
+    A CPU-heavy handler, a pure-Python loop of about {cpu_handler_ms:g} ms ({cpu_iterations:,}
+    iterations, calibrated on this machine), {cpu_events:,} events, with `workers=1` up to one
+    worker per CPU: events/s, and the speed-up over one worker. The speed-up is the median of
+    the per-run ratios: each run measures every row close together, so a noisy minute moves
+    both figures of a ratio rather than one. The last column shows how evenly the events were
+    spread: the number handled by the busiest worker.
+    """,
+)
+
+GC = Section(
+    "gc",
+    "CPU cost per event: garbage collection in the worker",
+    """
+    A forked worker inherits the parent's heap, and its garbage collector tracks those objects
+    too. A handler that keeps objects (as one that aggregates does) makes the collector promote
+    them and now and then run a full collection, which re-scans everything inherited. eventmp's
+    worker calls `gc.freeze()` as it starts, which takes the inherited objects out of the
+    collector's sight. Here the parent holds {gc_heap_objects:,} small lists when the worker
+    forks, and the handler keeps a small list per event, {gc_events:,} events under `fork`;
+    the second row patches `gc.freeze()` out. The figure is the worker's CPU time (user +
+    system, from psutil) per event, since the parent, not the worker, limits the events/s.
+    """,
+)
 
 
 def worker_cpu_seconds(pid: int) -> float:
@@ -906,6 +1082,20 @@ def cpu_scaling(
 # == 5. restart after a crash ====================================================================
 
 
+RESTART = Section(
+    "restart",
+    "Restart after a crash",
+    """
+    The handler calls `os._exit(1)` on a marked event, which fails with `WorkerCrashedError`;
+    the figure is the time from submitting that event to the handler of the next event
+    starting in the replacement worker (which appends its `time.monotonic_ns()` to a file):
+    median, fastest and slowest of {restarts} crashes per run. Under `fork` the replacement is
+    a fork of the parent; under `forkserver` most of the time is multiprocessing starting the
+    process.
+    """,
+)
+
+
 def restart_time(method: str, tmp: Path, crashes: int) -> dict[str, Any]:
     path = tmp / f"restart-{method}.txt"
     path.unlink(missing_ok=True)
@@ -937,6 +1127,25 @@ def restart_time(method: str, tmp: Path, crashes: int) -> dict[str, Any]:
 
 
 # == 6. parent RSS under backpressure ============================================================
+
+
+MEMORY = Section(
+    "rss",
+    "Memory",
+    """
+    The parent's resident memory (RSS) while {rss_events:,} events are submitted as fast as
+    possible to one worker whose handler (a short busy loop) is slower than the producer, with
+    `max_pending` at its default and at ten times that. `submit()` blocks while the pipeline
+    holds `max_pending` events without an outcome, so memory is bounded by `max_pending`, not
+    by the number of events. A thread samples the RSS and the dispatcher's pending count every
+    {rss_sample_ms:g} ms; the table shows the RSS before the first event (baseline), its peak,
+    the growth (MB) and the peak pending count. Each row runs in a fresh interpreter (a spawned
+    process that starts the dispatcher), so that memory which earlier measurements freed, but
+    the allocator kept, does not absorb the growth. For scale: holding all {rss_events:,}
+    events at once would take about {holding_all_mb:,.0f} MB ({holding_bytes_per_event:,.0f}
+    bytes per event, traced with `tracemalloc`).
+    """,
+)
 
 
 def default_max_pending() -> int:
@@ -1094,6 +1303,11 @@ def eventmp_runner(
             lambda: lat_eventmp(default, tmp, sizes, busy=True, idle_spin=0.0)
         ),
     }
+    for per_second in sizes.spin_rates:
+        for spin in (True, False):
+            runners[f"spin.{per_second}.{'default' if spin else 'off'}"] = functools.partial(
+                spin_cpu, default, per_second, sizes.spin_seconds, spin
+            )
     for method in plan.methods:
         runners[f"tp.submit.{method}"] = functools.partial(tp_eventmp_submit, method, n)
         runners[f"tp.generator.{method}"] = functools.partial(
@@ -1232,6 +1446,21 @@ def build_cases(
         lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=True)),
     )
 
+    spin = default_idle_spin()
+    meta["idle_spin_default"] = spin
+    if spin is None:
+        notes.append("EventDispatcher has no idle_spin parameter: the idle-spin rows are skipped.")
+    else:
+        for per_second in sizes.spin_rates:
+            for on in (True, False):
+                setting = f"idle_spin={spin * 1e6:g} µs (default)" if on else "idle_spin=0"
+                add_eventmp(
+                    f"spin.{per_second}.{'default' if on else 'off'}",
+                    "spin",
+                    f"{per_second:,} events/s, {setting}",
+                    default,
+                )
+
     for workers in range(1, cores + 1):
         add_eventmp(f"cpu.{workers}", "cpu", f"workers={workers}", default)
 
@@ -1271,6 +1500,8 @@ def describe(result: dict[str, Any]) -> str:
         return f"median {result['median_us']:.0f} µs, p99 {result['p99_us']:.0f} µs"
     if "median_ms" in result:
         return f"median {result['median_ms']:.1f} ms"
+    if "worker_cpu_pct" in result and "events_per_s" not in result:
+        return f"worker CPU {result['worker_cpu_pct']:.0f}% of one CPU"
     if "growth_mb" in result:
         return (
             f"RSS {result['baseline_mb']:.0f} → {result['peak_mb']:.0f} MB, "
@@ -1495,12 +1726,15 @@ def run_one_case(key: str, json_out: Path, case_config: str | None, quick: bool)
 # == summaries and the report ===================================================================
 
 
+GROUPS = ("throughput", "latency", "spin", "cpu", "restart", "rss", "gc")  # report order
+
 # For each group of eventmp rows, the figures the A/B table compares and which way is better.
 AB_FIGURES: dict[str, list[tuple[str, str, str]]] = {
     "throughput": [("events_per_s", "events/s", "higher")],
     "latency": [("median_us", "median µs", "lower"), ("p99_us", "p99 µs", "lower")],
     "cpu": [("events_per_s", "events/s", "higher")],
     "restart": [("median_ms", "median ms", "lower")],
+    "spin": [("worker_cpu_pct", "worker CPU %", "lower")],
 }
 
 
@@ -1551,19 +1785,39 @@ class Report:
     def group(self, name: str) -> list[Case]:
         return [case for case in self.order if case.group == name]
 
+    def runs(self) -> int:
+        return max((len(c.results) for c in self.order), default=0)
+
     def tables(self) -> str:
-        runs = max((len(c.results) for c in self.order), default=0)
+        """Every table, each under a bold caption: the stdout report."""
+        meta = self.meta
         lines = [
-            f"Median over {runs} run(s), (min-max) in brackets. Python "
-            f"{platform.python_version()}, {os.cpu_count()} CPUs, eventmp "
-            f"{eventmp.__version__}, default start method {self.meta['default_start_method']}.",
-            "",
-            "**Throughput**: no-op handler, one worker (unless the row says), small events "
-            "(data = an int)",
-            "",
-            "| path | start method | events | events/s |",
-            "|---|---|---:|---:|",
+            f"Median over {self.runs()} run(s), (min-max) in brackets. Python "
+            f"{meta.get('python', '?')}, {meta.get('cpu_count', '?')} CPUs, eventmp "
+            f"{meta.get('eventmp_version', '?')}, default start method "
+            f"{meta.get('default_start_method', '?')}.",
         ]
+        for group in GROUPS:
+            if not self.group(group):
+                continue
+            caption, table = self.table(group)
+            lines += ["", f"**{caption}**", "", *table]
+        return "\n".join(lines)
+
+    def table(self, group: str) -> tuple[str, list[str]]:
+        """The caption and the markdown table of one group of rows."""
+        return {
+            "throughput": self.throughput_table,
+            "latency": self.latency_table,
+            "spin": self.spin_table,
+            "cpu": self.cpu_table,
+            "restart": self.restart_table,
+            "rss": self.rss_table,
+            "gc": self.gc_table,
+        }[group]()
+
+    def throughput_table(self) -> tuple[str, list[str]]:
+        lines = ["| path | start method | events | events/s |", "|---|---|---:|---:|"]
         for case in self.group("throughput"):
             events = self.value(case.key, "events")
             shown = f"{events:,.0f}" if events is not None else "n/a"
@@ -1571,10 +1825,14 @@ class Report:
                 f"| {case.label} | {case.method} | {shown} | "
                 f"{self.cell(case.key, 'events_per_s', ',.0f')} |"
             )
-        lines += [
-            "",
-            "**Latency**: `submit()` (or `send_bytes`) to the handler (or `recv_bytes`), µs",
-            "",
+        caption = (
+            "Throughput: no-op handler, one worker (unless the row says), small events "
+            "(data = an int)"
+        )
+        return caption, lines
+
+    def latency_table(self) -> tuple[str, list[str]]:
+        lines = [
             "| path | start method | median µs | p99 µs | samples | CPU steal % |",
             "|---|---|---:|---:|---:|---:|",
         ]
@@ -1590,12 +1848,30 @@ class Report:
                 f"{self.cell(case.key, 'p99_us', ',.0f')} | {shown} | "
                 f"{self.cell(case.key, 'steal_pct', ',.1f')} |"
             )
-        iterations = self.meta.get("cpu_handler_iterations", 0)
-        lines += [
-            "",
-            f"**CPU-heavy handler** (~{self.sizes.cpu_handler_ms:g} ms pure-Python loop, "
-            f"{iterations:,} iterations), {self.sizes.cpu_events} events",
-            "",
+        caption = "Latency: `submit()` (or `send_bytes`) to the handler (or `recv_bytes`), µs"
+        return caption, lines
+
+    def spin_table(self) -> tuple[str, list[str]]:
+        lines = [
+            "| offered rate, idle spin | start method | worker CPU % | worker CPU µs/event | "
+            "events/s achieved |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for case in self.group("spin"):
+            lines.append(
+                f"| {case.label} | {case.method} | "
+                f"{self.cell(case.key, 'worker_cpu_pct', ',.0f')} | "
+                f"{self.cell(case.key, 'worker_cpu_us_per_event', ',.1f')} | "
+                f"{self.cell(case.key, 'achieved_per_s', ',.0f')} |"
+            )
+        caption = (
+            f"Idle spin: the worker's CPU (% of one CPU) while no-op events come at a steady "
+            f"rate for {self.sizes.spin_seconds:g} s"
+        )
+        return caption, lines
+
+    def cpu_table(self) -> tuple[str, list[str]]:
+        lines = [
             "| workers | events/s | speed-up vs 1, run by run | events on the busiest worker |",
             "|---:|---:|---:|---:|",
         ]
@@ -1611,27 +1887,29 @@ class Report:
                 f"| {workers} | {self.cell(case.key, 'events_per_s', ',.0f')} | {speedup} | "
                 f"{self.cell(case.key, 'busiest_worker_events', ',.0f')} |"
             )
-        lines += [
-            "",
-            f"**Restart after a crash** (`os._exit(1)` in the handler), {self.sizes.restarts} "
-            "crashes per run, from submitting the crashing event to the next event's handler",
-            "",
-            "| start method | median ms | fastest ms | slowest ms |",
-            "|---|---:|---:|---:|",
-        ]
+        iterations = self.meta.get("cpu_handler_iterations", 0)
+        caption = (
+            f"CPU-heavy handler (~{self.sizes.cpu_handler_ms:g} ms pure-Python loop, "
+            f"{iterations:,} iterations), {self.sizes.cpu_events} events"
+        )
+        return caption, lines
+
+    def restart_table(self) -> tuple[str, list[str]]:
+        lines = ["| start method | median ms | fastest ms | slowest ms |", "|---|---:|---:|---:|"]
         for case in self.group("restart"):
             lines.append(
                 f"| {case.method} | {self.cell(case.key, 'median_ms', ',.1f')} | "
                 f"{self.cell(case.key, 'min_ms', ',.1f')} | "
                 f"{self.cell(case.key, 'max_ms', ',.1f')} |"
             )
-        holding = self.meta.get("holding_all_mb", 0.0)
-        lines += [
-            "",
-            f"**Parent RSS** while {self.sizes.rss_events:,} events are submitted as fast as "
-            "possible to one slower worker (holding them all at once would take "
-            f"~{holding:,.0f} MB)",
-            "",
+        caption = (
+            f"Restart after a crash (`os._exit(1)` in the handler), {self.sizes.restarts} "
+            "crashes per run, from submitting the crashing event to the next event's handler"
+        )
+        return caption, lines
+
+    def rss_table(self) -> tuple[str, list[str]]:
+        lines = [
             "| max_pending | baseline MB | peak MB | peak - baseline MB | peak pending | "
             "events/s |",
             "|---|---:|---:|---:|---:|---:|",
@@ -1644,21 +1922,27 @@ class Report:
                 f"{self.cell(case.key, 'peak_pending', ',.0f')} | "
                 f"{self.cell(case.key, 'events_per_s', ',.0f')} |"
             )
-        lines += [
-            "",
-            f"**GC in a forked worker**: a handler that keeps a small list per event, "
-            f"{self.sizes.gc_events:,} events, the parent holding {self.sizes.gc_heap_objects:,} "
-            "extra objects when the worker forks",
-            "",
-            "| worker | worker CPU µs/event | events/s |",
-            "|---|---:|---:|",
-        ]
+        holding = float(self.meta.get("holding_all_mb", 0.0))
+        caption = (
+            f"Parent RSS while {self.sizes.rss_events:,} events are submitted as fast as "
+            f"possible to one slower worker (holding them all at once would take "
+            f"~{holding:,.0f} MB)"
+        )
+        return caption, lines
+
+    def gc_table(self) -> tuple[str, list[str]]:
+        lines = ["| worker | worker CPU µs/event | events/s |", "|---|---:|---:|"]
         for case in self.group("gc"):
             lines.append(
                 f"| {case.label} | {self.cell(case.key, 'worker_cpu_us_per_event', ',.2f')} | "
                 f"{self.cell(case.key, 'events_per_s', ',.0f')} |"
             )
-        return "\n".join(lines)
+        caption = (
+            f"GC in a forked worker: a handler that keeps a small list per event, "
+            f"{self.sizes.gc_events:,} events, the parent holding "
+            f"{self.sizes.gc_heap_objects:,} extra objects when the worker forks"
+        )
+        return caption, lines
 
     def ratios(self) -> list[dict[str, Any]]:
         """eventmp's throughput over every peer's (medians); the ceiling of the same method."""
@@ -1712,8 +1996,56 @@ class Report:
             lines.append(f"| {mine.label} ({mine.method}) | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    def peer_ratio_table(self) -> list[str]:
+        """eventmp's one-worker paths (columns) over each peer (rows): the page's ratio table."""
+        mine = [
+            case
+            for case in self.group("throughput")
+            if case.key.startswith(("tp.submit.", "tp.generator."))
+        ]
+        by_pair = {(r["eventmp_key"], r["peer_key"]): r["ratio"] for r in self.ratios()}
+        peers = [key for key in self.peer_keys("fork") if not key.startswith("tp.ceiling")]
+        rows: list[tuple[str, list[str]]] = [
+            (
+                "batched-Pipe ceiling (same start method)",
+                [f"tp.ceiling.{case.method}" for case in mine],
+            )
+        ]
+        rows += [
+            (f"{self.cases[key].label} ({self.cases[key].method})", [key] * len(mine))
+            for key in peers
+        ]
+        lines = [
+            "| eventmp / peer | " + " | ".join(f"{c.label} ({c.method})" for c in mine) + " |",
+            "|---|" + "---:|" * len(mine),
+        ]
+        for label, keys in rows:
+            cells = [
+                f"{by_pair[(case.key, key)]:.2f}x" if (case.key, key) in by_pair else "n/a"
+                for case, key in zip(mine, keys, strict=True)
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return lines
+
+    def latency_ratio_lines(self) -> list[str]:
+        """eventmp's median and p99 over the raw Pipe's, idle and under a busy producer."""
+        lines = []
+        for mine, pipe in (
+            ("lat.idle.eventmp", "lat.idle.pipe"),
+            ("lat.busy.eventmp", "lat.busy.pipe"),
+            ("lat.busy.eventmp_nospin", "lat.busy.pipe"),
+        ):
+            cells = []
+            for figure, name in (("median_us", "median"), ("p99_us", "p99")):
+                ours, theirs = self.value(mine, figure), self.value(pipe, figure)
+                if ours is not None and theirs:
+                    cells.append(f"{name} {ours / theirs:.2f}x")
+            if cells and mine in self.cases:
+                lines.append(f"- {self.cases[mine].label}: " + ", ".join(cells))
+        return lines
+
     def goals(self) -> list[dict[str, Any]]:
-        """The goals of issue 4, checked against the medians."""
+        """The goals eventmp is held to, checked against the medians."""
         checks: list[dict[str, Any]] = []
 
         def check(text: str, passed: bool | None) -> None:
@@ -1923,16 +2255,24 @@ class Report:
     def text(self) -> str:
         lines = [self.tables(), "", "**Throughput ratios** (eventmp / peer, medians)", ""]
         lines.append(self.ratio_table())
-        lines += ["", "**Goals** (issue 4)", ""]
-        for goal in self.goals():
-            verdict = {True: "PASS", False: "MISS", None: "N/A "}[goal["passed"]]
-            lines.append(f"- {verdict} {goal['check']}")
+        lines += ["", "**Goals**", ""]
+        lines += self.goal_lines()
         by_steal = self.busy_by_steal()
         if by_steal:
             lines += ["", "**Busy-producer p99, run by run, by CPU steal** (lowest first)", ""]
             lines += by_steal
         lines += self.ab_table()
-        notes = self.meta.get("notes", [])
+        notes = self.note_lines()
+        if notes:
+            lines += ["", "**Notes**", "", *notes]
+        return "\n".join(lines)
+
+    def goal_lines(self) -> list[str]:
+        verdicts = {True: "PASS", False: "FAIL", None: "N/A"}
+        return [f"- {verdicts[goal['passed']]} {goal['check']}" for goal in self.goals()]
+
+    def note_lines(self) -> list[str]:
+        """The run's notes and every failed measurement, as markdown list items."""
         failures = [
             f"{case.label} ({case.method}){side}, run {i}: {r['error']}"
             for case in self.order
@@ -1940,11 +2280,8 @@ class Report:
             for i, r in enumerate(results, 1)
             if "error" in r
         ]
-        if notes or failures:
-            lines += ["", "**Notes**", ""]
-            lines += [f"- {note}" for note in notes]
-            lines += [f"- measurement failed: {failure}" for failure in failures]
-        return "\n".join(lines)
+        notes = [f"- {note}" for note in self.meta.get("notes", [])]
+        return notes + [f"- measurement failed: {failure}" for failure in failures]
 
     def json(self) -> dict[str, Any]:
         return {
@@ -1955,6 +2292,7 @@ class Report:
                     "group": case.group,
                     "label": case.label,
                     "start_method": case.method,
+                    "ab": case.ab,
                     "runs": case.results,
                     "summary": self.summaries[case.key],
                     **(
@@ -1976,10 +2314,537 @@ class Report:
         }
 
 
+# == the page: docs/performance.md and its two charts ===========================================
+
+
+PAGE = "performance.md"
+THROUGHPUT_SVG = "performance-throughput.svg"
+LATENCY_SVG = "performance-latency.svg"
+GENERATED = "Generated by scripts/bench.py; do not edit by hand."
+SECTIONS = {s.group: s for s in (THROUGHPUT, LATENCY, SPIN, SCALING, RESTART, MEMORY, GC)}
+
+
+def constants() -> dict[str, float]:
+    """The constants the explanatory texts mention, recorded with the results."""
+    return {
+        "generator_chunk": GENERATOR_CHUNK,
+        "ceiling_batch": CEILING_BATCH,
+        "ceiling_window": CEILING_WINDOW,
+        "max_batch": MAX_BATCH_REFERENCE,
+        "latency_warm_up": LATENCY_WARM_UP,
+        "quiet_steal_pct": QUIET_STEAL_PCT,
+        "rss_sample_ms": RSS_SAMPLE_PERIOD * 1000,
+    }
+
+
+def text_context(report: Report) -> dict[str, Any]:
+    """What the :class:`Section` texts are formatted with: the sizes and plan of the run."""
+    meta = report.meta
+    spin = meta.get("idle_spin_default")
+    return {
+        **asdict(report.sizes),
+        **constants(),
+        **meta.get("constants", {}),
+        "runs": report.runs(),
+        "runs_text": plural(report.runs(), "run"),
+        "latency_gap_ms": report.sizes.latency_gap_s * 1000,
+        "default_start_method": meta.get("default_start_method", "?"),
+        "generator_poll_interval": meta.get("generator_poll_interval", 0.0),
+        "cpu_iterations": meta.get("cpu_handler_iterations", 0),
+        "holding_all_mb": meta.get("holding_all_mb", 0.0),
+        "holding_bytes_per_event": meta.get("holding_bytes_per_event", 0.0),
+        "idle_spin_us": 0.0 if spin is None else spin * 1e6,
+    }
+
+
+def commit_stamp() -> str:
+    """``git rev-parse --short HEAD``, with ``-dirty`` if the tree has changes (or new files)."""
+    try:
+        short = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain")
+    except (BenchError, OSError):
+        return "unknown (not a git checkout)"
+    return short + ("-dirty" if dirty else "")
+
+
+def machine_stamp() -> dict[str, Any]:
+    """CPU model, core count, whether a hypervisor is present, OS and kernel."""
+    model = ""
+    virtual: bool | None = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if not model and name in ("model name", "Hardware", "cpu model", "Processor"):
+                model = value.strip()
+            if name == "flags" and virtual is None:
+                virtual = "hypervisor" in value.split()
+    distribution = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                distribution = line.partition("=")[2].strip().strip('"')
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_model": model or platform.processor() or platform.machine() or "unknown",
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "virtual_machine": virtual,
+        "system": platform.system(),
+        "kernel": platform.release(),
+        "distribution": distribution,
+        "architecture": platform.machine(),
+    }
+
+
+def command_line(args: list[str]) -> str:
+    """How this script was invoked, as one would type it at the root of the tree."""
+    python = Path(os.path.abspath(sys.executable))
+    shown = str(python.relative_to(THIS_TREE)) if python.is_relative_to(THIS_TREE) else python.name
+    script = Path(__file__).resolve().relative_to(THIS_TREE)
+    return shlex.join([shown, str(script), *args])
+
+
+def run_stamp(args: list[str]) -> dict[str, Any]:
+    """What the page says was measured: commit, Python, machine, date and command."""
+    return {
+        "commit": commit_stamp(),
+        "python_implementation": platform.python_implementation(),
+        "machine": machine_stamp(),
+        "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command_line(args),
+        "constants": constants(),
+    }
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def stamp_lines(report: Report, rendered_by: str | None) -> list[str]:
+    meta = report.meta
+    machine = meta.get("machine", {})
+    unknown = "not recorded"
+    cpus = f"{machine.get('cpu_count', meta.get('cpu_count', '?'))} CPUs"
+    if machine.get("cpus_usable") not in (None, machine.get("cpu_count")):
+        cpus += f" ({machine['cpus_usable']} usable)"
+    hardware = [machine.get("cpu_model", unknown), cpus]
+    if machine.get("virtual_machine"):
+        hardware.append("virtual machine")
+    system = " ".join(str(machine[k]) for k in ("system", "kernel") if machine.get(k))
+    if machine.get("distribution"):
+        system += f" ({machine['distribution']})"
+    if machine.get("architecture"):
+        system += f", {machine['architecture']}"
+    seconds = float(meta.get("seconds", 0.0))
+    took = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runs = report.runs()
+    python = f"{meta.get('python', unknown)} ({meta.get('python_implementation', 'CPython')})"
+    lines = [
+        f"- **Commit**: `{meta.get('commit', unknown)}` (eventmp "
+        f"{meta.get('eventmp_version', '?')})",
+        f"- **Python**: {python}",
+        f"- **Machine**: {', '.join(hardware)}; {system or meta.get('platform', unknown)}",
+        f"- **Date**: {meta.get('started_utc', meta.get('started', unknown))}",
+        f"- **Command**: `{meta.get('command', unknown)}` ({plural(runs, 'run')}, {took})",
+    ]
+    if rendered_by is not None:
+        lines.append(f"- **Page rendered from the saved results by**: `{rendered_by}`")
+    return lines
+
+
+def performance_page(report: Report, rendered_by: str | None = None) -> str:
+    """docs/performance.md: the stamp, then each section's text, table and ratios."""
+    context = text_context(report)
+    lines = [
+        f"# {INTRO.title}",
+        "",
+        f"_{GENERATED}_ Measure and regenerate it with "
+        "`.venv/bin/python scripts/bench.py --write-docs` on a quiet machine (with the `bench` "
+        "extra installed: `.venv/bin/pip install -e '.[bench]'`), or re-render a saved run with "
+        "`.venv/bin/python scripts/bench.py --report-from bench-results.json --write-docs`.",
+        "",
+        *stamp_lines(report, rendered_by),
+        "",
+    ]
+    if report.meta.get("quick"):
+        lines += [
+            "> **A `--quick` run**: one run with about ten times fewer events, a smoke test "
+            "of the script, not a measurement.",
+            "",
+        ]
+    lines += [INTRO.text(context), "", "## Goals", ""]
+    lines += [
+        "The goals eventmp's design is held to, checked against the medians of this run:",
+        "",
+    ]
+    verdicts = {True: "**PASS**", False: "**FAIL**", None: "**N/A**"}
+    lines += [f"- {verdicts[goal['passed']]} {goal['check']}" for goal in report.goals()]
+    for group in GROUPS:
+        if not report.group(group):
+            continue
+        section = SECTIONS[group]
+        caption, table = report.table(group)
+        lines += ["", f"## {section.title}", "", section.text(context), ""]
+        if group == "throughput":
+            lines += [
+                f"![{caption}; eventmp against its peers, bar chart]({THROUGHPUT_SVG})",
+                "",
+            ]
+        if group == "latency":
+            lines += [f"![{caption}; median and p99 per path, bar chart]({LATENCY_SVG})", ""]
+        lines += table
+        if group == "throughput":
+            lines += [
+                "",
+                "eventmp's events/s over each peer's (medians; above 1x, eventmp carries more):",
+                "",
+                *report.peer_ratio_table(),
+            ]
+        if group == "latency":
+            ratios = report.latency_ratio_lines()
+            if ratios:
+                lines += ["", "eventmp's latency over the raw Pipe's (medians):", "", *ratios]
+            by_steal = report.busy_by_steal()
+            if by_steal:
+                lines += [
+                    "",
+                    "Busy-producer p99, run by run, in order of CPU steal (lowest first):",
+                    "",
+                    *by_steal,
+                ]
+    ab = report.ab_table()
+    if ab:
+        lines += ["", "## This tree against a baseline", *ab]
+    notes = report.note_lines()
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- the charts: plain SVG, no plotting library --------------------------------------------------
+
+SVG_WIDTH = 760
+SVG_LEFT = 20
+SVG_RIGHT = 120  # room for the value labels
+SVG_FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+# (bar, light bar) per kind of path: eventmp, the hand-written pipes, the peers
+SVG_COLOURS = {
+    "eventmp": ("#2f6db5", "#9dbde6"),
+    "pipe": ("#6f6f6f", "#c4c4c4"),
+    "peer": ("#d9822b", "#f2c491"),
+}
+SVG_KIND_NAMES = {
+    "eventmp": "eventmp",
+    "pipe": "hand-written Pipe",
+    "peer": "peers",
+}
+
+
+def path_kind(key: str) -> str:
+    """eventmp, pipe (the hand-written ceiling and raw Pipe references) or peer."""
+    if key.startswith(("tp.submit", "tp.generator", "lat.idle.eventmp", "lat.busy.eventmp")):
+        return "eventmp"
+    if key.startswith(("tp.ceiling", "tp.pipe", "lat.")):
+        return "pipe"
+    return "peer"
+
+
+def svg_text(x: float, y: float, text: str, **attributes: str | float) -> str:
+    extra = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attributes.items())
+    return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{xml_escape(text)}</text>'
+
+
+def svg_bar(
+    key: str, figure: str, x: float, y: float, width: float, height: float, fill: str, tip: str
+) -> str:
+    row = xml_escape(key, {'"': "&quot;"})
+    return (
+        f'<rect class="bar" data-row="{row}" data-figure="{figure}" x="{x:.1f}" '
+        f'y="{y:.1f}" width="{max(width, 1.0):.1f}" height="{height:.1f}" fill="{fill}">'
+        f"<title>{xml_escape(tip)}</title></rect>"
+    )
+
+
+def svg_whisker(low: float, high: float, middle: float) -> str:
+    if high - low < 1:
+        return ""
+    return (
+        f'<path class="whisker" d="M{low:.1f} {middle:.1f}H{high:.1f}M{low:.1f} {middle - 4:.1f}'
+        f'V{middle + 4:.1f}M{high:.1f} {middle - 4:.1f}V{middle + 4:.1f}" stroke="#222" '
+        'stroke-width="1" fill="none"/>'
+    )
+
+
+def svg_document(height: float, title: str, description: str, body: list[str]) -> str:
+    return "\n".join(
+        [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height:.0f}" '
+            f'viewBox="0 0 {SVG_WIDTH} {height:.0f}" role="img">',
+            f"<title>{xml_escape(title)}</title>",
+            f"<desc>{xml_escape(description)}</desc>",
+            '<rect width="100%" height="100%" fill="#ffffff"/>',
+            f'<g font-family="{SVG_FONT}" font-size="12" fill="#222222">',
+            *body,
+            "</g>",
+            "</svg>",
+            "",
+        ]
+    )
+
+
+def svg_legend(y: float, kinds: list[tuple[str, str]]) -> list[str]:
+    """Swatches with their names in one line: ``(colour, name)`` each."""
+    body, x = [], float(SVG_LEFT)
+    for colour, name in kinds:
+        body.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{colour}"/>')
+        body.append(svg_text(x + 17, y, name))
+        x += 17 + 6.5 * len(name) + 18
+    return body
+
+
+def nice_step(span: float, ticks: int = 5) -> float:
+    """A round step (1, 2, 2.5 or 5 times a power of ten) that cuts ``span`` in ~``ticks``."""
+    raw = span / ticks
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """The 1-2-5 ticks from the last one at or below ``low`` to the first at or above ``high``."""
+    decade = 10.0 ** math.floor(math.log10(max(low, 1e-9)))
+    candidates = [decade * m * 10**k for k in range(0, 12) for m in (1, 2, 5)]
+    first = max(t for t in candidates if t <= low * 1.0001)
+    last = min((t for t in candidates if t >= high * 0.9999), default=candidates[-1])
+    ticks = [t for t in candidates if first <= t <= last]
+    return ticks if len(ticks) > 1 else [first, first * 2]
+
+
+def short_number(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def duration_us(value: float) -> str:
+    if value >= 1000:
+        return f"{value / 1000:.2f} ms"
+    return f"{value:.0f} µs"
+
+
+def chart_label(case: Case) -> str:
+    return f"{case.label.replace('`', '')} ({case.method})"
+
+
+def throughput_svg(report: Report) -> str:
+    """Horizontal bars of events/s, fastest first, on a linear scale, min-max whiskers."""
+    rows = [
+        (case, summary)
+        for case in report.group("throughput")
+        if (summary := report.summaries[case.key].get("events_per_s")) is not None
+    ]
+    rows.sort(key=lambda row: -row[1]["median"])
+    title = "Throughput: no-op handler, one worker unless the row says, events/s"
+    subtitle = (
+        f"median of {plural(report.runs(), 'run')}; whisker: lowest to highest run; lighter: "
+        "reference rows, which no goal uses; linear scale"
+    )
+    body = [
+        svg_text(SVG_LEFT, 24, title, font_size=15, font_weight="bold"),
+        svg_text(SVG_LEFT, 42, subtitle, fill="#555555"),
+        *svg_legend(64, [(SVG_COLOURS[k][0], SVG_KIND_NAMES[k]) for k in SVG_COLOURS]),
+    ]
+    top = 82.0
+    row_height = 38.0
+    bottom = top + row_height * len(rows)
+    plot = SVG_WIDTH - SVG_LEFT - SVG_RIGHT
+    highest = max((max(s["max"], s["median"]) for _, s in rows), default=1.0) or 1.0
+    step = nice_step(highest)
+    end = math.ceil(highest / step) * step
+
+    def x(value: float) -> float:
+        return SVG_LEFT + plot * value / end
+
+    tick = 0.0
+    while tick <= end + step / 2:
+        body.append(
+            f'<line x1="{x(tick):.1f}" y1="{top:.1f}" x2="{x(tick):.1f}" y2="{bottom:.1f}" '
+            'stroke="#e2e2e2"/>'
+        )
+        body.append(svg_text(x(tick), bottom + 16, short_number(tick), text_anchor="middle"))
+        tick += step
+    for index, (case, summary) in enumerate(rows):
+        y = top + index * row_height
+        colour = SVG_COLOURS[path_kind(case.key)]["(reference)" in case.label]
+        median = summary["median"]
+        body.append(svg_text(SVG_LEFT, y + 13, chart_label(case)))
+        tip = f"{chart_label(case)}: {median:,.0f} events/s"
+        body.append(
+            svg_bar(case.key, "events_per_s", x(0), y + 18, x(median) - x(0), 14, colour, tip)
+        )
+        body.append(svg_whisker(x(summary["min"]), x(summary["max"]), y + 25))
+        label_x = max(x(median), x(summary["max"])) + 6
+        body.append(svg_text(label_x, y + 29, f"{median:,.0f}"))
+    if not rows:
+        body.append(svg_text(SVG_LEFT, top + 20, "no throughput figures in this run"))
+    description = "; ".join(
+        f"{chart_label(case)}: {summary['median']:,.0f} events/s" for case, summary in rows
+    )
+    return svg_document(bottom + 30, title, description, [b for b in body if b])
+
+
+def latency_svg(report: Report) -> str:
+    """Median and p99 bars per path, idle and busy producer, on a log scale of µs."""
+    panels: list[tuple[str, list[Case]]] = [
+        (
+            f"Idle: one event every {report.sizes.latency_gap_s * 1000:g} ms",
+            [c for c in report.group("latency") if c.key.startswith("lat.idle.")],
+        ),
+        (
+            f"Busy producer: {report.sizes.busy_rate:,} events/s offered",
+            [c for c in report.group("latency") if c.key.startswith("lat.busy.")],
+        ),
+    ]
+    figures = ("median_us", "p99_us")
+    shown = [
+        (title, [c for c in cases if all(report.summaries[c.key].get(f) for f in figures)])
+        for title, cases in panels
+    ]
+    values = [
+        value
+        for _, cases in shown
+        for case in cases
+        for figure in figures
+        for value in (
+            report.summaries[case.key][figure]["min"],
+            report.summaries[case.key][figure]["max"],
+        )
+        if value > 0
+    ]
+    ticks = log_ticks(min(values, default=10.0), max(values, default=1000.0))
+    low, high = ticks[0], ticks[-1]
+    labelled = ticks if len(ticks) <= 10 else [t for t in ticks if f"{t:g}"[0] == "1"]
+    plot = SVG_WIDTH - SVG_LEFT - SVG_RIGHT
+
+    def x(value: float) -> float:
+        share = (math.log10(max(value, low)) - math.log10(low)) / (
+            math.log10(high) - math.log10(low)
+        )
+        return SVG_LEFT + plot * share
+
+    title = "Latency: submit() to the handler starting (eventmp), send_bytes to recv_bytes (Pipe)"
+    subtitle = (
+        f"median and p99 per path, median of {plural(report.runs(), 'run')}; whisker: lowest "
+        "to highest run; log scale"
+    )
+    body = [
+        svg_text(SVG_LEFT, 24, title, font_size=15, font_weight="bold"),
+        svg_text(SVG_LEFT, 42, subtitle, fill="#555555"),
+        *svg_legend(
+            64,
+            [
+                (SVG_COLOURS["eventmp"][0], "eventmp median"),
+                (SVG_COLOURS["eventmp"][1], "eventmp p99"),
+                (SVG_COLOURS["pipe"][0], "raw Pipe median"),
+                (SVG_COLOURS["pipe"][1], "raw Pipe p99"),
+            ],
+        ),
+    ]
+    top = 82.0
+    row_height = 50.0
+    heading = 26.0
+    rows: list[str] = []
+    y = top
+    description = []
+    for panel_title, cases in shown:
+        if not cases:
+            continue
+        rows.append(svg_text(SVG_LEFT, y + 16, panel_title, font_size=13, font_weight="bold"))
+        y += heading
+        for case in cases:
+            dark, light = SVG_COLOURS[path_kind(case.key)]
+            rows.append(svg_text(SVG_LEFT, y + 13, chart_label(case)))
+            for offset, figure, colour, name in (
+                (18.0, "median_us", dark, "median"),
+                (32.0, "p99_us", light, "p99"),
+            ):
+                summary = report.summaries[case.key][figure]
+                value = summary["median"]
+                tip = f"{chart_label(case)}: {name} {duration_us(value)}"
+                rows.append(
+                    svg_bar(case.key, name, x(low), y + offset, x(value) - x(low), 12, colour, tip)
+                )
+                rows.append(svg_whisker(x(summary["min"]), x(summary["max"]), y + offset + 6))
+                label_x = max(x(value), x(summary["max"])) + 6
+                rows.append(svg_text(label_x, y + offset + 10, f"{name} {duration_us(value)}"))
+                description.append(f"{chart_label(case)}: {name} {duration_us(value)}")
+            y += row_height
+    bottom = y
+    for tick in ticks:
+        major = tick in labelled
+        body.append(
+            f'<line x1="{x(tick):.1f}" y1="{top:.1f}" x2="{x(tick):.1f}" y2="{bottom:.1f}" '
+            f'stroke="{"#d0d0d0" if major else "#ececec"}"/>'
+        )
+        if major:
+            label = f"{tick:g} µs" if tick < 1000 else f"{tick / 1000:g} ms"
+            body.append(svg_text(x(tick), bottom + 16, label, text_anchor="middle"))
+    if not description:
+        rows.append(svg_text(SVG_LEFT, top + 20, "no latency figures in this run"))
+    body += rows
+    return svg_document(bottom + 30, title, "; ".join(description), [b for b in body if b])
+
+
+def write_docs(report: Report, directory: Path, rendered_by: str | None = None) -> list[Path]:
+    """Write the page and its two charts into ``directory``; return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (
+        (PAGE, performance_page(report, rendered_by)),
+        (THROUGHPUT_SVG, throughput_svg(report)),
+        (LATENCY_SVG, latency_svg(report)),
+    ):
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def not_measured() -> dict[str, Any]:
+    raise BenchError("a row loaded from a results file is not measured again")
+
+
+def load_report(path: Path) -> Report:
+    """The report of a results JSON this script wrote (``--report-from``)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    known = {item.name for item in fields(Sizes)}
+    raw = {name: value for name, value in data["sizes"].items() if name in known}
+    if "spin_rates" in raw:
+        raw["spin_rates"] = tuple(raw["spin_rates"])
+    cases = [
+        Case(
+            key,
+            entry["group"],
+            entry["label"],
+            entry["start_method"],
+            not_measured,
+            results=list(entry["runs"]),
+            ab=bool(entry.get("ab", "baseline_runs" in entry)),
+            baseline=list(entry.get("baseline_runs", [])),
+        )
+        for key, entry in data["results"].items()
+    ]
+    return Report(cases, Sizes(**raw), dict(data["meta"]))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="The module docstring explains every measurement and the A/B mode.",
+        epilog="The module docstring explains the runs and the A/B mode; the Section text next "
+        "to each measurement says what it measures and how (docs/performance.md carries them).",
     )
     parser.add_argument(
         "--quick", action="store_true", help="one run, ~10x fewer events (a smoke test)"
@@ -2006,6 +2871,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tp.submit.fork, lat.idle.eventmp, cpu.1, restart.forkserver; 'probe' checks where "
         "eventmp is imported from) in this interpreter and write it to --json-out",
     )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help=f"also write docs/{PAGE}, docs/{THROUGHPUT_SVG} and docs/{LATENCY_SVG}",
+    )
+    parser.add_argument(
+        "--docs-dir",
+        type=Path,
+        default=THIS_TREE / "docs",
+        help="where --write-docs writes (default: the docs directory of this tree)",
+    )
+    parser.add_argument(
+        "--report-from",
+        metavar="PATH",
+        type=Path,
+        help="measure nothing: print the report of a results JSON this script wrote (with "
+        "--write-docs, write the page from it)",
+    )
     parser.add_argument("--json-out", type=Path, help="with --one-case: where to write it")
     parser.add_argument(
         "--case-config",
@@ -2019,6 +2902,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--runs must be >= 1")
     if args.one_case is not None and args.json_out is None:
         parser.error("--one-case needs --json-out")
+    if args.report_from is not None and (args.baseline or args.one_case or args.quick):
+        parser.error("--report-from measures nothing: no --baseline, --one-case or --quick")
     return args
 
 
@@ -2049,8 +2934,16 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
     if args.one_case is not None:
         return run_one_case(args.one_case, args.json_out, args.case_config, args.quick)
+    if args.report_from is not None:
+        report = load_report(args.report_from)
+        print(report.text())
+        if args.write_docs:
+            for path in write_docs(report, args.docs_dir, command_line(arguments)):
+                log(f"wrote {path}")
+        return 0
     sizes = QUICK_SIZES if args.quick else Sizes()
     notes: list[str] = []
     meta: dict[str, Any] = {
@@ -2062,6 +2955,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "eventmp_version": eventmp.__version__,
+        **run_stamp(arguments),
         "notes": notes,
     }
     began = time.perf_counter()
@@ -2107,6 +3001,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text())
     args.json.write_text(json.dumps(report.json(), indent=2, ensure_ascii=False) + "\n")
     log(f"\nresults written to {args.json} ({meta['seconds']:.0f} s in all)")
+    if args.write_docs:
+        for path in write_docs(report, args.docs_dir):
+            log(f"wrote {path}")
     return 0
 
 
