@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .pipeline import load_pipeline
     from .tail import FileTailGenerator, Rule
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
 
 # The log-watching parts import urllib, smtplib and the like: every worker process imports
 # this package, so they load on first use instead.
