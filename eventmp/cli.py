@@ -285,6 +285,8 @@ def _run(pipeline: Pipeline, args: argparse.Namespace) -> int:
         reporter.stop()
     if args.quiet < 2:
         print(_summary(dispatcher, tails, failures, time.monotonic() - started), file=sys.stderr)
+    if dispatcher.failure is not None:
+        return EXIT_FAILED  # it stopped on its own, in follow mode too (a service restarts it)
     if args.once and dispatcher.stats().failed:
         return EXIT_FAILED
     if args.once and not all(tail.finished for tail in tails):

@@ -430,6 +430,16 @@ class EventDispatcher(threading.Thread):
             self._take_back_acks()
             return self._changed.wait_for(self._idle, timeout)
 
+    @property
+    def failure(self) -> EventmpError | None:
+        """Why the dispatcher stopped on its own, or None if it did not.
+
+        Set when a worker cannot be started or replaced (:class:`WorkerStartError`; every
+        pending event failed with it) or the dispatcher thread itself failed. A service that
+        ends in ``serve_forever()`` checks it to exit with a failure status.
+        """
+        return self._broken
+
     def stats(self) -> DispatcherStats:
         """A consistent snapshot of the dispatcher's counters."""
         with self._lock:
@@ -471,9 +481,12 @@ class EventDispatcher(threading.Thread):
         self._waker.loop_ident = threading.get_ident()
         try:
             self._loop()
-        except BaseException:
+        except BaseException as exc:
             logger.exception("eventmp dispatcher thread failed; stopping its workers")
             with self._lock:
+                if self._broken is None:
+                    self._broken = EventmpError(f"the dispatcher thread failed: {exc!r}")
+                    self._broken.__cause__ = exc
                 self._close_inbox()
                 self._mode.abandoning = self._mode.abandoning or "the dispatcher thread failed"
                 self._abandon_all()

@@ -234,6 +234,65 @@ def test_restart_resumes_from_the_checkpoint_without_loss_or_repeat(tmp_path: Pa
     ]
 
 
+BREAKS = """
+[dispatcher]
+poll_interval = "50ms"
+start_method = "spawn"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+start_at = "beginning"
+
+[[rules]]
+regex = 'CRASH'
+handler = "crashing:CrashAndBreak"
+"""
+
+CRASHING_HANDLER = """
+import os
+
+class CrashAndBreak:
+    def process_event(self, event):
+        open(os.environ["EVENTMP_TEST_FLAG"], "w").close()
+        os._exit(1)
+"""
+
+# A spawned worker runs sitecustomize before anything else: once the flag exists, every new
+# worker exits before it is ready, so the dead one cannot be replaced.
+NO_REPLACEMENT = """
+import os, sys
+if "--multiprocessing-fork" in sys.argv and os.path.exists(os.environ["EVENTMP_TEST_FLAG"]):
+    os._exit(3)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_follow_mode_that_stops_on_its_own_exits_1(tmp_path: Path) -> None:
+    """Follow mode whose crashed worker cannot be replaced stops by itself and exits 1, not 0."""
+    pipeline_file(tmp_path, BREAKS)
+    (tmp_path / "crashing.py").write_text(CRASHING_HANDLER)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_REPLACEMENT)
+    (tmp_path / "app.log").write_text("CRASH here\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "EVENTMP_TEST_FLAG": str(tmp_path / "flag"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "eventmp", "run", str(tmp_path / "pipeline.toml")],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        env=env,
+    )
+    assert (tmp_path / "flag").exists(), result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "before it was ready" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
 def test_follow_mode_survives_rotation(tmp_path: Path, rotation: str) -> None:
     """Rotation by rename-and-create or by copy-truncate loses no line and repeats none."""

@@ -873,6 +873,7 @@ REPLACEMENT_FAILS_SCRIPT = textwrap.dedent(
         print("alive", d.is_alive())
         print("errors", sorted(type(e).__name__ for e in errors.exceptions))
         print("stats", d.stats().processed, d.stats().failed, d.stats().pending)
+        print("failure", type(d.failure).__name__)
     """
 )
 
@@ -895,3 +896,4 @@ def test_replacement_that_cannot_start_fails_pending_events_cleanly(tmp_path: Pa
     assert lines["alive"] == "False"
     assert lines["errors"] == "['WorkerCrashedError', 'WorkerStartError']"
     assert lines["stats"] == "0 2 0"
+    assert lines["failure"] == "WorkerStartError"
