@@ -246,6 +246,7 @@ class FileTailGenerator(EventGenerator):
         self._last_saved: dict[str, dict[str, int]] | None = None
         self._turn = 0
         self._budget = _POLL_BYTES  # bytes this poll may still read
+        self._cut_short = False  # a file stopped at a budget this poll, short of its end
         self._queued: deque[tuple[str, int]] = deque()  # once mode: files not opened yet
         self._done: dict[str, _File] = {}  # once mode: read to the end and closed
         self._identities: set[Identity] = set()  # once mode: files opened so far
@@ -285,6 +286,7 @@ class FileTailGenerator(EventGenerator):
             self._next_rescan = now + self.rescan_interval
         events: list[Event] = []
         self._budget = _POLL_BYTES
+        self._cut_short = False
         # Old files first: a rotated file's last lines come before its successor's first.
         for f in list(self._draining.values()):
             self._read(f, events, now)
@@ -306,9 +308,12 @@ class FileTailGenerator(EventGenerator):
                 break
         if self.once and not self._queued and not self._files:
             self.finished = True
-        # Stopped by the poll's budget, not by the end of the files: ask to be polled again
-        # at once rather than after poll_interval.
-        self.has_more = not self.finished and (self._budget <= 0 or len(events) >= _EVENTS_PER_POLL)
+        # Stopped by a budget (a file's, the poll's, the events'), not by the end of the files:
+        # ask to be polled again at once rather than after poll_interval, so that a backlog is
+        # read without a pause between two budgets.
+        self.has_more = not self.finished and (
+            self._cut_short or self._budget <= 0 or len(events) >= _EVENTS_PER_POLL
+        )
         self._update_progress()
         if self.state_file is not None and now - self._last_save >= self.checkpoint_interval:
             self._save(force=False)
@@ -508,6 +513,7 @@ class FileTailGenerator(EventGenerator):
             st = os.fstat(f.fd)
             f.size = st.st_size
             if f.count_until is not None and not self._count(f):
+                self._cut_short = True  # counting goes on at the next poll
                 return
             if not self.once and st.st_size < f.pos:
                 self._truncated(f)
@@ -521,6 +527,7 @@ class FileTailGenerator(EventGenerator):
             while True:
                 self._cut_lines(f, events)
                 if len(events) >= _EVENTS_PER_POLL or budget <= 0:
+                    self._cut_short = True
                     return
                 data = os.pread(f.fd, min(_CHUNK, budget), f.pos)
                 if not data:

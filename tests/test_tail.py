@@ -188,6 +188,46 @@ def test_start_at_end_counts_lines_of_a_file_bigger_than_one_step(
     assert numbered(poll(tail)) == [(count + 1, "after")]
 
 
+@pytest.mark.parametrize("once", [False, True])
+def test_a_file_stopped_at_its_byte_budget_asks_to_be_polled_again(
+    make_tail: MakeTail, tmp_path: Path, once: bool
+) -> None:
+    """A backlog larger than one poll's bytes keeps has_more set until it is read to its end."""
+    log = tmp_path / "big.log"
+    # Lines that match no rule: the byte budget, not the events' cap, must stop each poll.
+    line = b"y" * 99 + b"\n"
+    count = (tail_module._BYTES_PER_POLL // len(line)) * 3 + 11
+    log.write_bytes(line * count)
+    tail = make_tail(
+        log, rules=[Rule("none", re.compile("^never$"), "handler")], once=once, start_at="beginning"
+    )
+    polls = 0
+    while True:
+        assert poll(tail) == []
+        polls += 1
+        if tail.lines_read == count:
+            break
+        assert tail.has_more, f"poll {polls} stopped at line {tail.lines_read} of {count}"
+        assert polls < 10
+    assert polls >= 3
+    if once:
+        assert tail.finished and not tail.has_more
+
+
+def test_counting_a_big_start_at_end_asks_to_be_polled_again(
+    make_tail: MakeTail, tmp_path: Path
+) -> None:
+    """While the lines a start at the end skips are still being counted, has_more is set."""
+    log = tmp_path / "big.log"
+    line = b"x" * 99 + b"\n"
+    log.write_bytes(line * ((tail_module._COUNT_BYTES_PER_POLL // len(line)) + 5))
+    tail = make_tail(log)
+    assert poll(tail) == []
+    assert tail.has_more
+    poll(tail)
+    assert not tail.has_more
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     """start_at, the encoding and the limits are checked when the tail is built."""
     log = os.fspath(tmp_path / "a.log")
