@@ -33,6 +33,7 @@ import pytest
 
 from eventmp.pipeline import load_pipeline
 
+ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "logwatch"
 PROGRAM = "eventmp-logwatch"
 SHIPPED_EVENTMP = "/opt/eventmp/.venv/bin/eventmp"
@@ -397,3 +398,34 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
         line for line in (result.stdout + result.stderr).splitlines() if unit.name in line
     ]
     assert result.returncode == 0 and not about_unit, result.stdout + result.stderr
+
+
+SPOOFED = (
+    "Nov 26 07:03:00 web1 sshd[1299]: Failed password for invalid user "
+    "x from 192.0.2.66 port 1 ssh2 from 203.0.113.6 port 4444 ssh2"
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "README.md",
+        "docs/pipeline.md",
+        "examples/logwatch/pipeline.toml",
+        "examples/logwatch/logwatch.toml",
+    ],
+)
+def test_the_shipped_sshd_rule_takes_the_address_sshd_wrote(path: str) -> None:
+    """A user name that spells out another address cannot choose the ip field."""
+    text = (ROOT / path).read_text()
+    match = re.search(r"^regex = '(Failed password for .*)'$", text, re.MULTILINE)
+    assert match is not None, path
+    rule = re.compile(match.group(1))
+    spoofed = rule.search(SPOOFED)
+    assert spoofed is not None
+    assert spoofed["ip"] == "203.0.113.6"
+    assert spoofed["user"] == "x from 192.0.2.66 port 1 ssh2"
+    option = rule.search("sshd[1]: Failed password for bob from -j port 22 ssh2")
+    assert option is None
+    plain = rule.search("sshd[2]: Failed password for root from 2001:db8::7 port 22 ssh2")
+    assert plain is not None and (plain["user"], plain["ip"]) == ("root", "2001:db8::7")
