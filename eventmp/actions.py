@@ -23,6 +23,8 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import email
+import email.policy
 import http.client
 import json
 import math
@@ -41,14 +43,24 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import formatdate, make_msgid
 from typing import IO, Any
 
 from .errors import CommandFailedError, CommandTimeoutError, TemplateError, WebhookError
 from .event import Event
 from .handlers import EventHandler, ExecEventHandler, PrintEventHandler
-from .templates import check, fields, render, render_fields
+from .templates import (
+    check,
+    fields,
+    literal_prefix,
+    names,
+    printable,
+    render,
+    render_encoded,
+    render_fields,
+)
 from .units import parse_bool, parse_duration
 
 __all__ = [
@@ -512,6 +524,45 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
 # -- webhook --------------------------------------------------------------------------------------
 
 _CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
+# The scheme and authority (userinfo, host, port) at the start of a webhook URL template.
+_ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE)
+
+
+def _quote_component(text: str) -> str:
+    """A field's text percent-encoded as one URL path segment or query value.
+
+    Nothing is left as it is but letters, digits and ``_.-~``: ``&``, ``=``, ``#``, ``/``, ``?``,
+    spaces and control characters all become ``%XX``. Text decoded with surrogateescape gets
+    its original bytes back.
+    """
+    return urllib.parse.quote(text, safe="", errors="surrogateescape")
+
+
+def _url_origin(owner: str, url: str) -> tuple[str, str]:
+    """The (scheme, authority) of a URL template, which must be the author's own text."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise _bad(owner, "url", f"must not hold spaces or control characters: {printable(url)!r}")
+    prefix = literal_prefix(url)
+    match = _ORIGIN.match(prefix)
+    if match is None:
+        raise _bad(owner, "url", f"expected an http:// or https:// URL, got {url!r}")
+    if names(url) and match.end() == len(prefix):
+        # The first field would be part of the host or port (or the userinfo): a log line
+        # would choose where the event goes.
+        raise _bad(
+            owner,
+            "url",
+            f"a field may not be part of the scheme, host or port; write the host literally "
+            f"and put fields after the '/', '?' or '#' that ends it: {url!r}",
+        )
+    try:
+        parts = urllib.parse.urlsplit(match.group(0))
+        port = parts.port
+    except ValueError as exc:
+        raise _bad(owner, "url", f"{exc}: {url!r}") from None
+    if not parts.hostname or port == 0:
+        raise _bad(owner, "url", f"expected a host (and a port from 1 to 65535): {url!r}")
+    return parts.scheme.lower(), parts.netloc
 
 
 def _redact_url(url: str) -> str:
@@ -556,11 +607,7 @@ class WebhookEventHandler(EventHandler):
     ) -> None:
         owner = type(self).__name__
         self.url = _template(owner, "url", url)
-        scheme, separator, _ = url.partition("://")
-        if separator and "{" not in scheme and scheme.lower() not in ("http", "https"):
-            raise _bad(owner, "url", f"expected an http:// or https:// URL, got {url!r}")
-        if not separator and "{" not in url:
-            raise _bad(owner, "url", f"expected an http:// or https:// URL, got {url!r}")
+        self._origin = _url_origin(owner, url)
         self.timeout = _duration(owner, "timeout", timeout)
         self.retries = _integer(owner, "retries", retries, 0)
         self.backoff = _duration(owner, "backoff", backoff, allow_zero=True)
@@ -584,12 +631,13 @@ class WebhookEventHandler(EventHandler):
         }
 
     def process_event(self, event: Event) -> bool:
-        url = render(self.url, event)
-        shown = _redact_url(url)
+        # Each field percent-encoded: a value stays one path segment or query value.
+        url = render_encoded(self.url, fields(event), _quote_component)
+        shown = printable(_redact_url(url))
+        parts = urllib.parse.urlsplit(url)
+        if (parts.scheme.lower(), parts.netloc) != self._origin:
+            raise ValueError(f"webhook URL {shown!r} does not go where its template says")
         target, authorization = _split_credentials(url)
-        scheme = urllib.parse.urlsplit(target).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"webhook URL is not http:// or https://: {shown!r}")
         headers = {"Content-Type": "application/json", "User-Agent": "eventmp"}
         if authorization:
             headers["Authorization"] = authorization
@@ -598,12 +646,15 @@ class WebhookEventHandler(EventHandler):
         opener = urllib.request.build_opener(_RefuseRedirects)
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
-            request = urllib.request.Request(target, body, headers, method=self.method)
+            try:
+                request = urllib.request.Request(target, body, headers, method=self.method)
+            except ValueError as exc:
+                raise WebhookError(shown, None, attempt, printable(str(exc))) from None
             status, reason, again = self._attempt(opener, request)
             if status is not None and 200 <= status < 300:
                 return True
             if not again or attempt == attempts:
-                raise WebhookError(shown, status, attempt, reason)
+                raise WebhookError(shown, status, attempt, printable(reason))
             self._sleep(self.backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
@@ -626,6 +677,9 @@ class WebhookEventHandler(EventHandler):
         except urllib.error.URLError as exc:
             again = not isinstance(exc.reason, ssl.SSLCertVerificationError)
             return None, str(exc.reason), again
+        except (http.client.InvalidURL, ValueError) as exc:
+            # A malformed URL stays malformed: trying again only delays the error.
+            return None, f"malformed URL: {exc}", False
         except (OSError, http.client.HTTPException) as exc:
             return None, str(exc) or type(exc).__name__, True
 

@@ -41,7 +41,8 @@ EXIT_CODES: dict[int, str] = {
     "end and every event succeeded; `run` (follow mode) was stopped by SIGINT or SIGTERM and "
     "drained (in follow mode a failed event is logged; it does not change the status)",
     EXIT_FAILED: "`run --once`: at least one event failed (or was abandoned by a second "
-    "signal); or the run could not go on, for instance the workers could not start",
+    "signal), or an input without `missing_ok = true` matched no file; or the run could not "
+    "go on, for instance the workers could not start",
     EXIT_USAGE: "bad arguments, or a bad pipeline file (one line on stderr names the file "
     "and the key)",
     EXIT_INTERRUPTED: "interrupted: SIGINT or SIGTERM stopped `run --once` before it had read "
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="batch mode: read every input to its end, process everything, exit "
-        "(0: all succeeded, 1: some failed, 130: interrupted)",
+        "(0: all succeeded, 1: some failed or an input matched no file, 130: interrupted)",
     )
     run.add_argument(
         "--stats-interval",
@@ -250,6 +251,7 @@ def build(pipeline: Pipeline, *, once: bool) -> tuple[EventDispatcher, list[File
             state_file=spec.state_file,
             once=once,
             rescan_interval=spec.rescan_interval,
+            missing_ok=spec.missing_ok,
         )
         dispatcher.add_event_generator(tail)
         tails.append(tail)
@@ -289,9 +291,16 @@ def _run(pipeline: Pipeline, args: argparse.Namespace) -> int:
         return EXIT_FAILED  # it stopped on its own, in follow mode too (a service restarts it)
     if args.once and dispatcher.stats().failed:
         return EXIT_FAILED
+    if args.once and _without_files(tails):
+        return EXIT_FAILED  # an input matched no file: a batch job read nothing of it
     if args.once and not all(tail.finished for tail in tails):
         return EXIT_INTERRUPTED  # a signal stopped it: the inputs were not all read
     return EXIT_OK
+
+
+def _without_files(tails: list[FileTailGenerator]) -> list[str]:
+    """The inputs that matched no file and do not say ``missing_ok = true``."""
+    return [tail.name for tail in tails if tail.matched_no_file and not tail.missing_ok]
 
 
 def _stop_when_done(dispatcher: EventDispatcher) -> None:
@@ -462,6 +471,10 @@ def _summary(
     text += f"; {stats.worker_restarts} worker restarts."
     if failures.counts:
         text += " Failures: " + "; ".join(failures.lines()) + "."
+    missing = _without_files(tails)
+    if missing:
+        # Said here too: -q hides the warning, and this is why `run --once` exits 1.
+        text += f" No file matched input {', '.join(missing)}."
     return text
 
 

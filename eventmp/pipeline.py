@@ -24,7 +24,8 @@ The file (read with the standard library's ``tomllib``)::
 
     [[inputs]]
     name = "auth"                   # default "input1", "input2", ...
-    paths = ["/var/log/auth.log"]   # or path = "..."; glob patterns allowed
+    paths = ["/var/log/auth.log"]   # or path = "..."; glob patterns allowed (not a directory)
+    missing_ok = false              # with --once, no file matching is an error (exit 1)
     start_at = "end"                # or "beginning" (the default with --once)
     encoding = "utf-8"
     state_file = "auth.state"       # checkpoints; relative paths are relative to this file
@@ -52,6 +53,7 @@ may name only fields its events have (the rule's groups, the tail's fields; see
 
 from __future__ import annotations
 
+import glob
 import importlib
 import inspect
 import os
@@ -84,7 +86,16 @@ _DISPATCHER_KEYS = {
     "idle_spin": "spin",
     "key": "template",
 }
-_INPUT_KEYS = {"name", "path", "paths", "start_at", "encoding", "state_file", "rescan_interval"}
+_INPUT_KEYS = {
+    "name",
+    "path",
+    "paths",
+    "start_at",
+    "encoding",
+    "state_file",
+    "rescan_interval",
+    "missing_ok",
+}
 _RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -99,6 +110,7 @@ class InputSpec:
     encoding: str
     state_file: str | None
     rescan_interval: float
+    missing_ok: bool = False
 
 
 @dataclass
@@ -265,14 +277,26 @@ class _Loader:
         raw_paths = table.get("paths", table.get("path"))
         if raw_paths is None:
             raise self.fail(where, "missing required setting 'paths' (a file or glob, or a list)")
+        key = "paths" if "paths" in table else "path"
         if isinstance(raw_paths, str):
             raw_paths = [raw_paths]
-        key = "paths" if "paths" in table else "path"
-        if not isinstance(raw_paths, list) or not raw_paths:
+            places = [f"{where}.{key}"]
+        elif not isinstance(raw_paths, list) or not raw_paths:
             raise self.fail(f"{where}.{key}", "expected a path or a non-empty list of paths")
+        else:
+            places = [f"{where}.{key}[{n}]" for n in range(1, len(raw_paths) + 1)]
         paths = [
-            self.relative(self.string(p, f"{where}.{key}[{n}]")) for n, p in enumerate(raw_paths, 1)
+            self.relative(self.string(p, place)) for p, place in zip(raw_paths, places, strict=True)
         ]
+        for path, place in zip(paths, places, strict=True):
+            # A glob may match directories (skipped, as files come and go); a directory named
+            # literally is a mistake: it would be followed as nothing.
+            if glob.escape(path) == path and os.path.isdir(path):
+                raise self.fail(
+                    place,
+                    f"{path} is a directory (to follow the files in it, give a pattern such as "
+                    f"{os.path.join(path, '*.log')})",
+                )
         start_at = table.get("start_at")
         if start_at is not None and start_at not in ("end", "beginning"):
             raise self.fail(f"{where}.start_at", f'expected "end" or "beginning", got {start_at!r}')
@@ -287,7 +311,8 @@ class _Loader:
         rescan = self.convert(
             table.get("rescan_interval", 1.0), "duration", f"{where}.rescan_interval"
         )
-        return InputSpec(name, paths, start_at, encoding, state_file, rescan)
+        missing_ok = self.convert(table.get("missing_ok", False), "bool", f"{where}.missing_ok")
+        return InputSpec(name, paths, start_at, encoding, state_file, rescan, missing_ok)
 
     def load_rule(
         self, table: dict[str, Any], where: str, number: int, input_names: list[str]

@@ -19,6 +19,12 @@ Files and rotation:
   drained and closed the same way. A renamed file that the patterns still match (``app.log``
   renamed ``app-2024-05-01.log`` under ``*.log``) is recognised by its identity and not read
   again.
+- Only regular files are read. A glob matching a directory (or a FIFO, a socket...) skips it
+  silently; a path named literally that is not a regular file is a warning, once, and skipped
+  until it is one. Files are opened with ``O_NONBLOCK`` and checked on the open descriptor, so
+  a name swapped for a FIFO between the scan and the open is skipped too, without blocking.
+- Patterns that match no regular file at the first scan are logged once (a warning, unless
+  ``missing_ok``); ``matched_no_file`` stays true until one appears (in once mode, for good).
 - Copy-truncate: same inode, size below our read position; reading restarts at 0. Lines written
   between our last read and the copy are only in the copy (a limit of copy-truncate itself), and
   a file truncated and then grown past our position between two polls looks merely appended to
@@ -208,6 +214,7 @@ class FileTailGenerator(EventGenerator):
         rescan_interval: float = 1.0,
         checkpoint_interval: float = 1.0,
         max_line_bytes: int = 1 << 20,
+        missing_ok: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [os.fspath(paths)]
@@ -232,6 +239,10 @@ class FileTailGenerator(EventGenerator):
         self.rescan_interval = float(rescan_interval)
         self.checkpoint_interval = float(checkpoint_interval)
         self.max_line_bytes = int(max_line_bytes)
+        self.missing_ok = bool(missing_ok)
+        # True while the patterns match no regular file (from the first scan until one appears;
+        # in once mode, for good): the command's ``--once`` exits 1 then, unless ``missing_ok``.
+        self.matched_no_file = False
 
         self._files: dict[str, _File] = {}  # path -> the file it names now
         self._draining: dict[Identity, _File] = {}  # rotated away or deleted, read to the end
@@ -239,6 +250,7 @@ class FileTailGenerator(EventGenerator):
         self._saved_entries = self._load_state()  # from the state file, by path
         self._stale: dict[str, dict[str, int]] = {}  # last entry of a path no longer open
         self._seen_paths: set[str] = set()
+        self._literal = frozenset(p for p in self.patterns if glob.escape(p) == p)
         self._scanned = False
         self._stopped = False
         self._next_rescan = 0.0
@@ -367,19 +379,20 @@ class FileTailGenerator(EventGenerator):
 
     def _rescan(self, now: float, *, initial: bool) -> None:
         matched: list[str] = []
+        empty: list[str] = []  # patterns that match nothing
         for pattern in self.patterns:
-            if glob.escape(pattern) == pattern:
+            if pattern in self._literal:
                 found = [pattern] if os.path.exists(pattern) else []
             else:
                 found = sorted(glob.glob(pattern))
-            if initial and not found:
-                level = logging.WARNING if self.once else logging.INFO
-                logger.log(level, "%s: no file matches %s (yet)", self, pattern)
+            if not found:
+                empty.append(pattern)
             matched.extend(found)
         # The state file may sit in a followed directory: it is never a log.
         matched = [p for p in dict.fromkeys(matched) if p != self.state_file]
         if self.once:
             self._queue(matched)
+            self._report_missing(empty, found_any=bool(self._queued), initial=initial)
             return
 
         # A path that no longer names the file we have open: drain that file, then close it.
@@ -408,13 +421,16 @@ class FileTailGenerator(EventGenerator):
             self._draining[f.identity] = f
             detached[path] = f
 
+        found_any = False  # a regular file among the matches
         for path in matched:
             if path in self._files:
+                found_any = True
                 continue
             self._seen_paths.add(path)
             st = self._stat_regular(path)
             if st is None:
                 continue
+            found_any = True
             identity = (st.st_dev, st.st_ino)
             adopted = self._draining.pop(identity, None)
             if adopted is None and any(f.identity == identity for f in self._files.values()):
@@ -428,9 +444,36 @@ class FileTailGenerator(EventGenerator):
             if opened is not None:
                 opened.predecessor = detached.get(path)
                 self._files[path] = opened
+        self._report_missing(empty, found_any=found_any, initial=initial)
+
+    def _report_missing(self, empty: list[str], *, found_any: bool, initial: bool) -> None:
+        """Log patterns that match nothing, once (at the first scan); track an input without files.
+
+        An input whose patterns match no regular file is one warning naming it (information
+        with ``missing_ok``); in follow mode it goes on looking, silently. A pattern that
+        matches nothing while another matches is a warning in once mode, information otherwise.
+        """
+        if initial:
+            self.matched_no_file = not found_any
+        elif found_any:
+            self.matched_no_file = False  # follow mode: a file appeared
+        if not initial:
+            return
+        if not found_any:
+            level = logging.INFO if self.missing_ok else logging.WARNING
+            waiting = "" if self.once else " (yet); waiting for one to appear"
+            logger.log(level, "%s: no file matches %s%s", self, ", ".join(self.patterns), waiting)
+            return
+        level = logging.WARNING if self.once and not self.missing_ok else logging.INFO
+        for pattern in empty:
+            logger.log(level, "%s: no file matches %s (yet)", self, pattern)
 
     def _stat_regular(self, path: str) -> os.stat_result | None:
-        """The stat of a regular file at ``path``; None if it is gone, unreadable or not one."""
+        """The stat of a regular file at ``path``; None if it is gone, unreadable or not one.
+
+        A glob may match directories and other files that are not logs: they are skipped
+        silently. A path named literally that is not a regular file is a warning (once).
+        """
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -438,7 +481,21 @@ class FileTailGenerator(EventGenerator):
         except OSError as exc:
             self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
             return None
-        return st if stat.S_ISREG(st.st_mode) else None
+        if stat.S_ISREG(st.st_mode):
+            return st
+        if path in self._literal:
+            self._warn_not_regular(path, st.st_mode)
+        return None
+
+    def _warn_not_regular(self, path: str, mode: int) -> None:
+        self._warn_once(
+            path,
+            "type",
+            "%s: %s is %s, not a regular file; skipping it",
+            self,
+            path,
+            _file_kind(mode),
+        )
 
     def _queue(self, matched: list[str]) -> None:
         """Once mode: note the files to read (and their sizes, for the progress figures)."""
@@ -461,8 +518,14 @@ class FileTailGenerator(EventGenerator):
             self._files[path] = f
 
     def _open(self, path: str, now: float, *, initial: bool) -> _File | None:
+        """Open a regular file; None (with a warning, once) if it is gone or is not one.
+
+        The name was a regular file when it was stat()ed, but it may have been replaced since
+        (a FIFO, a device): the open does not wait (``O_NONBLOCK``, so a FIFO without a writer
+        does not hold the dispatcher thread), and the open descriptor is what is checked.
+        """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -470,11 +533,20 @@ class FileTailGenerator(EventGenerator):
             return None
         try:
             st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                # No effect on a regular file's reads on Linux (open(2)), but a FUSE or network
+                # file system is told the flags: reads are plain blocking preads, as before.
+                os.set_blocking(fd, True)
         except OSError as exc:
             os.close(fd)
             self._warn_once(path, "open", "%s: cannot stat %s: %s", self, path, exc)
             return None
         self._warned.discard((path, "open"))
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self._warn_not_regular(path, st.st_mode)
+            return None
+        self._warned.discard((path, "type"))
         f = _File(path, fd, (st.st_dev, st.st_ino), size=st.st_size, last_data=now)
         entry, how = self._start_entry(path, f.identity, st.st_size, initial=initial)
         if entry is not None:
@@ -811,6 +883,21 @@ class FileTailGenerator(EventGenerator):
                     "%s: ignoring a bad entry for %r in the state file %s", self, file_path, path
                 )
         return entries
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for a message: "a directory", "a FIFO"..."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _identity(entry: dict[str, int]) -> Identity:

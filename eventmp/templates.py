@@ -32,7 +32,16 @@ from typing import Any
 from .errors import TemplateError
 from .event import Event, describe_originator
 
-__all__ = ["check", "fields", "names", "printable", "render", "render_fields"]
+__all__ = [
+    "check",
+    "fields",
+    "literal_prefix",
+    "names",
+    "printable",
+    "render",
+    "render_encoded",
+    "render_fields",
+]
 
 # A field name is anything up to the closing brace but these: '.' and '[' would be attribute
 # access and indexing, '!' and ':' start a conversion and a format spec, braces nest.
@@ -253,22 +262,60 @@ def render_fields(
         if isinstance(part, str):
             out.append(part)
             continue
-        name, conversion, spec = part
-        try:
-            value = values[name]
-        except KeyError:
-            raise TemplateError(name, sorted(values), template) from None
-        if conversion:
-            value = _CONVERSIONS[conversion](value)
-        elif value is None:
-            value = ""
-        if escape is not None and isinstance(value, str):
-            value = escape(value)
-        try:
-            text = format(value, spec)
-        except (ValueError, TypeError) as exc:
-            raise TemplateError(
-                name, sorted(values), template, f"cannot format {value!r} with {spec!r}: {exc}"
-            ) from None
+        text = _field_text(template, part, values, escape)
         out.append(text if escape is None else escape(text))
     return "".join(out)
+
+
+def _field_text(
+    template: str,
+    part: tuple[str, str, str],
+    values: Mapping[str, Any],
+    escape: Callable[[str], str] | None = None,
+) -> str:
+    """One field's value, converted and formatted (a string escaped before its format spec)."""
+    name, conversion, spec = part
+    try:
+        value = values[name]
+    except KeyError:
+        raise TemplateError(name, sorted(values), template) from None
+    if conversion:
+        value = _CONVERSIONS[conversion](value)
+    elif value is None:
+        value = ""
+    if escape is not None and isinstance(value, str):
+        value = escape(value)
+    try:
+        return format(value, spec)
+    except (ValueError, TypeError) as exc:
+        raise TemplateError(
+            name, sorted(values), template, f"cannot format {value!r} with {spec!r}: {exc}"
+        ) from None
+
+
+def render_encoded(template: str, values: Mapping[str, Any], encode: Callable[[str], str]) -> str:
+    """Fill ``template`` from ``values`` with ``encode`` applied once to each field's final text.
+
+    Unlike ``escape`` in :func:`render_fields`, ``encode`` need not be idempotent: it sees each
+    field's text once, after its conversion and format spec, and never the template's own text.
+    That suits an encoding such as percent-encoding a URL component.
+    """
+    out: list[str] = []
+    for part in _parse(template):
+        out.append(part if isinstance(part, str) else encode(_field_text(template, part, values)))
+    return "".join(out)
+
+
+def literal_prefix(template: str) -> str:
+    """The template's own text before its first field (all of it, if it has no field).
+
+    ``{{`` and ``}}`` come back as single braces. Raises ``ValueError`` for a template that
+    :func:`check` rejects.
+    """
+    check(template)
+    prefix: list[str] = []
+    for part in _parse(template):
+        if not isinstance(part, str):
+            break
+        prefix.append(part)
+    return "".join(prefix)

@@ -244,7 +244,8 @@ def _state_covers_both_files(service: Service) -> bool:
 
 
 def _failed_password(n: int, user: str, ip: str) -> str:
-    return f"Nov 29 07:00:{n:02} web1 sshd[2{n:03}]: Failed password for {user} from {ip} port {n}"
+    sshd = f"Nov 29 07:00:{n:02} web1 sshd[2{n:03}]"
+    return f"{sshd}: Failed password for {user} from {ip} port {n} ssh2"
 
 
 def _stops(service: Service) -> int:
