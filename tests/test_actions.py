@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -817,6 +818,86 @@ def test_webhook_credentials_in_url_become_basic_auth_and_stay_hidden(
     assert "shown" in text
 
 
+BAN_VALUES = [
+    "bob&ip=10.0.0.1",
+    "bob#admin",
+    "bob\x1b[31m",
+    "a/../b?c d=e",
+    "caf\u00e9 %41",
+]
+
+
+@pytest.mark.parametrize("user", BAN_VALUES)
+def test_webhook_query_value_from_a_field_arrives_as_one_parameter(
+    hook_server: Callable[..., HookServer], user: str
+) -> None:
+    """A field in the query is percent-encoded: the server gets it intact, in one attempt."""
+    server = hook_server([200])
+    sleeps: list[float] = []
+    handler = WebhookEventHandler(
+        server.url + "/ban?ip={ip}&user={user}", retries=3, backoff=0, sleep=sleeps.append
+    )
+    event = tail_event(named={"user": user, "ip": "203.0.113.6"})
+    assert handler.process_event(event) is True
+    (request,) = server.requests
+    path, _, query = request["path"].partition("?")
+    assert path == "/ban"
+    assert urllib.parse.parse_qs(query, strict_parsing=True) == {
+        "ip": ["203.0.113.6"],
+        "user": [user],
+    }
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("user", ["../admin", *BAN_VALUES[1:]])
+def test_webhook_path_segment_from_a_field_stays_one_segment(
+    hook_server: Callable[..., HookServer], user: str
+) -> None:
+    """A field in the path is percent-encoded, '/' included: it stays one path segment."""
+    server = hook_server([200])
+    handler = WebhookEventHandler(server.url + "/users/{user}/ban", retries=0)
+    assert handler.process_event(tail_event(named={"user": user, "ip": "1"})) is True
+    (request,) = server.requests
+    segments = request["path"].split("/")
+    assert segments[:2] == ["", "users"]
+    assert segments[3:] == ["ban"]
+    assert urllib.parse.unquote(segments[2]) == user
+
+
+def test_webhook_error_shows_control_characters_escaped(
+    hook_server: Callable[..., HookServer],
+) -> None:
+    """A failure's text (what eventmp logs) holds no raw control character from a field."""
+    server = hook_server([500])
+    handler = WebhookEventHandler(server.url + "/ban?user={user}", retries=0)
+    with pytest.raises(WebhookError) as caught:
+        handler.process_event(tail_event(named={"user": "bob\x1b]0;pwned\x07\n", "ip": "1"}))
+    text = str(caught.value)
+    assert text.isprintable()
+    assert "bob%1B%5D0%3Bpwned%07%0A" in text
+    assert (caught.value.status, caught.value.attempts) == (500, 1)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://{ip}/ban",
+        "http://127.0.0.1:{port}/ban",
+        "http://hooks{user}.example/ban",
+        "http://bot:{user}@hooks.example/ban",
+        "{url}",
+        "{scheme}://hooks.example/ban",
+        "http://hooks.example:99999/ban",
+        "http://hooks.example/ban?user=a b",
+        "http://hooks.example/ban?user=\x1b",
+    ],
+)
+def test_webhook_url_whose_destination_a_field_could_choose_is_refused(url: str) -> None:
+    """A field in the scheme, host, port or userinfo, or a malformed URL, fails at load time."""
+    with pytest.raises(ValueError, match="setting 'url'"):
+        WebhookEventHandler(url)
+
+
 def test_webhook_error_survives_a_round_trip() -> None:
     """WebhookError crosses pickle with its url, status, attempts and reason."""
     error = WebhookError("http://x/", 503, 4, "Service Unavailable")
@@ -881,6 +962,89 @@ def test_mail_event_cannot_inject_headers(smtp_server: Callable[..., tuple[Inbox
     message = inbox.message()
     assert message["Bcc"] is None
     assert message["Subject"] == "alert Bcc: thief@example.net"
+
+
+MAIL_HEADERS = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "MIME-Version",
+]
+ENCODED_WORD = (
+    "=?utf-8?q?root=0D=0AReply-To:_attacker@evil.example=0D=0AContent-Type:_text/html"
+    "=0D=0A=0D=0A<a_href=https://evil.example>Reset</a>?="
+)
+
+
+def test_mail_encoded_word_in_a_field_adds_no_header_and_no_body(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """An RFC 2047 encoded word in a field stays literal text: the mail has only its own headers."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler(
+        "ops@example.com",
+        subject="failed login for {user}",
+        body="user {user}\n{line}",
+        host="127.0.0.1",
+        port=port,
+    )
+    assert handler.process_event(tail_event(named={"user": ENCODED_WORD, "ip": "1"})) is True
+    (envelope,) = inbox.envelopes
+    assert envelope.rcpt_tos == ["ops@example.com"]
+    message = inbox.message()
+    assert message.keys() == MAIL_HEADERS
+    assert message["Reply-To"] is None
+    assert message["Subject"] == "failed login for " + ENCODED_WORD.replace("=?", "= ?")
+    assert not message.is_multipart()
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content().splitlines() == [f"user {ENCODED_WORD}", tail_data()["line"]]
+
+
+def test_mail_control_characters_in_a_field_are_escaped_in_the_subject(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """Control characters of a field show as escapes in the subject, other line breaks as spaces."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler("ops@example.com", subject="{user}", host="127.0.0.1", port=port)
+    handler.process_event(tail_event(named={"user": "a\x1b[31mb\x00c\u2028d\x85e", "ip": "1"}))
+    message = inbox.message()
+    assert message.keys() == MAIL_HEADERS
+    assert message["Subject"] == "a\\x1b[31mb\\x00c d e"
+
+
+def test_mail_subject_that_decodes_to_a_line_break_is_refused(
+    smtp_server: Callable[..., tuple[Inbox, int]],
+) -> None:
+    """A field inside the template's own encoded word fails the event; nothing is sent."""
+    inbox, port = smtp_server()
+    handler = MailEventHandler(
+        "ops@example.com", subject="=?utf-8?q?{user}?=", host="127.0.0.1", port=port
+    )
+    event = tail_event(named={"user": "root=0D=0ABcc:_thief@example.net", "ip": "1"})
+    with pytest.raises(ValueError, match=r"header 'Subject' would hold a line break"):
+        handler.process_event(event)
+    assert inbox.envelopes == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("to", "=?utf-8?q?Ops=0D=0ABcc:_thief@example.net?= <ops@example.com>"),
+        ("to", "Ops: ops@example.com;"),
+        ("to", "ops@example.com\x1b"),
+        ("sender", "a@example.com, b@example.com"),
+        ("sender", "=?utf-8?q?W=0D=0AReply-To:_thief@example.net?= <w@example.com>"),
+    ],
+)
+def test_mail_address_that_is_not_one_plain_address_is_refused(setting: str, value: str) -> None:
+    """Each recipient and the sender must parse as a valid address without line breaks."""
+    settings = {"to": "ops@example.com", setting: value}
+    with pytest.raises(ValueError, match=f"setting '{setting}'"):
+        MailEventHandler(**settings)
 
 
 def test_mail_logs_in_with_username_and_password(
