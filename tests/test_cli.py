@@ -188,6 +188,56 @@ def test_once_exits_1_with_a_summary_of_failures(tmp_path: Path) -> None:
     assert sorted(int(str(r["amount"])) for r in jsonl(tmp_path / "out.jsonl")) == [1, 3]
 
 
+MISSING = """
+[dispatcher]
+poll_interval = "50ms"
+
+[[inputs]]
+name = "present"
+paths = ["a.log"]
+
+[[inputs]]
+name = "absent"
+paths = ["nothing/*.log"]
+{missing_ok}
+[[rules]]
+name = "all"
+regex = 'line'
+handler = {{ type = "json", file = "out.jsonl", fields = ["line"] }}
+"""
+
+
+@pytest.mark.parametrize("missing_ok", [False, True])
+def test_once_with_an_input_that_matches_no_file(tmp_path: Path, missing_ok: bool) -> None:
+    """--once exits 1 naming an input that matched no file, or 0 if it says missing_ok = true."""
+    pipeline_file(tmp_path, MISSING.format(missing_ok="missing_ok = true" if missing_ok else ""))
+    append(tmp_path / "a.log", "line 1", "line 2")
+    result = eventmp_command("run", "--once", str(tmp_path / "pipeline.toml"))
+    assert [r["line"] for r in jsonl(tmp_path / "out.jsonl")] == ["line 1", "line 2"]
+    assert "2 events: 2 processed, 0 failed" in result.stderr
+    warning = f"tail:absent: no file matches {tmp_path / 'nothing/*.log'}"
+    if missing_ok:
+        assert result.returncode == 0, result.stderr
+        assert "no file matches" not in result.stderr
+        assert "No file matched" not in result.stderr
+    else:
+        assert result.returncode == 1, result.stderr
+        assert f"WARNING: {warning}\n" in result.stderr
+        assert "No file matched input absent." in result.stderr
+
+
+def test_check_refuses_a_directory_in_paths(tmp_path: Path) -> None:
+    """`eventmp check` exits 2 with one line naming the key when paths names a directory."""
+    (tmp_path / "logs").mkdir()
+    pipeline_file(tmp_path, MISSING.format(missing_ok="").replace('"a.log"', '"a.log", "logs"'))
+    result = eventmp_command("check", str(tmp_path / "pipeline.toml"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"eventmp: {tmp_path / 'pipeline.toml'}: inputs[1].paths[2]: {tmp_path / 'logs'} is a "
+        f"directory (to follow the files in it, give a pattern such as {tmp_path / 'logs/*.log'})"
+    ]
+
+
 def test_follow_mode_handles_appended_lines_and_drains_on_sigterm(tmp_path: Path) -> None:
     """Follow mode picks up lines appended while it runs; SIGTERM drains and exits 0."""
     pipeline_file(tmp_path, FOLLOW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -204,6 +205,37 @@ def test_bad_pipelines_name_file_key_and_expectation(
     if where:
         assert f": {where}: " in message, message
     assert what in message, message
+
+
+@pytest.mark.parametrize(
+    ("paths", "where"),
+    [("paths = ['a.log', 'logs']", "inputs[1].paths[2]"), ("path = 'logs'", "inputs[1].path")],
+)
+def test_a_directory_named_in_paths_is_an_error(tmp_path: Path, paths: str, where: str) -> None:
+    """A directory given literally in paths is an error naming the key and the directory."""
+    (tmp_path / "logs").mkdir()
+    message = error_of(tmp_path, f"[[inputs]]\n{paths}\n[[rules]]\nregex='x'\nhandler='print'\n")
+    assert f": {where}: {tmp_path / 'logs'} is a directory (" in message, message
+    assert os.path.join(tmp_path / "logs", "*.log") in message
+
+
+def test_a_glob_matching_a_directory_is_no_error(tmp_path: Path) -> None:
+    """A glob that matches a directory loads (the tail skips it), and missing_ok is read."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "dir.log").mkdir()
+    text = "[[inputs]]\npaths=['*', 'logs/*']\nmissing_ok=true\n"
+    text += "[[rules]]\nregex='x'\nhandler='print'\n"
+    (spec,) = load(tmp_path, text).inputs
+    assert spec.paths == [str(tmp_path / "*"), str(tmp_path / "logs/*")]
+    assert spec.missing_ok is True
+
+
+def test_missing_ok_is_false_by_default_and_must_be_a_boolean(tmp_path: Path) -> None:
+    """An input's missing_ok defaults to false; a value that is not a boolean is an error."""
+    assert load(tmp_path, GOOD).inputs[0].missing_ok is False
+    text = "[[inputs]]\npath='a.log'\nmissing_ok='maybe'\n[[rules]]\nregex='x'\nhandler='print'\n"
+    message = error_of(tmp_path, text)
+    assert ": inputs[1].missing_ok: expected true or false, got 'maybe'" in message, message
 
 
 def test_missing_file_is_a_pipeline_error(tmp_path: Path) -> None:

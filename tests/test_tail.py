@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -417,12 +418,16 @@ def test_rescan_interval_paces_the_search_for_new_files(
     assert poll(tail) == []
 
 
-def test_directories_matching_the_pattern_are_ignored(make_tail: MakeTail, tmp_path: Path) -> None:
-    """Only regular files are followed; a directory matching the glob is skipped."""
+def test_directories_matching_the_pattern_are_ignored(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only regular files are followed; a directory matching the glob is skipped silently."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
     (tmp_path / "dir.log").mkdir()
     (tmp_path / "real.log").write_text("x\n")
     tail = make_tail(tmp_path / "*.log", start_at="beginning")
     assert lines(poll(tail)) == ["x"]
+    assert caplog.records == []
 
 
 # == rotation ====================================================================================
@@ -558,6 +563,225 @@ def test_file_without_read_permission_does_not_stop_the_others(
     tail = make_tail(tmp_path / "*.log", start_at="beginning")
     assert lines(poll(tail)) == ["fine"]
     assert any("secret.log" in r.getMessage() for r in caplog.records)
+
+
+# == files that are not regular files ============================================================
+
+
+def unblock(fifo: Path) -> None:
+    """Let an open of ``fifo`` for reading that waits for a writer return (a test that failed)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.01)
+
+
+def poll_in_thread(tail: FileTailGenerator, fifo: Path, limit: float = 5.0) -> list[Event]:
+    """One poll in another thread; fail if it takes more than ``limit`` s (then unblock it)."""
+    result: list[list[Event]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(poll(tail))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        unblock(fifo)
+        thread.join(WAIT)
+        pytest.fail(f"a poll blocked for more than {limit} s on the FIFO {fifo}")
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def type_warnings(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and "not a regular file" in r.getMessage()
+        and os.fspath(path) in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["follow", "once"])
+def test_a_fifo_named_in_paths_is_skipped_with_one_warning(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture, once: bool
+) -> None:
+    """A FIFO named literally is skipped with one warning naming it; the other files are read."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    fifo = tmp_path / "pipe.log"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.log"
+    good.write_text("fine\n")
+    tail = make_tail(fifo, good, start_at="beginning", once=once)
+    assert lines(poll_in_thread(tail, fifo)) == ["fine"]
+    if once:
+        assert tail.finished
+        assert not tail.matched_no_file  # good.log was read
+    else:
+        append(good, "still fine\n")
+        assert lines(poll_in_thread(tail, fifo)) == ["still fine"]
+        assert lines(poll_in_thread(tail, fifo)) == []
+    assert type_warnings(caplog, fifo) == [
+        f"tail:tail: {fifo} is a FIFO, not a regular file; skipping it"
+    ]
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["follow", "once"])
+def test_a_name_swapped_for_a_fifo_after_its_stat_is_not_opened_blocking(
+    make_tail: MakeTail,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    once: bool,
+) -> None:
+    """A name that is a regular file when stat()ed but a FIFO when opened is skipped, unblocked."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    log = tmp_path / "app.log"
+    log.write_text("lost\n")
+    good = tmp_path / "good.log"
+    good.write_text("fine\n")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    tail = make_tail(tmp_path / "*.log", start_at="beginning", once=once)
+    stat_regular = tail._stat_regular
+
+    def stat_then_swap(path: str) -> os.stat_result | None:
+        st = stat_regular(path)
+        if path == os.fspath(log) and st is not None:
+            os.link(fifo, tmp_path / "swap")  # the FIFO stays reachable as "pipe" (unblock)
+            os.rename(tmp_path / "swap", log)
+        return st
+
+    monkeypatch.setattr(tail, "_stat_regular", stat_then_swap)
+    assert lines(poll_in_thread(tail, fifo)) == ["fine"]
+    assert type_warnings(caplog, log) == [
+        f"tail:tail: {log} is a FIFO, not a regular file; skipping it"
+    ]
+    if not once:
+        append(good, "still fine\n")
+        assert lines(poll_in_thread(tail, fifo)) == ["still fine"]
+
+
+def test_a_racing_renamer_swapping_in_a_fifo_never_blocks_a_poll(
+    make_tail: MakeTail, tmp_path: Path
+) -> None:
+    """A renamer swapping a followed name between new files and a FIFO never blocks a poll."""
+    log = tmp_path / "app.log"
+    log.write_text("")
+    good = tmp_path / "good.log"
+    good.write_text("")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    tail = make_tail(log, good)
+    poll(tail)
+    stop = threading.Event()
+
+    def rename() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            regular = tmp_path / f"new-{n}"
+            regular.write_text(f"{n}\n")
+            os.rename(regular, log)
+            os.link(fifo, tmp_path / "swap")
+            os.rename(tmp_path / "swap", log)
+
+    renamer = threading.Thread(target=rename, daemon=True)
+    renamer.start()
+    longest = 0.0
+    polls = 0
+    try:
+        end = time.monotonic() + 2.0  # the race is lost in a few hundred polls without O_NONBLOCK
+        while polls < 2000 and time.monotonic() < end:
+            started = time.monotonic()
+            poll_in_thread(tail, fifo, limit=3.0)
+            longest = max(longest, time.monotonic() - started)
+            polls += 1
+    finally:
+        stop.set()
+        renamer.join(WAIT)
+    assert longest < 3.0
+    append(good, "alive\n")
+    assert "alive" in lines(poll_until(tail, 1))
+
+
+def test_a_named_file_replaced_by_a_directory_is_skipped_with_one_warning(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A named file replaced by a directory is drained, then one warning; a file there is read."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    log = tmp_path / "app.log"
+    log.write_text("")
+    good = tmp_path / "good.log"
+    good.write_text("")
+    tail = make_tail(log, good)
+    poll(tail)
+    append(log, "last\n")
+    log.unlink()
+    log.mkdir()
+    assert lines(poll(tail)) == ["last"]
+    append(good, "fine\n")
+    assert lines(poll(tail)) == ["fine"]
+    assert poll(tail) == []
+    assert type_warnings(caplog, log) == [
+        f"tail:tail: {log} is a directory, not a regular file; skipping it"
+    ]
+    log.rmdir()
+    log.write_text("back\n")
+    assert lines(poll(tail)) == ["back"]
+
+
+# == inputs that match no file ===================================================================
+
+
+@pytest.mark.parametrize("missing_ok", [False, True])
+def test_once_input_matching_no_file_is_one_warning_unless_missing_ok(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture, missing_ok: bool
+) -> None:
+    """--once: an input matching no file is flagged and named in a warning (info if missing_ok)."""
+    caplog.set_level(logging.INFO, logger="eventmp")
+    (tmp_path / "dir.log").mkdir()  # a glob's directory is no file
+    tail = make_tail(
+        tmp_path / "*.log", tmp_path / "gone.log", name="auth", once=True, missing_ok=missing_ok
+    )
+    assert poll(tail) == []
+    assert tail.finished
+    assert tail.matched_no_file
+    messages = [
+        (r.levelno, r.getMessage()) for r in caplog.records if "no file matches" in r.getMessage()
+    ]
+    level = logging.INFO if missing_ok else logging.WARNING
+    assert messages == [
+        (level, f"tail:auth: no file matches {tmp_path / '*.log'}, {tmp_path / 'gone.log'}")
+    ]
+
+
+def test_follow_input_matching_no_file_warns_once_and_waits_for_it(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Follow mode: an input without files is one warning, however long it waits for one."""
+    caplog.set_level(logging.WARNING, logger="eventmp")
+    tail = make_tail(tmp_path / "*.log", name="auth")
+    for _ in range(5):
+        assert poll(tail) == []
+        assert tail.matched_no_file
+    warnings = [r.getMessage() for r in caplog.records if "no file matches" in r.getMessage()]
+    assert warnings == [
+        f"tail:auth: no file matches {tmp_path / '*.log'} (yet); waiting for one to appear"
+    ]
+    (tmp_path / "app.log").write_text("first\n")
+    assert lines(poll(tail)) == ["first"]
+    assert not tail.matched_no_file
 
 
 # == checkpoints =================================================================================
