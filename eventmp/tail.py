@@ -358,6 +358,13 @@ class FileTailGenerator(EventGenerator):
         slot[0] -= 1
         if slot[0] <= 0:
             del outstanding[offset]
+            # Outcomes keep coming while the dispatcher drains, when nothing polls this tail
+            # any more: the checkpoint follows them at the same rate as during polls.
+            if self.state_file is not None and not self._stopped:
+                now = time.monotonic()
+                if now - self._last_save >= self.checkpoint_interval:
+                    self._save(force=False)
+                    self._last_save = now
 
     def stop(self) -> None:
         """Save the final checkpoint and close every file; later polls return nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,14 @@ class GateRecorder(RecordingHandler):
             deadline = time.monotonic() + WAIT
             while not os.path.exists(self.gate) and time.monotonic() < deadline:
                 time.sleep(0.01)
+        return super().process_event(event)
+
+
+class SlowRecorder(RecordingHandler):
+    """Records each event after a pause, so that a drain lasts long enough to watch."""
+
+    def process_event(self, event: Event) -> bool:
+        time.sleep(0.1)
         return super().process_event(event)
 
 
@@ -1240,6 +1249,43 @@ def test_checkpoint_never_passes_a_running_event_end_to_end(
     assert recorded_lines(recording) == ["one", "two", "block", "four", "five"]
     assert starts.read_text().count("started") == 2
     assert len(errors.events) == 2
+
+
+def test_the_checkpoint_follows_outcomes_during_a_drain(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """While stop() drains, nothing polls the tail, yet its checkpoint follows the outcomes."""
+    log = tmp_path / "app.log"
+    state = tmp_path / "tail.json"
+    recording = SlowRecorder(tmp_path / "out.jsonl")
+    count = 12
+    log.write_text("".join(f"line {n}\n" for n in range(count)))
+    size = log.stat().st_size
+    tail = FileTailGenerator(
+        [os.fspath(log)],
+        [Rule("all", EVERYTHING, recording)],
+        start_at="beginning",
+        state_file=state,
+        checkpoint_interval=0,
+    )
+    dispatcher = make_dispatcher()
+    dispatcher.add_event_generator(tail)
+    dispatcher.start()
+    assert wait_until(lambda: tail.lines_read == count)
+    stopping = threading.Thread(target=dispatcher.stop)
+    stopping.start()
+    offsets: set[int] = set()
+    try:
+        while stopping.is_alive():
+            if state.exists():
+                with contextlib.suppress(ValueError, KeyError):
+                    offsets.add(state_of(state)[os.fspath(log)]["offset"])
+            time.sleep(0.01)
+    finally:
+        stopping.join(WAIT)
+    assert len(recording.wait_for(count, WAIT)) == count
+    assert state_of(state)[os.fspath(log)]["offset"] == size
+    assert {offset for offset in offsets if 0 < offset < size}, sorted(offsets)
 
 
 KILLED_RUN = textwrap.dedent(
