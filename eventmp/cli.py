@@ -252,6 +252,7 @@ def build(pipeline: Pipeline, *, once: bool) -> tuple[EventDispatcher, list[File
             once=once,
             rescan_interval=spec.rescan_interval,
             missing_ok=spec.missing_ok,
+            max_line_bytes=spec.max_line_bytes,
         )
         dispatcher.add_event_generator(tail)
         tails.append(tail)

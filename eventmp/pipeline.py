@@ -28,6 +28,7 @@ The file (read with the standard library's ``tomllib``)::
     missing_ok = false              # with --once, no file matching is an error (exit 1)
     start_at = "end"                # or "beginning" (the default with --once)
     encoding = "utf-8"
+    max_line_bytes = "16KiB"        # longer lines are matched in pieces of this size
     state_file = "auth.state"       # checkpoints; relative paths are relative to this file
 
     [[rules]]
@@ -68,7 +69,7 @@ from typing import Any
 from .errors import EventmpError, PipelineError
 from .event import Event
 from .handlers import ChainEventHandler, ExecEventHandler, PrintEventHandler
-from .tail import check_encoding
+from .tail import DEFAULT_MAX_LINE_BYTES, check_encoding
 from .units import parse_bool, parse_duration, parse_size
 
 __all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
@@ -95,6 +96,7 @@ _INPUT_KEYS = {
     "state_file",
     "rescan_interval",
     "missing_ok",
+    "max_line_bytes",
 }
 _RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -111,6 +113,7 @@ class InputSpec:
     state_file: str | None
     rescan_interval: float
     missing_ok: bool = False
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
 
 @dataclass
@@ -312,7 +315,14 @@ class _Loader:
             table.get("rescan_interval", 1.0), "duration", f"{where}.rescan_interval"
         )
         missing_ok = self.convert(table.get("missing_ok", False), "bool", f"{where}.missing_ok")
-        return InputSpec(name, paths, start_at, encoding, state_file, rescan, missing_ok)
+        max_line_bytes = self.convert(
+            table.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES), "size", f"{where}.max_line_bytes"
+        )
+        if max_line_bytes < 1:
+            raise self.fail(f"{where}.max_line_bytes", "expected a size of at least 1 byte")
+        return InputSpec(
+            name, paths, start_at, encoding, state_file, rescan, missing_ok, max_line_bytes
+        )
 
     def load_rule(
         self, table: dict[str, Any], where: str, number: int, input_names: list[str]

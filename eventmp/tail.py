@@ -109,6 +109,12 @@ _CHUNK = 1 << 20
 _BYTES_PER_POLL = 2 << 20  # per file
 _POLL_BYTES = 4 << 20  # over all files
 _EVENTS_PER_POLL = 5000
+# Longer lines are cut into pieces of this many bytes, each matched alone. A rule runs in the
+# dispatcher thread, and a backtracking pattern's time grows faster than the line's length:
+# 16 KiB holds any syslog message (rsyslog's default maximum is 8 KiB) while keeping a
+# pathological pattern's worst case per piece far below that of the 1 MiB it used to be (see
+# docs/tailing.md).
+DEFAULT_MAX_LINE_BYTES = 16 << 10
 # A batch run over many files opens a few at a time, not one descriptor per file at once.
 _ONCE_OPEN_FILES = 4
 # Counting the lines skipped by a start at the end is cheap (bytes.count), so it may take
@@ -213,7 +219,7 @@ class FileTailGenerator(EventGenerator):
         once: bool = False,
         rescan_interval: float = 1.0,
         checkpoint_interval: float = 1.0,
-        max_line_bytes: int = 1 << 20,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         missing_ok: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
@@ -282,7 +288,7 @@ class FileTailGenerator(EventGenerator):
 
     @property
     def lines_read(self) -> int:
-        """Lines (and pieces of over-long lines) checked against the rules so far."""
+        """Lines checked against the rules so far (a line cut into pieces counts once)."""
         return self._lines_read
 
     def get_events(self) -> list[Event]:
@@ -681,12 +687,12 @@ class FileTailGenerator(EventGenerator):
             count = 0
             for raw in parts:
                 size = len(raw)
-                if size > limit:
+                count += 1
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]  # before the cap: it applies to the line's own text
+                if len(raw) > limit:
                     self._pieces(f, raw, consumed, events)
                 else:
-                    count += 1
-                    if raw.endswith(b"\r"):
-                        raw = raw[:-1]
                     text = raw.decode(encoding, "replace")
                     for search in searches:
                         if search(text) is not None:
@@ -698,35 +704,39 @@ class FileTailGenerator(EventGenerator):
                     break
             self._lines_read += count
         if consumed == whole:
-            # The partial line after the last newline: cut only what exceeds the limit.
-            while len(buf) - consumed > limit and len(events) < _EVENTS_PER_POLL:
-                self._check(f, buf[consumed : consumed + limit], f.offset + consumed, events)
+            # The partial line after the last newline: cut only what exceeds the limit (one
+            # byte more, which may be the \r of a line of exactly the limit). Its pieces count
+            # as a line when its newline comes.
+            while len(buf) - consumed > limit + 1 and len(events) < _EVENTS_PER_POLL:
+                self._line(
+                    f,
+                    buf[consumed : consumed + limit].decode(encoding, "replace"),
+                    f.offset + consumed,
+                    events,
+                )
                 consumed += limit
         if consumed:
             del buf[:consumed]
             f.offset += consumed
 
     def _pieces(self, f: _File, raw: bytearray, start: int, events: list[Event]) -> None:
-        """An over-long complete line: pieces of ``max_line_bytes``, the last one stripped."""
+        """An over-long complete line (its ``\r`` stripped): pieces of ``max_line_bytes``."""
         limit = self.max_line_bytes
+        encoding = self.encoding
         for at in range(0, len(raw), limit):
-            piece = raw[at : at + limit]
-            if at + limit >= len(raw) and piece[-1:] == b"\r":
-                piece = piece[:-1]
-            self._check(f, piece, f.offset + start + at, events)
+            text = raw[at : at + limit].decode(encoding, "replace")
+            self._line(f, text, f.offset + start + at, events)
 
     def _emit_rest(self, f: _File, events: list[Event]) -> None:
         """A file's last line, without its newline: emitted when nothing can complete it."""
         rest = f.buffer
+        if rest:
+            self._lines_read += 1
         while rest:
             piece = rest[: self.max_line_bytes]
-            self._check(f, piece, f.offset, events)
+            self._line(f, piece.decode(self.encoding, "replace"), f.offset, events)
             del rest[: len(piece)]
             f.offset += len(piece)
-
-    def _check(self, f: _File, raw: bytearray, offset: int, events: list[Event]) -> None:
-        self._lines_read += 1
-        self._line(f, raw.decode(self.encoding, "replace"), offset, events)
 
     def _line(self, f: _File, text: str, offset: int, events: list[Event]) -> None:
         """Make the events of one line (or piece) starting at byte ``offset`` of its file."""

@@ -790,3 +790,15 @@ def test_check_shows_the_print_format(tmp_path: Path) -> None:
     result = eventmp_command("check", str(tmp_path / "pipeline.toml"))
     assert result.returncode == 0, result.stderr
     assert "PrintEventHandler(file='stdout', format='{time} {ip} {user}')" in result.stdout
+
+
+def test_input_settings_reach_the_tail(tmp_path: Path) -> None:
+    """max_line_bytes and missing_ok from the pipeline file are the tail's settings."""
+    text = FOLLOW.replace('rescan_interval = "100ms"', 'max_line_bytes = "1KiB"\nmissing_ok = true')
+    pipeline = eventmp.load_pipeline(pipeline_file(tmp_path, text))
+    dispatcher, (tail,) = cli.build(pipeline, once=True)
+    try:
+        assert tail.max_line_bytes == 1024
+        assert tail.missing_ok is True
+    finally:
+        dispatcher.stop()

@@ -169,6 +169,11 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "does not write a newline as the byte 0x0A",
         ),
         (
+            "[[inputs]]\npath='a.log'\nmax_line_bytes=0\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].max_line_bytes",
+            "expected a size of at least 1 byte",
+        ),
+        (
             "[dispatcher]\nevent_timeout=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "dispatcher.event_timeout",
             "expected a number of seconds > 0",
@@ -236,6 +241,14 @@ def test_missing_ok_is_false_by_default_and_must_be_a_boolean(tmp_path: Path) ->
     text = "[[inputs]]\npath='a.log'\nmissing_ok='maybe'\n[[rules]]\nregex='x'\nhandler='print'\n"
     message = error_of(tmp_path, text)
     assert ": inputs[1].missing_ok: expected true or false, got 'maybe'" in message, message
+
+
+def test_max_line_bytes_defaults_to_16_kib_and_takes_a_size(tmp_path: Path) -> None:
+    """An input's max_line_bytes defaults to 16 KiB and accepts a size such as '64KiB'."""
+    assert load(tmp_path, GOOD).inputs[0].max_line_bytes == 16 << 10
+    text = "[[inputs]]\npath='a.log'\nmax_line_bytes='64KiB'\n"
+    text += "[[rules]]\nregex='x'\nhandler='print'\n"
+    assert load(tmp_path, text).inputs[0].max_line_bytes == 64 << 10
 
 
 def test_missing_file_is_a_pipeline_error(tmp_path: Path) -> None:

@@ -313,6 +313,41 @@ def test_long_line_is_cut_into_pieces_with_its_number(make_tail: MakeTail, tmp_p
     assert numbered(poll(tail)) == [(1, "aaaaa"), (2, "short")]
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_the_cap_applies_to_the_text_of_the_line_not_its_ending(
+    make_tail: MakeTail, tmp_path: Path, ending: str
+) -> None:
+    """A line of exactly max_line_bytes is one piece with \r\n too; twice that is two pieces."""
+    log = tmp_path / "app.log"
+    log.write_text("")
+    tail = make_tail(log, max_line_bytes=10)
+    poll(tail)
+    append(log, "a" * 10 + ending + "b" * 20 + ending + "c" * 10 + ending)
+    assert numbered(poll(tail)) == [(1, "a" * 10), (2, "b" * 10), (2, "b" * 10), (3, "c" * 10)]
+    assert tail.lines_read == 3
+
+
+def test_a_partial_line_of_exactly_the_cap_waits_for_its_crlf(
+    make_tail: MakeTail, tmp_path: Path
+) -> None:
+    """A line still being written is not cut when only its \r passes the cap."""
+    log = tmp_path / "app.log"
+    log.write_text("")
+    tail = make_tail(log, max_line_bytes=10)
+    poll(tail)
+    append(log, "a" * 10 + "\r")
+    assert poll(tail) == []
+    append(log, "\n")
+    assert numbered(poll(tail)) == [(1, "a" * 10)]
+    assert tail.lines_read == 1
+
+
+def test_the_default_cap_is_16_kib(tmp_path: Path) -> None:
+    """Without max_line_bytes, lines are cut at 16 KiB."""
+    tail = FileTailGenerator([os.fspath(tmp_path / "a.log")], [])
+    assert tail.max_line_bytes == tail_module.DEFAULT_MAX_LINE_BYTES == 16 << 10
+
+
 def test_a_poll_makes_a_bounded_number_of_events(make_tail: MakeTail, tmp_path: Path) -> None:
     """One poll returns at most _EVENTS_PER_POLL events; the rest come, in order, next time."""
     log = tmp_path / "app.log"
