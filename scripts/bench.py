@@ -3,6 +3,8 @@
 Usage::
 
     .venv/bin/python scripts/bench.py [--quick] [--runs N] [--json PATH] [--baseline REF]
+                                      [--only GROUP[,GROUP...]] [--log-lines N]
+                                      [--follow-backlog SIZE] [--log-time-limit SECONDS]
                                       [--write-docs [--docs-dir DIR]]
     .venv/bin/python scripts/bench.py --report-from PATH [--write-docs [--docs-dir DIR]]
 
@@ -16,6 +18,15 @@ events: a smoke test that the script works, not a measurement. A failed measurem
 and the script goes on; the exit code is 0 whatever the goals say (this is a measurement, not a
 test).
 
+``--only GROUP[,GROUP...]`` measures some groups of rows only (throughput, latency, spin, cpu,
+restart, rss, gc, logs), for instance ``--quick --only logs`` while working on the log reader;
+with ``--write-docs`` it needs ``--docs-dir``, so that a partial page does not replace the full
+one. The log-reading rows (group ``logs``) run ``grep``, a plain Python loop and the ``eventmp``
+command as processes of their own on a log generated once per invocation; ``--log-lines``,
+``--follow-backlog`` and ``--log-time-limit`` set the log's size, the follow-mode row's backlog
+and the time after which a row that is still running is stopped (and fails, with how far it
+got in the notes).
+
 ``--write-docs`` also writes ``docs/performance.md`` and its two charts,
 ``docs/performance-throughput.svg`` and ``docs/performance-latency.svg`` (plain SVG written
 here, no plotting library). ``--report-from PATH`` measures nothing: it rebuilds the report from
@@ -23,18 +34,20 @@ a results JSON this script wrote, so a saved run can be re-rendered (and the rep
 
 What each measurement does, and why, is written next to it: the :class:`Section` texts
 (``INTRO``, ``THROUGHPUT``, ``LATENCY``, ``SPIN``, ``SCALING``, ``RESTART``, ``MEMORY``,
-``GC``), which are the explanatory paragraphs of the generated page. Keep them true when a
-measurement changes; they are formatted with the run's sizes (:func:`text_context`), so they
-carry no figure of their own.
+``GC``, ``LOGS``), which are the explanatory paragraphs of the generated page. Keep them true
+when a measurement changes; they are formatted with the run's sizes (:func:`text_context`), so
+they carry no figure of their own.
 
 A/B against a baseline commit (``--baseline REF``): the script checks REF out with ``git worktree
 add --detach`` into a temporary directory (removed at the end, also on error, then ``git worktree
 prune``) and measures every eventmp row twice per run, once with this tree's ``eventmp`` and
 once with the baseline's: throughput by ``submit()`` and by a generator under each start method,
 the two ``workers=N`` reference rows, idle latency, busy-producer latency (with the
-``idle_spin=0`` row), the idle spin's CPU cost, the CPU-heavy rows and restart time. The peers,
-the raw Pipe and Queue references, the RSS and the GC rows run once, in this process, as usual:
-they are not eventmp code (RSS and GC are left out to keep the A/B short). Both sides of a row
+``idle_spin=0`` row), the idle spin's CPU cost, the CPU-heavy rows, restart time, and the
+``eventmp run`` rows of the log group (whose command then imports that tree's eventmp). The
+peers, the raw Pipe and Queue references, ``grep`` and the naive loop, the RSS and the GC rows
+run once, in this process, as usual: they are not eventmp code (RSS and GC are left out to keep
+the A/B short). Both sides of a row
 run the same function of this script, each in a fresh interpreter (``bench.py --one-case KEY
 --json-out FILE``) whose ``PYTHONPATH`` is that tree's root, so that both pay the same start-up
 and neither inherits the other's heap; spawn and forkserver workers inherit ``PYTHONPATH``. The
@@ -63,13 +76,17 @@ import contextlib
 import functools
 import gc
 import inspect
+import itertools
 import json
+import locale as pylocale
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import platform
+import random
+import re
 import shlex
 import shutil
 import signal
@@ -94,6 +111,7 @@ import eventmp
 from eventmp import Event, EventDispatcher, EventGenerator, WorkerCrashedError
 from eventmp import default_start_method as eventmp_default_start_method
 from eventmp.testing import ErrorCollector
+from eventmp.units import parse_duration, parse_size
 
 Connection = multiprocessing.connection.Connection
 
@@ -300,6 +318,9 @@ class Sizes:
     rss_events: int = 1_000_000
     gc_events: int = 500_000
     gc_heap_objects: int = 2_000_000
+    log_lines: int = 2_000_000  # the generated log of the log-reading rows
+    follow_backlog_bytes: int = 1 << 30  # the follow-mode row's backlog (0: no such row)
+    log_time_limit_s: float = WAIT_TIMEOUT  # a log-reading row still running then fails
 
 
 QUICK_SIZES = Sizes(
@@ -314,6 +335,8 @@ QUICK_SIZES = Sizes(
     rss_events=200_000,
     gc_events=50_000,
     gc_heap_objects=200_000,
+    log_lines=200_000,
+    follow_backlog_bytes=30 << 20,
 )
 
 
@@ -344,6 +367,7 @@ class Plan:
     cores: int
     generator_interval: float = 0.0
     cpu_iterations: int = 0
+    log_dir: str = ""  # where the generated logs are, shared with the A/B mode's children
 
 
 @dataclass(frozen=True)
@@ -1245,6 +1269,753 @@ def rss_in_fresh_process(max_pending: int, count: int) -> dict[str, Any]:
     return result
 
 
+# == 7. reading logs =============================================================================
+
+
+LOGS = Section(
+    "logs",
+    "Reading logs",
+    """
+    `eventmp run` reads its log files in its own process and finds there the lines that match
+    its rules; only those become events for the workers. What that costs is measured on a
+    generated sshd-style `auth.log` of
+    {log_lines:,} lines ({log_mb:,.0f} MB, {log_line_bytes:.0f} bytes a line on average), made
+    once per invocation of the script from a fixed seed: {log_match_pct:.1f}% of its lines are
+    `Failed password for [invalid user ]USER from IP port N ssh2`, the rest a mix of other
+    sshd, CRON, sudo and systemd-logind lines of similar lengths, near misses such as `Failed
+    publickey` and `Invalid user` among them. The rule's regular expression is
+    `{log_pattern}`, written so that `grep -E` takes the same text. Every path runs as a
+    process of its own, start-up included, on the same file (in the page cache by then), and
+    checks its count of matching lines against the number generated: a path that loses or
+    repeats a line fails instead of giving a figure.
+
+    - **`grep -cE`** with the same expression counts the matching lines: reading and matching
+      in C, the speed to aim at. It runs with `LC_ALL={log_grep_locale}`, so that it reads the
+      file as UTF-8 text, as eventmp and the loop do; a reference row runs it with `LC_ALL=C`,
+      which matches bytes and is several times faster on the same file (GNU grep matches
+      `[^ ]` per character in a UTF-8 locale).
+    - **Naive Python loop**: `for line in f: m = rx.search(line)` over the file opened as
+      text (UTF-8, `errors="replace"`), writing `json.dumps(m.groups())` to a file for each
+      match: what a short script does.
+    - **`eventmp run --once`**: a pipeline file with one input (`start_at = "beginning"`), one
+      rule and a `json` handler that writes each match to a file (its default fields:
+      `timestamp`, `time`, `originator` and `data`, which holds the line, its number, the match
+      and the groups), every other setting at its default, run as `python -m eventmp run p.toml
+      --once -q`. The clock runs from starting
+      the command until it exits (status 0), and the output must then hold one line per
+      match. The same with `[dispatcher] workers = 2`, and with {log_rules} rules: the one,
+      plus {log_extra_rules} that match nothing or about one line in a thousand (a `maximum
+      authentication attempts` error, a `POSSIBLE BREAK-IN ATTEMPT`), all writing to the same
+      file; the output must then hold one line per match of any rule.
+    - **Follow mode catching up a backlog**: `eventmp run p.toml -q` without `--once`, on a
+      file that already holds a backlog of {follow_mb:,.0f} MB ({follow_lines:,} lines, from
+      another seed), with `start_at = "beginning"`. The clock runs from starting the command
+      until its output holds every match (the script counts the output's lines every
+      {follow_poll_ms:g} ms); then SIGTERM, after which the command must drain and exit with
+      status 0, its output holding every match exactly once. The row is left out when the
+      temporary directory has less than {follow_free_factor}x the backlog free.
+
+    For each eventmp row a thread samples the RSS of the eventmp process (not of its workers)
+    every {rss_sample_ms:g} ms; the last column shows its peak. A row that has not finished
+    after {log_time_limit_s:g} s is stopped and fails; the notes say how far it got. MB are
+    10^6 bytes. Below the table, each eventmp row's time per byte is divided by that of
+    `grep -cE` and of the naive loop (the follow row read another file, so bytes, not runs,
+    are compared). The goals: at most {log_goal_ratio:g}x both at default settings and in
+    follow mode, and a follow-mode peak RSS under {log_rss_goal_mb:g} MB.
+    """,
+)
+
+LOG_PATTERN = r"Failed password for (invalid user )?([^ ]+) from ([^ ]+) port ([0-9]+) ssh2"
+LOG_RULE = "failed-password"
+LOG_MATCHING_KIND = "failed_password"  # the generator's kind of line that LOG_PATTERN matches
+LOG_SEED = 20_240_303
+LOG_HOST = "bastion-02.prod.eu-west-1"
+LOG_LINES_PER_SECOND = 20  # of the log's timestamps
+LOG_BLOCK = 10_000  # lines generated and written at a time
+LOG_POOL = 4_096  # distinct messages per kind of line (a power of two)
+FOLLOW_POLL = 0.02  # how often the follow row counts its output's lines
+FOLLOW_FREE_FACTOR = 3  # the follow row needs this many times its backlog free on the disk
+LOG_STOP_TIMEOUT = 60.0  # from SIGTERM to exit in follow mode
+LOG_GOAL_RATIO = 2.0  # eventmp's time per byte over grep's, and over the naive loop's
+LOG_RSS_GOAL_MB = 256.0  # the eventmp process while it catches up a backlog
+LOG_PEERS = {"log.grep": "grep -cE", "log.naive": "naive loop"}  # key: name in the ratios
+LOG_GREP_LOCALE = "C.UTF-8"  # grep's locale, so that it reads UTF-8 as eventmp does
+# The 10-rule set: the rule above, then these (name, regex, the generator's kind each one
+# matches, or None): rare lines and lines the generated log never holds.
+LOG_EXTRA_RULES: tuple[tuple[str, str, str | None], ...] = (
+    (
+        "max-auth-tries",
+        r"error: maximum authentication attempts exceeded for (invalid user )?([^ ]+) from",
+        "max_auth_tries",
+    ),
+    ("break-in", r"POSSIBLE BREAK-IN ATTEMPT", "break_in"),
+    ("oom", r"Out of memory: Killed process ([0-9]+)", None),
+    ("segfault", r"segfault at [0-9a-f]+ ip [0-9a-f]+", None),
+    ("bad-protocol", r"Bad protocol version identification '(.*)' from ([^ ]+)", None),
+    ("no-ident", r"Did not receive identification string from ([^ ]+)", None),
+    ("su-failed", r"FAILED SU \(to ([^ ]+)\) ([^ ]+) on", None),
+    ("sudo-incorrect", r"sudo: +([^ ]+) : [0-9]+ incorrect password attempts", None),
+    ("refused", r"refused connect from ([^ ]+)", None),
+)
+
+# The naive loop, run as ``python -c NAIVE_LOOP LOG PATTERN OUT``; it prints its count.
+NAIVE_LOOP = """\
+import json, re, sys
+rx = re.compile(sys.argv[2])
+count = 0
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f, open(sys.argv[3], "w") as out:
+    for line in f:
+        m = rx.search(line)
+        if m:
+            out.write(json.dumps(m.groups()) + "\\n")
+            count += 1
+print(count)
+"""
+
+
+def _log_kinds(rng: random.Random) -> list[tuple[str, float, Callable[[], str]]]:
+    """The kinds of line of the generated log: (name, weight, a maker of one message)."""
+    r, pick, number = rng.random, rng.choice, rng.randrange
+    users = [
+        "root", "admin", "ubuntu", "oracle", "postgres", "test", "git", "deploy", "user", "pi",
+        "ftpuser", "jenkins", "hadoop", "nagios", "guest", "support", "mysql", "www-data",
+        "elastic", "minecraft",
+    ]  # fmt: skip
+    staff = ["deploy", "alice", "bob", "backup", "ansible"]
+    outside = [
+        f"{number(1, 224)}.{number(256)}.{number(256)}.{number(1, 255)}" for _ in range(4096)
+    ]
+    inside = [f"10.20.{number(256)}.{number(1, 255)}" for _ in range(64)]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    keys = ["".join(pick(alphabet) for _ in range(43)) for _ in range(16)]
+    jobs = [
+        "   cd / && run-parts --report /etc/cron.hourly",
+        "[ -x /usr/lib/php/sessionclean ] && if [ ! -d /run/systemd/system ]; then "
+        "/usr/lib/php/sessionclean; fi",
+        "test -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }",
+        "/usr/local/bin/backup-rotate --keep 14 --target /srv/backup >/dev/null 2>&1",
+    ]
+    services = ["nginx", "postgresql", "haproxy", "docker", "prometheus-node-exporter"]
+
+    def sshd() -> str:
+        return f"sshd[{number(1000, 65000)}]: "
+
+    def port() -> int:
+        return number(1024, 65536)
+
+    def invalid() -> str:
+        return "invalid user " if r() < 0.4 else ""
+
+    return [
+        (
+            LOG_MATCHING_KIND,
+            0.06,
+            lambda: (
+                f"{sshd()}Failed password for {invalid()}{pick(users)} from {pick(outside)} "
+                f"port {port()} ssh2"
+            ),
+        ),
+        (
+            "auth_failure",
+            0.14,
+            lambda: (
+                f"{sshd()}pam_unix(sshd:auth): authentication failure; logname= uid=0 "
+                f"euid=0 tty=ssh ruser= rhost={pick(outside)}  user={pick(users)}"
+            ),
+        ),
+        (
+            "invalid_user",
+            0.07,
+            lambda: f"{sshd()}Invalid user {pick(users)} from {pick(outside)} port {port()}",
+        ),
+        (
+            "received_disconnect",
+            0.07,
+            lambda: (
+                f"{sshd()}Received disconnect from {pick(outside)} port {port()}:11: "
+                "Bye Bye [preauth]"
+            ),
+        ),
+        (
+            "disconnected",
+            0.07,
+            lambda: (
+                f"{sshd()}Disconnected from {invalid() or 'authenticating user '}"
+                f"{pick(users)} {pick(outside)} port {port()} [preauth]"
+            ),
+        ),
+        (
+            "connection_closed",
+            0.05,
+            lambda: (
+                f"{sshd()}Connection closed by authenticating user {pick(users)} "
+                f"{pick(outside)} port {port()} [preauth]"
+            ),
+        ),
+        (
+            "failed_publickey",
+            0.02,
+            lambda: (
+                f"{sshd()}Failed publickey for {pick(staff)} from {pick(inside)} port "
+                f"{port()} ssh2: ED25519 SHA256:{pick(keys)}"
+            ),
+        ),
+        (
+            "accepted_publickey",
+            0.065,
+            lambda: (
+                f"{sshd()}Accepted publickey for {pick(staff)} from {pick(inside)} port "
+                f"{port()} ssh2: ED25519 SHA256:{pick(keys)}"
+            ),
+        ),
+        (
+            "ssh_session_opened",
+            0.06,
+            lambda: (
+                f"{sshd()}pam_unix(sshd:session): session opened for user {pick(staff)}"
+                f"(uid={number(1000, 1010)}) by (uid=0)"
+            ),
+        ),
+        (
+            "ssh_session_closed",
+            0.05,
+            lambda: f"{sshd()}pam_unix(sshd:session): session closed for user {pick(staff)}",
+        ),
+        (
+            "cron_session_opened",
+            0.11,
+            lambda: (
+                f"CRON[{number(1000, 65000)}]: pam_unix(cron:session): session opened for "
+                "user root(uid=0) by (uid=0)"
+            ),
+        ),
+        (
+            "cron_command",
+            0.12,
+            lambda: f"CRON[{number(1000, 65000)}]: (root) CMD ({pick(jobs)})",
+        ),
+        (
+            "cron_session_closed",
+            0.07,
+            lambda: (
+                f"CRON[{number(1000, 65000)}]: pam_unix(cron:session): session closed for user root"
+            ),
+        ),
+        (
+            "logind_new_session",
+            0.03,
+            lambda: (
+                f"systemd-logind[{number(500, 900)}]: New session {number(1, 99_999)} of "
+                f"user {pick(staff)}."
+            ),
+        ),
+        (
+            "sudo_command",
+            0.0135,
+            lambda: (
+                f"sudo:   {pick(staff)} : TTY=pts/{number(8)} ; PWD=/home/{pick(staff)} ; "
+                f"USER=root ; COMMAND=/usr/bin/systemctl restart {pick(services)}.service"
+            ),
+        ),
+        (
+            "max_auth_tries",
+            0.001,
+            lambda: (
+                f"{sshd()}error: maximum authentication attempts exceeded for "
+                f"{invalid()}{pick(users)} from {pick(outside)} port {port()} ssh2 [preauth]"
+            ),
+        ),
+        (
+            "break_in",
+            0.0005,
+            lambda: (
+                f"{sshd()}reverse mapping checking getaddrinfo for "
+                f"host-{pick(outside).replace('.', '-')}.dynamic.example.net [{pick(outside)}] "
+                "failed - POSSIBLE BREAK-IN ATTEMPT!"
+            ),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A generated log: where it is, its size, and how many lines of each kind it holds."""
+
+    path: str
+    lines: int
+    bytes: int
+    kinds: dict[str, int]
+    seed: int
+
+    @property
+    def matches(self) -> int:
+        """The lines that :data:`LOG_PATTERN` matches."""
+        return self.kinds.get(LOG_MATCHING_KIND, 0)
+
+    def expected(self, rules: int) -> int:
+        """The events that the first ``rules`` rules (1 or 10) make from this file."""
+        extra = [kind for _, _, kind in LOG_EXTRA_RULES[: rules - 1] if kind is not None]
+        return self.matches + sum(self.kinds.get(kind, 0) for kind in extra)
+
+
+def generate_log(
+    path: Path, *, lines: int | None = None, min_bytes: int | None = None, seed: int = LOG_SEED
+) -> LogFile:
+    """Write an sshd-style auth.log of ``lines`` lines (or of at least ``min_bytes``).
+
+    The same arguments give the same bytes. Each kind of line has a pool of messages made
+    from the seed; a line is a syslog prefix (a timestamp that advances one second every
+    :data:`LOG_LINES_PER_SECOND` lines, the host) and a message drawn from its kind's pool.
+    """
+    if (lines is None) == (min_bytes is None):
+        raise ValueError("give lines or min_bytes")
+    rng = random.Random(seed)
+    kinds = _log_kinds(rng)
+    names = [name for name, _, _ in kinds]
+    pools = [[f"{make()}\n" for _ in range(LOG_POOL)] for _, _, make in kinds]
+    cumulative = list(itertools.accumulate(weight for _, weight, _ in kinds))
+    indices = range(len(kinds))
+    draw = rng.getrandbits
+    pool_bits = LOG_POOL.bit_length() - 1
+    counts: Counter[int] = Counter()
+    start = 1_709_470_800  # 2024-03-03 13:00 UTC
+    written = 0
+    done = 0
+    prefix = ""
+    with open(path, "wb") as out:
+        while (lines is not None and done < lines) or (
+            min_bytes is not None and written < min_bytes
+        ):
+            count = LOG_BLOCK if lines is None else min(LOG_BLOCK, lines - done)
+            chosen = rng.choices(indices, cum_weights=cumulative, k=count)
+            counts.update(chosen)
+            parts = []
+            for index, kind in enumerate(chosen, done):
+                if index % LOG_LINES_PER_SECOND == 0 or not prefix:
+                    stamp = time.gmtime(start + index // LOG_LINES_PER_SECOND)
+                    prefix = time.strftime("%b %e %H:%M:%S ", stamp) + LOG_HOST + " "
+                parts.append(prefix)
+                parts.append(pools[kind][draw(pool_bits)])
+            block = "".join(parts).encode()
+            out.write(block)
+            written += len(block)
+            done += count
+    return LogFile(str(path), done, written, {names[i]: counts[i] for i in indices}, seed)
+
+
+def log_fixture(
+    directory: Path, *, lines: int | None = None, min_bytes: int | None = None
+) -> LogFile:
+    """The generated log of that size in ``directory``: made the first time, then reused.
+
+    A JSON file next to it records its counts once it is complete, so that a fresh
+    interpreter (the A/B mode's) finds the same file instead of writing it again.
+    """
+    if lines is not None:
+        name, seed = f"auth-{lines}-lines", LOG_SEED
+    else:
+        name, seed = f"backlog-{min_bytes}-bytes", LOG_SEED + 1
+    path = directory / f"{name}.log"
+    record = directory / f"{name}.json"
+    if record.exists() and path.exists():
+        known = LogFile(**json.loads(record.read_text()))
+        if path.stat().st_size == known.bytes:
+            return known
+    log(f"  generating {path.name} ...")
+    started = time.perf_counter()
+    made = generate_log(path, lines=lines, min_bytes=min_bytes, seed=seed)
+    partial = record.with_suffix(".part")
+    partial.write_text(json.dumps(asdict(made)))
+    partial.replace(record)
+    log(
+        f"  {made.lines:,} lines, {made.bytes / 1e6:,.0f} MB, {made.matches:,} matches "
+        f"[{time.perf_counter() - started:.1f} s]"
+    )
+    return made
+
+
+def count_lines(path: Path) -> int:
+    """The newlines in ``path`` (0 if it does not exist)."""
+    try:
+        with open(path, "rb") as file:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def log_rates(log_file: LogFile, seconds: float) -> dict[str, Any]:
+    return {
+        "lines": log_file.lines,
+        "bytes": log_file.bytes,
+        "seconds": seconds,
+        "lines_per_s": log_file.lines / seconds,
+        "mb_per_s": log_file.bytes / 1e6 / seconds,
+    }
+
+
+def eventmp_env() -> dict[str, str]:
+    """The environment of an ``eventmp`` command: it imports the eventmp this script imported.
+
+    The A/B mode gives each side's interpreter ``PYTHONPATH``; the command inherits it, and
+    runs in a directory that holds no ``eventmp`` package (``python -m`` puts the working
+    directory first on ``sys.path``).
+    """
+    root = str(Path(str(eventmp.__file__)).resolve().parents[1])
+    inherited = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + inherited if inherited else "")}
+
+
+def kill_group(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL the session a command was started in (it and its workers), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+
+
+class RssSampler:
+    """Samples one process's RSS every :data:`RSS_SAMPLE_PERIOD` in a thread; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._process = psutil.Process(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.peak = max(self.peak, self._process.memory_info().rss)
+            except psutil.Error:
+                return  # gone
+            if self._done.wait(RSS_SAMPLE_PERIOD):
+                return
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MB."""
+        self._done.set()
+        self._thread.join(5)
+        return self.peak / (1024 * 1024)
+
+
+class TooSlow(BenchError):
+    """A row stopped at its time limit; ``figures`` go into its result beside the error."""
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
+def too_slow(what: str, limit: float, done: int, expected: int, log_file: LogFile) -> TooSlow:
+    """The failure of a row stopped after ``limit`` s, with how far it got (``done`` events)."""
+    share = done / expected if expected else 0.0
+    lines, megabytes = share * log_file.lines / limit, share * log_file.bytes / 1e6 / limit
+    return TooSlow(
+        f"{what} did not finish within {limit:g} s: {done:,} of {expected:,} matches written "
+        f"by then, so about {lines:,.0f} lines/s and {megabytes:,.1f} MB/s",
+        {
+            "timed_out_after_s": limit,
+            "lines": log_file.lines,
+            "bytes": log_file.bytes,
+            "matches_done": done,
+            "matches_expected": expected,
+        },
+    )
+
+
+def locale_exists(name: str) -> bool:
+    """Whether the C library has the locale ``name`` (grep falls back to C without a word)."""
+    saved = pylocale.setlocale(pylocale.LC_CTYPE)
+    try:
+        pylocale.setlocale(pylocale.LC_CTYPE, name)
+    except pylocale.Error:
+        return False
+    finally:
+        pylocale.setlocale(pylocale.LC_CTYPE, saved)
+    return True
+
+
+def log_grep(log_file: LogFile, limit: float, locale: str | None) -> dict[str, Any]:
+    """``grep -cE`` with ``LC_ALL=locale`` (None: the inherited environment)."""
+    command = ["grep", "-cE", LOG_PATTERN, log_file.path]
+    env = {**os.environ, "LC_ALL": locale} if locale is not None else None
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"grep -cE did not finish within {limit:g} s") from exc
+    finally:
+        if process.poll() is None:
+            kill_group(process)
+    elapsed = time.perf_counter() - start
+    if process.returncode != 0:
+        raise BenchError(f"grep exited with {process.returncode}: {stderr.strip()}")
+    found = int(stdout.strip())
+    if found != log_file.matches:
+        raise BenchError(f"grep -cE counted {found:,} lines, {log_file.matches:,} were generated")
+    return {**log_rates(log_file, elapsed), "matches": found, "locale": locale or "inherited"}
+
+
+def log_naive(log_file: LogFile, tmp: Path, limit: float) -> dict[str, Any]:
+    out = tmp / "naive-out.jsonl"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-c", NAIVE_LOOP, log_file.path, LOG_PATTERN, str(out)]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+        elapsed = time.perf_counter() - start
+        if process.returncode != 0:
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
+            raise BenchError(f"the naive loop exited with {process.returncode}: {tail}")
+        printed, written = int(stdout.strip()), count_lines(out)
+    except subprocess.TimeoutExpired as exc:
+        raise too_slow(
+            "the naive loop", limit, count_lines(out), log_file.matches, log_file
+        ) from exc
+    finally:
+        if process.poll() is None:
+            kill_group(process)
+        out.unlink(missing_ok=True)
+    if printed != log_file.matches or written != log_file.matches:
+        raise BenchError(
+            f"the naive loop found {printed:,} matches and wrote {written:,} lines; "
+            f"{log_file.matches:,} were generated"
+        )
+    return {**log_rates(log_file, elapsed), "matches": written}
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def log_pipeline(log_file: LogFile, out: Path, workers: int | None, rules: int) -> str:
+    """The pipeline file of an eventmp row: one input, ``rules`` rules, a json handler."""
+    lines = []
+    if workers is not None:
+        lines += ["[dispatcher]", f"workers = {workers}", ""]
+    lines += [
+        "[[inputs]]",
+        'name = "auth"',
+        f"paths = [{toml_string(log_file.path)}]",
+        'start_at = "beginning"',
+    ]
+    handler = f'{{ type = "json", file = {toml_string(str(out))} }}'
+    for name, regex, _ in ((LOG_RULE, LOG_PATTERN, None), *LOG_EXTRA_RULES[: rules - 1]):
+        lines += [
+            "",
+            "[[rules]]",
+            f"name = {toml_string(name)}",
+            f"regex = {toml_string(regex)}",
+            f"handler = {handler}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_LINES = re.compile(r"read ([\d,]+) lines")
+SUMMARY_FAILED = re.compile(r"([\d,]+) failed")
+
+
+def check_summary(stderr: str, log_file: LogFile) -> None:
+    """The command's summary, where it has the usual form: every line read, none failed."""
+    read = SUMMARY_LINES.search(stderr)
+    if read and int(read.group(1).replace(",", "")) != log_file.lines:
+        raise BenchError(f"eventmp says it read {read.group(1)} lines of {log_file.lines:,}")
+    failed = SUMMARY_FAILED.search(stderr)
+    if failed and failed.group(1) != "0":
+        raise BenchError(f"eventmp says {failed.group(1)} events failed: {stderr.strip()}")
+
+
+def log_eventmp(
+    log_file: LogFile,
+    tmp: Path,
+    limit: float,
+    *,
+    workers: int | None = None,
+    rules: int = 1,
+    follow: bool = False,
+) -> dict[str, Any]:
+    """``eventmp run p.toml`` on ``log_file``: with ``--once`` until it exits, or in follow
+    mode until its output holds every match, then SIGTERM.
+    """
+    tag = f"{'follow' if follow else 'once'}-{workers}-{rules}"
+    out, pipeline, errors = (tmp / f"eventmp-{tag}{ext}" for ext in (".jsonl", ".toml", ".err"))
+    out.unlink(missing_ok=True)
+    pipeline.write_text(log_pipeline(log_file, out, workers, rules))
+    expected = log_file.expected(rules)
+    command = [sys.executable, "-m", "eventmp", "run", str(pipeline), "-q"]
+    if not follow:
+        command.append("--once")
+    what = f"eventmp run{'' if follow else ' --once'}"
+    try:
+        with open(errors, "w") as stderr:
+            start = time.perf_counter()
+            process = subprocess.Popen(
+                command,
+                cwd=tmp,
+                env=eventmp_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # a command that must be killed goes with its workers
+            )
+            sampler = RssSampler(process.pid)
+            try:
+                if follow:
+                    elapsed = follow_until(process, out, expected, start, limit)
+                    if elapsed is None:
+                        raise too_slow(what, limit, count_lines(out), expected, log_file)
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(LOG_STOP_TIMEOUT)
+                else:
+                    process.wait(limit)
+                    elapsed = time.perf_counter() - start
+            except subprocess.TimeoutExpired as exc:
+                if follow:
+                    raise BenchError(f"no exit within {LOG_STOP_TIMEOUT:g} s of SIGTERM") from exc
+                raise too_slow(what, limit, count_lines(out), expected, log_file) from exc
+            finally:
+                peak = sampler.stop()
+                if process.poll() is None:
+                    kill_group(process)
+        messages = errors.read_text(errors="replace")
+        if process.returncode != 0:
+            tail = " | ".join(messages.strip().splitlines()[-3:])
+            raise BenchError(f"{what} exited with {process.returncode}: {tail}")
+        check_summary(messages, log_file)
+        written = count_lines(out)
+    finally:
+        out.unlink(missing_ok=True)
+    if written != expected:
+        raise BenchError(f"{what} wrote {written:,} events, {expected:,} lines match")
+    return {**log_rates(log_file, elapsed), "matches": written, "peak_rss_mb": peak}
+
+
+def follow_until(
+    process: subprocess.Popen[Any], out: Path, expected: int, start: float, limit: float
+) -> float | None:
+    """Seconds from ``start`` until ``out`` holds ``expected`` lines; None after ``limit``.
+
+    Counts the new bytes of ``out`` every :data:`FOLLOW_POLL` s. BenchError if the command
+    exits first.
+    """
+    seen = 0
+    offset = 0
+    while True:
+        with contextlib.suppress(FileNotFoundError), open(out, "rb") as file:
+            file.seek(offset)
+            data = file.read()
+            offset += len(data)
+            seen += data.count(b"\n")
+        now = time.perf_counter()
+        if seen >= expected:
+            return now - start
+        if process.poll() is not None:
+            raise BenchError(
+                f"eventmp run exited with {process.returncode} in follow mode, having written "
+                f"{seen:,} of {expected:,} events"
+            )
+        if now - start > limit:
+            return None
+        time.sleep(FOLLOW_POLL)
+
+
+def log_record(log_file: LogFile) -> dict[str, Any]:
+    """What the results record about a generated log (not its temporary path)."""
+    return {
+        "lines": log_file.lines,
+        "bytes": log_file.bytes,
+        "matches": log_file.matches,
+        "seed": log_file.seed,
+        "kinds": log_file.kinds,
+    }
+
+
+def log_cases(
+    sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any], plan: Plan
+) -> list[Case]:
+    """The log-reading rows. Their logs are generated here, once for every run."""
+    directory = Path(plan.log_dir) if plan.log_dir else tmp
+    limit = sizes.log_time_limit_s
+    main_log = log_fixture(directory, lines=sizes.log_lines)
+    meta["logs"] = {"pattern": LOG_PATTERN, "log": log_record(main_log), "follow": None}
+
+    def eventmp_case(key: str, label: str) -> Case:
+        run = eventmp_runner(key, sizes, tmp, plan)
+        assert run is not None, key
+        return Case(key, "logs", label, plan.default_method, run, ab=True)
+
+    utf8: str | None = LOG_GREP_LOCALE
+    if not locale_exists(LOG_GREP_LOCALE):
+        utf8 = None
+        notes.append(
+            f"There is no {LOG_GREP_LOCALE} locale here: the `grep -cE` row runs in the "
+            f"inherited locale (LC_ALL={os.environ.get('LC_ALL', '')!r}, "
+            f"LANG={os.environ.get('LANG', '')!r})."
+        )
+        log(f"  NOTE: {notes[-1]}")
+    meta["logs"]["grep_locale"] = utf8 or "(inherited)"
+    cases = [
+        Case("log.grep", "logs", "`grep -cE`", "", lambda: log_grep(main_log, limit, utf8)),
+        Case(
+            "log.grep_bytes",
+            "logs",
+            "`grep -cE` with `LC_ALL=C`: bytes, not UTF-8 (reference)",
+            "",
+            lambda: log_grep(main_log, limit, "C"),
+        ),
+        Case(
+            "log.naive",
+            "logs",
+            "naive Python loop, `json.dumps` per match",
+            "",
+            lambda: log_naive(main_log, tmp, limit),
+        ),
+        eventmp_case("log.once", "eventmp `run --once`, default settings"),
+        eventmp_case("log.once_workers2", "eventmp `run --once`, `workers = 2`"),
+        eventmp_case("log.once_rules10", f"eventmp `run --once`, {1 + len(LOG_EXTRA_RULES)} rules"),
+    ]
+    backlog = sizes.follow_backlog_bytes
+    free = shutil.disk_usage(directory).free
+    if backlog <= 0:
+        notes.append("The follow-mode log row was left out (--follow-backlog 0).")
+    elif free < FOLLOW_FREE_FACTOR * backlog:
+        notes.append(
+            f"The follow-mode log row was left out: it needs {FOLLOW_FREE_FACTOR}x its "
+            f"{backlog / 1e6:,.0f} MB backlog free in {directory}, which has "
+            f"{free / 1e6:,.0f} MB free (see --follow-backlog)."
+        )
+        log(f"  NOTE: {notes[-1]}")
+    else:
+        follow_log = log_fixture(directory, min_bytes=backlog)
+        meta["logs"]["follow"] = log_record(follow_log)
+        cases.append(
+            eventmp_case(
+                "log.follow",
+                f"eventmp `run` (follow mode) catching up a {follow_log.bytes / 1e6:,.0f} MB "
+                "backlog",
+            )
+        )
+    return cases
+
+
 # == the run =====================================================================================
 
 
@@ -1318,12 +2089,32 @@ def eventmp_runner(
         runners[f"cpu.{workers}"] = functools.partial(
             cpu_scaling, workers, sizes.cpu_events, plan.cpu_iterations, tmp, default
         )
+    logs = Path(plan.log_dir) if plan.log_dir else tmp
+    limit = sizes.log_time_limit_s
+
+    def log_once(workers: int | None = None, rules: int = 1) -> dict[str, Any]:
+        log_file = log_fixture(logs, lines=sizes.log_lines)
+        return log_eventmp(log_file, tmp, limit, workers=workers, rules=rules)
+
+    runners["log.once"] = log_once
+    runners["log.once_workers2"] = functools.partial(log_once, workers=2)
+    runners["log.once_rules10"] = functools.partial(log_once, rules=1 + len(LOG_EXTRA_RULES))
+    runners["log.follow"] = lambda: log_eventmp(
+        log_fixture(logs, min_bytes=sizes.follow_backlog_bytes), tmp, limit, follow=True
+    )
     return runners.get(key)
 
 
 def build_cases(
-    sizes: Sizes, tmp: Path, notes: list[str], meta: dict[str, Any], plan: Plan
+    sizes: Sizes,
+    tmp: Path,
+    notes: list[str],
+    meta: dict[str, Any],
+    plan: Plan,
+    groups: tuple[str, ...] = (),
 ) -> list[Case]:
+    """The measurements of ``groups`` (all of them when it is empty), in the report's order."""
+    groups = groups or GROUPS
     default = plan.default_method
     methods = plan.methods
     meta["default_start_method"] = default
@@ -1341,155 +2132,168 @@ def build_cases(
         assert run is not None, key
         cases.append(Case(key, group, label, method, run, ab=True))
 
-    for method in methods:
-        add_eventmp(f"tp.submit.{method}", "throughput", "eventmp `submit()`", method)
-        add_eventmp(
-            f"tp.generator.{method}",
-            "throughput",
-            f"eventmp generator-fed ({GENERATOR_CHUNK:,}/poll)",
-            method,
-        )
-        add(
-            f"tp.ceiling.{method}",
-            "throughput",
-            f"batched-Pipe ceiling ({CEILING_BATCH} Events/message)",
-            method,
-            lambda m=method: tp_pipe_ceiling(m, n),
-        )
     cores = plan.cores
-    if cores > 1:
-        add_eventmp(
-            "tp.submit_workers",
-            "throughput",
-            f"eventmp `submit()`, workers={cores} (reference)",
-            default,
-        )
-        add_eventmp(
-            "tp.submit_keyed",
-            "throughput",
-            f"eventmp `submit()`, workers={cores}, 8 keys (reference)",
-            default,
-        )
-    add(
-        "tp.pipe1024",
-        "throughput",
-        f"batched Pipe, {MAX_BATCH_REFERENCE:,} Events/message (reference)",
-        "fork",
-        lambda: tp_pipe_ceiling("fork", n, MAX_BATCH_REFERENCE),
-    )
-    add(
-        "tp.mp_queue",
-        "throughput",
-        "`multiprocessing.Queue`, put + ack per event",
-        "fork",
-        lambda: tp_mp_queue(sizes.queue_events),
-    )
-    add(
-        "tp.ppe_submit",
-        "throughput",
-        "`ProcessPoolExecutor.submit()` per event",
-        "fork",
-        lambda: tp_ppe_submit(sizes.ppe_submit_events),
-    )
-    add(
-        "tp.ppe_map",
-        "throughput",
-        "`ProcessPoolExecutor.map(chunksize=1024)`",
-        "fork",
-        lambda: tp_ppe_map(n),
-    )
-    add(
-        "tp.ppe_map_ints",
-        "throughput",
-        "`ProcessPoolExecutor.map(chunksize=1024)`, bare ints, no Event (reference)",
-        "fork",
-        lambda: tp_ppe_map(n, bare_ints=True),
-    )
-    for name, key, label, method, run in (
-        ("loky", "tp.loky_map", "loky `map(chunksize=1024)`", "loky", tp_loky_map),
-        ("pebble", "tp.pebble_map", "pebble `map(chunksize=1024)`", "fork", tp_pebble_map),
-    ):
-        try:
-            module = __import__(name)
-        except ImportError:
-            notes.append(f"{name} is not installed: skipped (pip install -e '.[bench]').")
-            log(f"  NOTE: {notes[-1]}")
-            continue
-        meta[f"{name}_version"] = getattr(module, "__version__", "?")
-        add(key, "throughput", label, method, lambda run=run: run(n))
 
-    add_eventmp("lat.idle.eventmp", "latency", "eventmp, idle (`submit()` → handler)", default)
-    add(
-        "lat.idle.pipe",
-        "latency",
-        "raw Pipe one-way, idle (`send_bytes` → `recv_bytes`)",
-        default,
-        lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=False)),
-    )
-    add_eventmp(
-        "lat.busy.eventmp",
-        "latency",
-        f"eventmp, busy producer ({sizes.busy_rate:,}/s offered)",
-        default,
-    )
-    add_eventmp(
-        "lat.busy.eventmp_nospin",
-        "latency",
-        f"eventmp with idle_spin=0, busy producer ({sizes.busy_rate:,}/s offered) (reference)",
-        default,
-    )
-    add(
-        "lat.busy.pipe",
-        "latency",
-        f"raw Pipe, `send_bytes` per event ({sizes.busy_rate:,}/s offered)",
-        default,
-        lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=True)),
-    )
-
-    spin = default_idle_spin()
-    meta["idle_spin_default"] = spin
-    if spin is None:
-        notes.append("EventDispatcher has no idle_spin parameter: the idle-spin rows are skipped.")
-    else:
-        for per_second in sizes.spin_rates:
-            for on in (True, False):
-                setting = f"idle_spin={spin * 1e6:g} µs (default)" if on else "idle_spin=0"
-                add_eventmp(
-                    f"spin.{per_second}.{'default' if on else 'off'}",
-                    "spin",
-                    f"{per_second:,} events/s, {setting}",
-                    default,
-                )
-
-    for workers in range(1, cores + 1):
-        add_eventmp(f"cpu.{workers}", "cpu", f"workers={workers}", default)
-
-    for method in methods:
-        add_eventmp(f"restart.{method}", "restart", "crash → next event's handler", method)
-
-    for freeze in (True, False):
+    if "throughput" in groups:
+        for method in methods:
+            add_eventmp(f"tp.submit.{method}", "throughput", "eventmp `submit()`", method)
+            add_eventmp(
+                f"tp.generator.{method}",
+                "throughput",
+                f"eventmp generator-fed ({GENERATOR_CHUNK:,}/poll)",
+                method,
+            )
+            add(
+                f"tp.ceiling.{method}",
+                "throughput",
+                f"batched-Pipe ceiling ({CEILING_BATCH} Events/message)",
+                method,
+                lambda m=method: tp_pipe_ceiling(m, n),
+            )
+        if cores > 1:
+            add_eventmp(
+                "tp.submit_workers",
+                "throughput",
+                f"eventmp `submit()`, workers={cores} (reference)",
+                default,
+            )
+            add_eventmp(
+                "tp.submit_keyed",
+                "throughput",
+                f"eventmp `submit()`, workers={cores}, 8 keys (reference)",
+                default,
+            )
         add(
-            f"gc.{'freeze' if freeze else 'nofreeze'}",
-            "gc",
-            "`gc.freeze()` as the worker starts (as shipped)"
-            if freeze
-            else "without `gc.freeze()` (patched out)",
+            "tp.pipe1024",
+            "throughput",
+            f"batched Pipe, {MAX_BATCH_REFERENCE:,} Events/message (reference)",
             "fork",
-            lambda f=freeze: gc_in_worker(f, sizes.gc_events, sizes.gc_heap_objects),
+            lambda: tp_pipe_ceiling("fork", n, MAX_BATCH_REFERENCE),
+        )
+        add(
+            "tp.mp_queue",
+            "throughput",
+            "`multiprocessing.Queue`, put + ack per event",
+            "fork",
+            lambda: tp_mp_queue(sizes.queue_events),
+        )
+        add(
+            "tp.ppe_submit",
+            "throughput",
+            "`ProcessPoolExecutor.submit()` per event",
+            "fork",
+            lambda: tp_ppe_submit(sizes.ppe_submit_events),
+        )
+        add(
+            "tp.ppe_map",
+            "throughput",
+            "`ProcessPoolExecutor.map(chunksize=1024)`",
+            "fork",
+            lambda: tp_ppe_map(n),
+        )
+        add(
+            "tp.ppe_map_ints",
+            "throughput",
+            "`ProcessPoolExecutor.map(chunksize=1024)`, bare ints, no Event (reference)",
+            "fork",
+            lambda: tp_ppe_map(n, bare_ints=True),
+        )
+        for name, key, label, method, run in (
+            ("loky", "tp.loky_map", "loky `map(chunksize=1024)`", "loky", tp_loky_map),
+            ("pebble", "tp.pebble_map", "pebble `map(chunksize=1024)`", "fork", tp_pebble_map),
+        ):
+            try:
+                module = __import__(name)
+            except ImportError:
+                notes.append(f"{name} is not installed: skipped (pip install -e '.[bench]').")
+                log(f"  NOTE: {notes[-1]}")
+                continue
+            meta[f"{name}_version"] = getattr(module, "__version__", "?")
+            add(key, "throughput", label, method, lambda run=run: run(n))
+
+    if "latency" in groups:
+        add_eventmp("lat.idle.eventmp", "latency", "eventmp, idle (`submit()` → handler)", default)
+        add(
+            "lat.idle.pipe",
+            "latency",
+            "raw Pipe one-way, idle (`send_bytes` → `recv_bytes`)",
+            default,
+            lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=False)),
+        )
+        add_eventmp(
+            "lat.busy.eventmp",
+            "latency",
+            f"eventmp, busy producer ({sizes.busy_rate:,}/s offered)",
+            default,
+        )
+        add_eventmp(
+            "lat.busy.eventmp_nospin",
+            "latency",
+            f"eventmp with idle_spin=0, busy producer ({sizes.busy_rate:,}/s offered) (reference)",
+            default,
+        )
+        add(
+            "lat.busy.pipe",
+            "latency",
+            f"raw Pipe, `send_bytes` per event ({sizes.busy_rate:,}/s offered)",
+            default,
+            lambda: with_steal(lambda: lat_raw_pipe(default, tmp, sizes, busy=True)),
         )
 
-    limit = default_max_pending()
-    per_event = holding_bytes_per_event()
-    meta["holding_bytes_per_event"] = per_event
-    meta["holding_all_mb"] = per_event * sizes.rss_events / (1024 * 1024)
-    for key, value in (("rss.default", limit), ("rss.x10", 10 * limit)):
-        add(
-            key,
-            "rss",
-            f"max_pending={value:,}",
-            default,
-            lambda v=value: rss_in_fresh_process(v, sizes.rss_events),
-        )
+    if "spin" in groups:
+        spin = default_idle_spin()
+        meta["idle_spin_default"] = spin
+        if spin is None:
+            notes.append(
+                "EventDispatcher has no idle_spin parameter: the idle-spin rows are skipped."
+            )
+        else:
+            for per_second in sizes.spin_rates:
+                for on in (True, False):
+                    setting = f"idle_spin={spin * 1e6:g} µs (default)" if on else "idle_spin=0"
+                    add_eventmp(
+                        f"spin.{per_second}.{'default' if on else 'off'}",
+                        "spin",
+                        f"{per_second:,} events/s, {setting}",
+                        default,
+                    )
+
+    if "cpu" in groups:
+        for workers in range(1, cores + 1):
+            add_eventmp(f"cpu.{workers}", "cpu", f"workers={workers}", default)
+
+    if "restart" in groups:
+        for method in methods:
+            add_eventmp(f"restart.{method}", "restart", "crash → next event's handler", method)
+
+    if "gc" in groups:
+        for freeze in (True, False):
+            add(
+                f"gc.{'freeze' if freeze else 'nofreeze'}",
+                "gc",
+                "`gc.freeze()` as the worker starts (as shipped)"
+                if freeze
+                else "without `gc.freeze()` (patched out)",
+                "fork",
+                lambda f=freeze: gc_in_worker(f, sizes.gc_events, sizes.gc_heap_objects),
+            )
+
+    if "rss" in groups:
+        limit = default_max_pending()
+        per_event = holding_bytes_per_event()
+        meta["holding_bytes_per_event"] = per_event
+        meta["holding_all_mb"] = per_event * sizes.rss_events / (1024 * 1024)
+        for key, value in (("rss.default", limit), ("rss.x10", 10 * limit)):
+            add(
+                key,
+                "rss",
+                f"max_pending={value:,}",
+                default,
+                lambda v=value: rss_in_fresh_process(v, sizes.rss_events),
+            )
+
+    if "logs" in groups:
+        cases += log_cases(sizes, tmp, notes, meta, plan)
     return cases
 
 
@@ -1507,6 +2311,11 @@ def describe(result: dict[str, Any]) -> str:
             f"RSS {result['baseline_mb']:.0f} → {result['peak_mb']:.0f} MB, "
             f"peak pending {result['peak_pending']:,}"
         )
+    if "lines_per_s" in result:
+        text = f"{result['lines_per_s']:,.0f} lines/s, {result['mb_per_s']:,.1f} MB/s"
+        if "peak_rss_mb" in result:
+            text += f", peak RSS {result['peak_rss_mb']:,.0f} MB"
+        return text
     return f"{result['events_per_s']:,.0f} events/s"
 
 
@@ -1518,7 +2327,8 @@ def run_all(cases: list[Case], runs: int, ab: ABRunner | None = None) -> None:
     """
     for run in range(1, runs + 1):
         for index, case in enumerate(cases, 1):
-            prefix = f"[run {run}/{runs}, {index}/{len(cases)}] {case.label} ({case.method})"
+            method = f" ({case.method})" if case.method else ""
+            prefix = f"[run {run}/{runs}, {index}/{len(cases)}] {case.label}{method}"
             log(f"{prefix} ...")
             if ab is not None and case.ab:
                 sides = [(ab.this, case.results), (ab.base, case.baseline)]
@@ -1536,7 +2346,7 @@ def run_all(cases: list[Case], runs: int, ab: ABRunner | None = None) -> None:
             try:
                 result = case.run()
             except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
+                result = {"error": f"{type(exc).__name__}: {exc}", **getattr(exc, "figures", {})}
             case.results.append(result)
             log(f"    {describe(result)}  [{time.perf_counter() - started:.1f} s]")
 
@@ -1715,7 +2525,7 @@ def run_one_case(key: str, json_out: Path, case_config: str | None, quick: bool)
                     raise BenchError(f"no eventmp measurement is called {key!r}")
                 result = run()
     except Exception as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}"}
+        result = {"error": f"{type(exc).__name__}: {exc}", **getattr(exc, "figures", {})}
     answer["result"] = result
     answer["notes"] = notes
     json_out.write_text(json.dumps(answer, indent=2) + "\n")
@@ -1726,7 +2536,7 @@ def run_one_case(key: str, json_out: Path, case_config: str | None, quick: bool)
 # == summaries and the report ===================================================================
 
 
-GROUPS = ("throughput", "latency", "spin", "cpu", "restart", "rss", "gc")  # report order
+GROUPS = ("throughput", "latency", "spin", "cpu", "restart", "rss", "gc", "logs")  # report order
 
 # For each group of eventmp rows, the figures the A/B table compares and which way is better.
 AB_FIGURES: dict[str, list[tuple[str, str, str]]] = {
@@ -1735,6 +2545,7 @@ AB_FIGURES: dict[str, list[tuple[str, str, str]]] = {
     "cpu": [("events_per_s", "events/s", "higher")],
     "restart": [("median_ms", "median ms", "lower")],
     "spin": [("worker_cpu_pct", "worker CPU %", "lower")],
+    "logs": [("lines_per_s", "lines/s", "higher")],
 }
 
 
@@ -1814,6 +2625,7 @@ class Report:
             "restart": self.restart_table,
             "rss": self.rss_table,
             "gc": self.gc_table,
+            "logs": self.logs_table,
         }[group]()
 
     def throughput_table(self) -> tuple[str, list[str]]:
@@ -1943,6 +2755,111 @@ class Report:
             f"{self.sizes.gc_heap_objects:,} extra objects when the worker forks"
         )
         return caption, lines
+
+    def logs_table(self) -> tuple[str, list[str]]:
+        lines = [
+            "| path | lines | MB | seconds | lines/s | MB/s | peak RSS MB (eventmp process) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        logs = self.meta.get("logs") or {}
+        for case in self.group("logs"):
+            generated = (logs.get("follow") if case.key == "log.follow" else logs.get("log")) or {}
+            size = [
+                self.value(case.key, name) or generated.get(name) for name in ("lines", "bytes")
+            ]
+            shown = [f"{size[0]:,.0f}" if size[0] else "n/a"]
+            shown.append(f"{size[1] / 1e6:,.0f}" if size[1] else "n/a")
+            lines.append(
+                f"| {case.label} | {' | '.join(shown)} | "
+                f"{self.cell(case.key, 'seconds', ',.2f')} | "
+                f"{self.cell(case.key, 'lines_per_s', ',.0f')} | "
+                f"{self.cell(case.key, 'mb_per_s', ',.1f')} | "
+                f"{self.cell(case.key, 'peak_rss_mb', ',.0f')} |"
+            )
+        matches = (logs.get("log") or {}).get("matches", 0)
+        caption = (
+            f"Reading logs: a generated sshd-style auth.log of {self.sizes.log_lines:,} lines, "
+            f"{matches:,} of them matching the rule; each path a process of its own, start-up "
+            "included"
+        )
+        return caption, lines
+
+    def log_ratios(self) -> list[dict[str, Any]]:
+        """Each eventmp log row's time per byte over grep's and the naive loop's (medians)."""
+        out: list[dict[str, Any]] = []
+        for mine in self.group("logs"):
+            if not mine.key.startswith(("log.once", "log.follow")):  # the eventmp rows
+                continue
+            ours = self.value(mine.key, "mb_per_s")
+            for peer_key, peer in LOG_PEERS.items():
+                theirs = self.value(peer_key, "mb_per_s")
+                if ours and theirs:
+                    out.append(
+                        {
+                            "eventmp_key": mine.key,
+                            "eventmp": mine.label,
+                            "peer_key": peer_key,
+                            "peer": peer,
+                            "ratio": theirs / ours,
+                        }
+                    )
+        return out
+
+    def log_ratio_lines(self) -> list[str]:
+        by_row: dict[str, list[str]] = {}
+        for ratio in self.log_ratios():
+            by_row.setdefault(ratio["eventmp"], []).append(f"{ratio['ratio']:.2f}x {ratio['peer']}")
+        return [f"- {row}: " + ", ".join(cells) for row, cells in by_row.items()]
+
+    def log_goals(self) -> list[dict[str, Any]]:
+        """eventmp within 2x grep and the naive loop, by time per byte; memory in follow mode."""
+        checks: list[dict[str, Any]] = []
+        for key, what in (
+            ("log.once", "eventmp run --once (default settings)"),
+            ("log.follow", "follow-mode catch-up"),
+        ):
+            for peer_key, peer in LOG_PEERS.items():
+                text, passed = self.log_goal(key, what, peer_key, peer)
+                checks.append({"check": text, "passed": passed})
+        peak = self.value("log.follow", "peak_rss_mb")
+        follow = ((self.meta.get("logs") or {}).get("follow") or {}).get("bytes", 0)
+        text = "follow-mode catch-up, peak RSS of the eventmp process: "
+        if peak is not None:
+            text += f"{peak:,.0f} MB for a {follow / 1e6:,.0f} MB backlog"
+        else:
+            text += "no figure"
+        checks.append(
+            {
+                "check": text + f" (goal < {LOG_RSS_GOAL_MB:g} MB)",
+                "passed": None if peak is None else peak < LOG_RSS_GOAL_MB,
+            }
+        )
+        return checks
+
+    def log_goal(self, key: str, what: str, peer_key: str, peer: str) -> tuple[str, bool | None]:
+        name = f"{what} / {peer}, time per byte"
+        goal = f"(goal <= {LOG_GOAL_RATIO:g}x)"
+        ours = self.value(key, "mb_per_s")
+        theirs = self.value(peer_key, "mb_per_s")
+        if key not in self.cases:
+            return f"{name}: no such row (see the notes) {goal}", None
+        if not theirs:
+            return f"{name}: no figure {goal}", None
+        if ours:
+            ratio = theirs / ours
+            return (
+                f"{name}: {ratio:.2f}x ({ours:,.1f} vs {theirs:,.1f} MB/s) {goal}",
+                ratio <= LOG_GOAL_RATIO,
+            )
+        # Stopped at the time limit: that bounds its time per byte from below.
+        stopped = [r for r in self.cases[key].results if "timed_out_after_s" in r]
+        if not stopped:
+            return f"{name}: no figure {goal}", None
+        least = min(theirs * r["timed_out_after_s"] / (r["bytes"] / 1e6) for r in stopped)
+        text = f"{name}: did not finish within {stopped[0]['timed_out_after_s']:g} s"
+        if least > LOG_GOAL_RATIO:
+            return f"{text}, so more than {least:.1f}x {goal}", False
+        return f"{text} {goal}", None
 
     def ratios(self) -> list[dict[str, Any]]:
         """eventmp's throughput over every peer's (medians); the ceiling of the same method."""
@@ -2075,63 +2992,69 @@ class Report:
             else:
                 check(f"submit() ({case.method}) / batched-Pipe ceiling: no figure", None)
 
-        idle = self.value("lat.idle.eventmp", "median_us")
-        raw = self.value("lat.idle.pipe", "median_us")
-        if idle is not None and raw:
-            check(
-                f"idle latency median / raw Pipe one-way: {idle:.0f} / {raw:.0f} µs = "
-                f"{idle / raw:.2f}x (goal <= 2x)",
-                idle / raw <= 2,
-            )
-        else:
-            check("idle latency median / raw Pipe one-way: no figure", None)
-        p99 = self.value("lat.idle.eventmp", "p99_us")
-        if p99 is not None:
-            check(f"idle latency p99: {p99:.0f} µs (goal < 500 µs)", p99 < 500)
-        else:
-            check("idle latency p99: no figure", None)
-        busy = self.value("lat.busy.eventmp", "p99_us")
-        if busy is not None:
-            check(
-                f"busy producer ({self.sizes.busy_rate:,}/s offered) p99: {busy / 1000:.2f} ms "
-                "(goal < 2 ms)",
-                busy < 2000,
-            )
-        else:
-            check("busy producer p99: no figure", None)
+        if self.group("latency"):
+            idle = self.value("lat.idle.eventmp", "median_us")
+            raw = self.value("lat.idle.pipe", "median_us")
+            if idle is not None and raw:
+                check(
+                    f"idle latency median / raw Pipe one-way: {idle:.0f} / {raw:.0f} µs = "
+                    f"{idle / raw:.2f}x (goal <= 2x)",
+                    idle / raw <= 2,
+                )
+            else:
+                check("idle latency median / raw Pipe one-way: no figure", None)
+            p99 = self.value("lat.idle.eventmp", "p99_us")
+            if p99 is not None:
+                check(f"idle latency p99: {p99:.0f} µs (goal < 500 µs)", p99 < 500)
+            else:
+                check("idle latency p99: no figure", None)
+            busy = self.value("lat.busy.eventmp", "p99_us")
+            if busy is not None:
+                check(
+                    f"busy producer ({self.sizes.busy_rate:,}/s offered) p99: {busy / 1000:.2f} ms "
+                    "(goal < 2 ms)",
+                    busy < 2000,
+                )
+            else:
+                check("busy producer p99: no figure", None)
 
-        one = self.value("cpu.1", "events_per_s")
-        two = self.value("cpu.2", "events_per_s")
-        ratios = self.speedups("cpu.2")
-        if one and two is not None and ratios:
-            paired = statistics.median(ratios)
-            check(
-                f"CPU-heavy workers=2 / workers=1: {paired:.2f}x, the median of the per-run "
-                f"ratios ({two / one:.2f}x as a ratio of medians) (goal >= 1.7x)",
-                paired >= 1.7,
-            )
-        else:
-            check("CPU-heavy workers=2 / workers=1: no figure (needs 2 CPUs)", None)
+        if self.group("cpu"):
+            one = self.value("cpu.1", "events_per_s")
+            two = self.value("cpu.2", "events_per_s")
+            ratios = self.speedups("cpu.2")
+            if one and two is not None and ratios:
+                paired = statistics.median(ratios)
+                check(
+                    f"CPU-heavy workers=2 / workers=1: {paired:.2f}x, the median of the per-run "
+                    f"ratios ({two / one:.2f}x as a ratio of medians) (goal >= 1.7x)",
+                    paired >= 1.7,
+                )
+            else:
+                check("CPU-heavy workers=2 / workers=1: no figure (needs 2 CPUs)", None)
 
-        per_event = float(self.meta.get("holding_bytes_per_event", 0.0))
-        holding = float(self.meta.get("holding_all_mb", 0.0))
-        for key in ("rss.default", "rss.x10"):
-            growth = self.value(key, "growth_mb")
-            pending = self.value(key, "peak_pending")
-            limit = self.value(key, "max_pending")
-            if growth is None or pending is None or limit is None:
-                check(f"RSS ({key}): no figure", None)
-                continue
-            # "Bounded by max_pending": a few times what max_pending events take, plus slack
-            # for the allocator; far below what holding every event would take.
-            bound = 3 * limit * per_event / (1024 * 1024) + RSS_SLACK_MB
-            check(
-                f"RSS growth with max_pending={limit:,.0f}: {growth:.1f} MB for "
-                f"{self.sizes.rss_events:,} events (bound {bound:.0f} MB; holding them all: "
-                f"~{holding:.0f} MB), peak pending {pending:,.0f} (goal: bounded by "
-                "max_pending, not by the number of events)",
-                pending <= limit and growth <= bound,
-            )
+        if self.group("rss"):
+            per_event = float(self.meta.get("holding_bytes_per_event", 0.0))
+            holding = float(self.meta.get("holding_all_mb", 0.0))
+            for key in ("rss.default", "rss.x10"):
+                growth = self.value(key, "growth_mb")
+                pending = self.value(key, "peak_pending")
+                limit = self.value(key, "max_pending")
+                if growth is None or pending is None or limit is None:
+                    check(f"RSS ({key}): no figure", None)
+                    continue
+                # "Bounded by max_pending": a few times what max_pending events take, plus slack
+                # for the allocator; far below what holding every event would take.
+                bound = 3 * limit * per_event / (1024 * 1024) + RSS_SLACK_MB
+                check(
+                    f"RSS growth with max_pending={limit:,.0f}: {growth:.1f} MB for "
+                    f"{self.sizes.rss_events:,} events (bound {bound:.0f} MB; holding them all: "
+                    f"~{holding:.0f} MB), peak pending {pending:,.0f} (goal: bounded by "
+                    "max_pending, not by the number of events)",
+                    pending <= limit and growth <= bound,
+                )
+
+        if self.group("logs"):
+            checks += self.log_goals()
         return checks
 
     def speedups(self, key: str) -> list[float]:
@@ -2253,8 +3176,14 @@ class Report:
         return lines
 
     def text(self) -> str:
-        lines = [self.tables(), "", "**Throughput ratios** (eventmp / peer, medians)", ""]
-        lines.append(self.ratio_table())
+        lines = [self.tables()]
+        if self.group("throughput"):
+            lines += ["", "**Throughput ratios** (eventmp / peer, medians)", ""]
+            lines.append(self.ratio_table())
+        log_ratios = self.log_ratio_lines()
+        if log_ratios:
+            lines += ["", "**Reading logs: eventmp's time per byte over each peer's** (medians)"]
+            lines += ["", *log_ratios]
         lines += ["", "**Goals**", ""]
         lines += self.goal_lines()
         by_steal = self.busy_by_steal()
@@ -2274,7 +3203,7 @@ class Report:
     def note_lines(self) -> list[str]:
         """The run's notes and every failed measurement, as markdown list items."""
         failures = [
-            f"{case.label} ({case.method}){side}, run {i}: {r['error']}"
+            f"{case.label}{f' ({case.method})' if case.method else ''}{side}, run {i}: {r['error']}"
             for case in self.order
             for side, results in (("", case.results), (", baseline", case.baseline))
             for i, r in enumerate(results, 1)
@@ -2308,6 +3237,7 @@ class Report:
             },
             "ab": {**self.meta["ab"], "rows": self.ab_rows()} if "ab" in self.meta else None,
             "ratios": self.ratios(),
+            "log_ratios": self.log_ratios(),
             "goals": self.goals(),
             "busy_by_steal": self.busy_by_steal(),
             "markdown": self.text(),
@@ -2321,7 +3251,7 @@ PAGE = "performance.md"
 THROUGHPUT_SVG = "performance-throughput.svg"
 LATENCY_SVG = "performance-latency.svg"
 GENERATED = "Generated by scripts/bench.py; do not edit by hand."
-SECTIONS = {s.group: s for s in (THROUGHPUT, LATENCY, SPIN, SCALING, RESTART, MEMORY, GC)}
+SECTIONS = {s.group: s for s in (THROUGHPUT, LATENCY, SPIN, SCALING, RESTART, MEMORY, GC, LOGS)}
 
 
 def constants() -> dict[str, float]:
@@ -2334,6 +3264,10 @@ def constants() -> dict[str, float]:
         "latency_warm_up": LATENCY_WARM_UP,
         "quiet_steal_pct": QUIET_STEAL_PCT,
         "rss_sample_ms": RSS_SAMPLE_PERIOD * 1000,
+        "follow_poll_ms": FOLLOW_POLL * 1000,
+        "follow_free_factor": FOLLOW_FREE_FACTOR,
+        "log_goal_ratio": LOG_GOAL_RATIO,
+        "log_rss_goal_mb": LOG_RSS_GOAL_MB,
     }
 
 
@@ -2354,6 +3288,26 @@ def text_context(report: Report) -> dict[str, Any]:
         "holding_all_mb": meta.get("holding_all_mb", 0.0),
         "holding_bytes_per_event": meta.get("holding_bytes_per_event", 0.0),
         "idle_spin_us": 0.0 if spin is None else spin * 1e6,
+        **log_context(meta),
+    }
+
+
+def log_context(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the text of the log-reading section says about the generated logs."""
+    logs = meta.get("logs") or {}
+    main = logs.get("log") or {"lines": 0, "bytes": 0, "matches": 0}
+    follow = logs.get("follow") or {"lines": 0, "bytes": 0}
+    lines = main["lines"] or 1
+    return {
+        "log_mb": main["bytes"] / 1e6,
+        "log_line_bytes": main["bytes"] / lines,
+        "log_match_pct": 100.0 * main["matches"] / lines,
+        "log_pattern": logs.get("pattern", LOG_PATTERN),
+        "log_grep_locale": logs.get("grep_locale", LOG_GREP_LOCALE),
+        "log_rules": 1 + len(LOG_EXTRA_RULES),
+        "log_extra_rules": len(LOG_EXTRA_RULES),
+        "follow_mb": follow["bytes"] / 1e6,
+        "follow_lines": follow["lines"],
     }
 
 
@@ -2500,6 +3454,14 @@ def performance_page(report: Report, rendered_by: str | None = None) -> str:
                 "eventmp's events/s over each peer's (medians; above 1x, eventmp carries more):",
                 "",
                 *report.peer_ratio_table(),
+            ]
+        if group == "logs" and report.log_ratio_lines():
+            lines += [
+                "",
+                "eventmp's time per byte over each peer's (medians; the goal is at most "
+                f"{LOG_GOAL_RATIO:g}x at default settings):",
+                "",
+                *report.log_ratio_lines(),
             ]
         if group == "latency":
             ratios = report.latency_ratio_lines()
@@ -2851,6 +3813,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=None, help="interleaved runs (default 3)")
     parser.add_argument(
+        "--only",
+        metavar="GROUP[,GROUP...]",
+        type=groups_argument,
+        default=(),
+        help=f"measure only these groups of rows: {', '.join(GROUPS)} (default: all); with "
+        "--write-docs, only with --docs-dir, so that the full page is not overwritten by a "
+        "partial one",
+    )
+    parser.add_argument(
+        "--log-lines",
+        metavar="N",
+        type=int,
+        help=f"lines of the generated log of the log-reading rows (default "
+        f"{Sizes().log_lines:,}; --quick {QUICK_SIZES.log_lines:,})",
+    )
+    parser.add_argument(
+        "--follow-backlog",
+        metavar="SIZE",
+        type=size_argument,
+        help="the backlog the follow-mode log row catches up, e.g. 1GiB, 300MB (powers of 1024; "
+        f"default {Sizes().follow_backlog_bytes >> 20:,} MiB, --quick "
+        f"{QUICK_SIZES.follow_backlog_bytes >> 20} MiB; 0 leaves the row out). The row is left "
+        f"out when the temporary directory has less than {FOLLOW_FREE_FACTOR}x that free",
+    )
+    parser.add_argument(
+        "--log-time-limit",
+        metavar="SECONDS",
+        type=duration_argument,
+        help="stop a log-reading row that is still running after this long (e.g. 300, 10m; "
+        f"default {Sizes().log_time_limit_s:g} s): it fails, and the notes say how far it got",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=Path("bench-results.json"),
@@ -2868,8 +3862,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--one-case",
         metavar="KEY",
         help="internal (used by --baseline): run only the eventmp measurement KEY (e.g. "
-        "tp.submit.fork, lat.idle.eventmp, cpu.1, restart.forkserver; 'probe' checks where "
-        "eventmp is imported from) in this interpreter and write it to --json-out",
+        "tp.submit.fork, lat.idle.eventmp, cpu.1, restart.forkserver, log.once; 'probe' checks "
+        "where eventmp is imported from) in this interpreter and write it to --json-out",
     )
     parser.add_argument(
         "--write-docs",
@@ -2879,7 +3873,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--docs-dir",
         type=Path,
-        default=THIS_TREE / "docs",
+        default=None,
         help="where --write-docs writes (default: the docs directory of this tree)",
     )
     parser.add_argument(
@@ -2902,9 +3896,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--runs must be >= 1")
     if args.one_case is not None and args.json_out is None:
         parser.error("--one-case needs --json-out")
-    if args.report_from is not None and (args.baseline or args.one_case or args.quick):
-        parser.error("--report-from measures nothing: no --baseline, --one-case or --quick")
+    log_options = (args.log_lines, args.follow_backlog, args.log_time_limit)
+    if args.report_from is not None and (
+        args.baseline or args.one_case or args.quick or args.only or log_options != (None,) * 3
+    ):
+        parser.error(
+            "--report-from measures nothing: no --baseline, --one-case, --quick, --only or "
+            "--log-* option"
+        )
+    if args.log_lines is not None and args.log_lines < 1:
+        parser.error("--log-lines must be >= 1")
+    if args.write_docs and args.only and args.docs_dir is None:
+        parser.error(
+            "--only with --write-docs needs --docs-dir: the page of a partial run would "
+            "replace the full docs/performance.md"
+        )
+    if args.docs_dir is None:
+        args.docs_dir = THIS_TREE / "docs"
     return args
+
+
+def groups_argument(text: str) -> tuple[str, ...]:
+    """``--only``'s value: group names separated by commas, in the report's order."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(GROUPS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown group {', '.join(unknown) or '(none given)'}; the groups are "
+            + ", ".join(GROUPS)
+        )
+    return tuple(group for group in GROUPS if group in names)
+
+
+def size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration_argument(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return seconds
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    """``--quick``'s sizes or the full ones, with the --log-* options applied."""
+    sizes = QUICK_SIZES if args.quick else Sizes()
+    for name, value in (
+        ("log_lines", args.log_lines),
+        ("follow_backlog_bytes", args.follow_backlog),
+        ("log_time_limit_s", args.log_time_limit),
+    ):
+        if value is not None:
+            sizes = replace(sizes, **{name: value})
+    return sizes
 
 
 def ab_trees(ref: str) -> tuple[Tree, dict[str, Any]]:
@@ -2944,12 +3995,16 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_docs(report, args.docs_dir, command_line(arguments)):
                 log(f"wrote {path}")
         return 0
-    sizes = QUICK_SIZES if args.quick else Sizes()
+    sizes = sizes_from(args)
+    groups: tuple[str, ...] = args.only or GROUPS
+    # The poll_interval=0 probe and the CPU loop's calibration serve these groups only.
+    planned = bool({"throughput", "cpu"} & set(groups))
     notes: list[str] = []
     meta: dict[str, Any] = {
         "argv": sys.argv,
         "quick": args.quick,
         "runs": args.runs,
+        "groups": list(groups),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -2963,7 +4018,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventmp-bench-")))
         ab: ABRunner | None = None
         if args.baseline is None:
-            plan = make_plan(sizes, notes)
+            plan = make_plan(sizes, notes) if planned else base_plan()
         else:
             this, info = ab_trees(args.baseline)
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -2983,8 +4038,9 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     raise SystemExit(f"--baseline: {exc}") from exc
             failing = [name for name, probe in probes.items() if not probe["poll_interval_zero_ok"]]
-            plan = make_plan(sizes, notes, " and ".join(failing) or None)
-            ab.plan = plan
+            plan = (
+                make_plan(sizes, notes, " and ".join(failing) or None) if planned else base_plan()
+            )
             info["probes"] = probes
             meta["ab"] = info
             notes.append(
@@ -2992,7 +4048,10 @@ def main(argv: list[str] | None = None) -> int:
                 "tree's, each measured in a fresh interpreter; the peers and references ran in "
                 "this process."
             )
-        cases = build_cases(sizes, tmp, notes, meta, plan)
+        plan = replace(plan, log_dir=str(tmp))
+        if ab is not None:
+            ab.plan = plan
+        cases = build_cases(sizes, tmp, notes, meta, plan, groups)
         run_all(cases, args.runs, ab)
         if ab is not None:
             meta["ab"]["eventmp_files"] = ab.eventmp_files

@@ -32,6 +32,17 @@ def throughput_run(rate: float) -> dict[str, Any]:
     return {"events": 2_000, "seconds": 2_000 / rate, "events_per_s": rate}
 
 
+def log_run(seconds: float, lines: int = 2_000_000, size: int = 272_000_000) -> dict[str, Any]:
+    return {
+        "lines": lines,
+        "bytes": size,
+        "seconds": seconds,
+        "lines_per_s": lines / seconds,
+        "mb_per_s": size / 1e6 / seconds,
+        "matches": 120_000,
+    }
+
+
 def latency_run(median: float, p99: float, steal: float, busy: bool) -> dict[str, Any]:
     run = {"samples": 150, "median_us": median, "p99_us": p99, "max_us": p99 * 2}
     run["steal_pct"] = steal
@@ -61,6 +72,17 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("restart.fork", "restart", "crash → next event's handler", "fork"),
     ("rss.default", "rss", "max_pending=10,000", "forkserver"),
     ("gc.freeze", "gc", "`gc.freeze()` as the worker starts", "fork"),
+    ("log.grep", "logs", "`grep -cE`", ""),
+    ("log.grep_bytes", "logs", "`grep -cE` with `LC_ALL=C` (reference)", ""),
+    ("log.naive", "logs", "naive Python loop, `json.dumps` per match", ""),
+    ("log.once", "logs", "eventmp `run --once`, default settings", "forkserver"),
+    ("log.once_workers2", "logs", "eventmp `run --once`, `workers = 2`", "forkserver"),
+    (
+        "log.follow",
+        "logs",
+        "eventmp `run` (follow mode) catching up a 1,074 MB backlog",
+        "forkserver",
+    ),
 ]
 RUNS: dict[str, list[dict[str, Any]]] = {
     "tp.submit.fork": [throughput_run(600_000), throughput_run(700_000)],
@@ -92,6 +114,12 @@ RUNS: dict[str, list[dict[str, Any]]] = {
     ]
     * 2,
     "gc.freeze": [{"events_per_s": 500_000.0, "worker_cpu_us_per_event": 1.4}] * 2,
+    "log.grep": [log_run(1.0)] * 2,
+    "log.grep_bytes": [log_run(0.2)] * 2,
+    "log.naive": [log_run(1.5)] * 2,
+    "log.once": [log_run(2.5, size=272_000_000) | {"peak_rss_mb": 60.0}] * 2,
+    "log.once_workers2": [{"error": "BenchError: eventmp run --once wrote 5 events, 6 match"}],
+    "log.follow": [log_run(8.0, 7_920_000, 1_074_000_000) | {"peak_rss_mb": 300.0}] * 2,
 }
 SECTION_TITLES = [
     "Throughput",
@@ -101,7 +129,14 @@ SECTION_TITLES = [
     "Restart after a crash",
     "Memory",
     "CPU cost per event: garbage collection in the worker",
+    "Reading logs",
 ]
+LOGS_META = {
+    "grep_locale": "C.UTF-8",
+    "pattern": "Failed password for (invalid user )?([^ ]+) from ([^ ]+) port ([0-9]+) ssh2",
+    "log": {"lines": 2_000_000, "bytes": 272_000_000, "matches": 120_000, "seed": 1, "kinds": {}},
+    "follow": {"lines": 7_920_000, "bytes": 1_074_000_000, "matches": 475_000, "seed": 2},
+}
 
 
 @pytest.fixture
@@ -140,6 +175,7 @@ def results_path(bench: ModuleType, tmp_path: Path) -> Path:
         "holding_all_mb": 0.3,
         "idle_spin_default": 0.0002,
         "notes": ["pebble is not installed: skipped (pip install -e '.[bench]')."],
+        "logs": LOGS_META,
     }
     report = bench.Report(cases, bench.QUICK_SIZES, meta)
     path = tmp_path / "results.json"
@@ -259,3 +295,155 @@ def test_links_within_the_page_resolve(bench: ModuleType, results_path: Path) ->
     }
     fragments = re.findall(r"\]\(#([^)]+)\)", page)
     assert fragments and set(fragments) <= slugs
+
+
+def test_logs_section(bench: ModuleType, results_path: Path) -> None:
+    """The log rows: a table with lines/s, MB/s and peak RSS, eventmp's ratios, their goals."""
+    page = bench.performance_page(bench.load_report(results_path))
+    section = page.split("## Reading logs", 1)[1].split("\n## ", 1)[0]
+    assert "a generated sshd-style `auth.log` of 200,000 lines (272 MB," in " ".join(
+        section.split()
+    )
+    assert "`Failed password for (invalid user )?([^ ]+) from ([^ ]+) port ([0-9]+) ssh2`" in (
+        " ".join(section.split())
+    )
+    assert "| `grep -cE` | 2,000,000 | 272 | 1.00 | 2,000,000 | 272.0 | n/a |" in section
+    assert "It runs with `LC_ALL=C.UTF-8`, so that it reads" in " ".join(section.split())
+    assert "| eventmp `run --once`, default settings | 2,000,000 | 272 | 2.50 | 800,000 | " in (
+        section
+    )
+    assert "| 108.8 | 60 |" in section
+    assert "| eventmp `run --once`, `workers = 2` | 2,000,000 | 272 | failed | failed |" in section
+    assert "| 7,920,000 | 1,074 | 8.00 | 990,000 | 134.2 | 300 |" in section
+    assert "- eventmp `run --once`, default settings: 2.50x grep -cE, 1.67x naive loop" in section
+    assert "(reference): " not in section  # only eventmp's rows are divided
+    goals = page.split("## Goals", 1)[1].split("\n## ", 1)[0]
+    for line in (
+        "- **FAIL** eventmp run --once (default settings) / grep -cE, time per byte: 2.50x "
+        "(108.8 vs 272.0 MB/s) (goal <= 2x)",
+        "- **PASS** eventmp run --once (default settings) / naive loop, time per byte: 1.67x",
+        "- **FAIL** follow-mode catch-up / grep -cE, time per byte: 2.03x",
+        "- **PASS** follow-mode catch-up / naive loop, time per byte: 1.35x",
+        "- **FAIL** follow-mode catch-up, peak RSS of the eventmp process: 300 MB for a "
+        "1,074 MB backlog (goal < 256 MB)",
+    ):
+        assert line in goals
+    assert "measurement failed: eventmp `run --once`, `workers = 2` (forkserver), run 1" in page
+    assert "measurement failed: `grep -cE` ()" not in page
+
+
+def log_report(bench: ModuleType, once: list[dict[str, Any]]) -> Any:
+    """A report of the log group only, with ``once`` as the runs of the default eventmp row."""
+    cases = [
+        bench.Case("log.grep", "logs", "`grep -cE`", "", bench.not_measured, [log_run(1.0)]),
+        bench.Case("log.naive", "logs", "naive loop", "", bench.not_measured, [log_run(2.0)]),
+        bench.Case("log.once", "logs", "eventmp", "forkserver", bench.not_measured, once),
+    ]
+    return bench.Report(cases, bench.QUICK_SIZES, {"logs": LOGS_META})
+
+
+def test_a_row_stopped_at_its_time_limit_fails_its_goal(bench: ModuleType) -> None:
+    """A row that ran out of time has no figure, but a time limit far beyond 2x grep's time is
+    a FAIL, with the lower bound; a limit that proves nothing leaves the goal open."""
+    stopped = {"error": "TooSlow: ...", "timed_out_after_s": 300.0, "lines": 2_000_000}
+    once = "eventmp run --once (default settings) / grep -cE, time per byte: "
+    report = log_report(bench, [stopped | {"bytes": 272_000_000}])
+    goals = {goal["check"]: goal["passed"] for goal in report.goals()}
+    assert goals[once + "did not finish within 300 s, so more than 300.0x (goal <= 2x)"] is False
+    follow = "follow-mode catch-up / grep -cE, time per byte: "
+    assert goals[follow + "no such row (see the notes) (goal <= 2x)"] is None
+    report = log_report(bench, [stopped | {"timed_out_after_s": 1.5, "bytes": 272_000_000}])
+    goals = {goal["check"]: goal["passed"] for goal in report.goals()}
+    assert goals[once + "did not finish within 1.5 s (goal <= 2x)"] is None
+
+
+def test_a_partial_run_checks_only_its_own_goals(bench: ModuleType) -> None:
+    """With --only logs the report has no throughput table, ratios or goals of other groups."""
+    report = log_report(bench, [log_run(3.0)])
+    text = report.text()
+    assert "Throughput ratios" not in text and "idle latency" not in text
+    assert "- FAIL eventmp run --once (default settings) / grep -cE, time per byte: 3.00x" in text
+    assert "- N/A follow-mode catch-up, peak RSS of the eventmp process: no figure" in text
+    page = bench.performance_page(report)
+    assert re.findall(r"^## (.+)$", page, flags=re.MULTILINE) == ["Goals", "Reading logs"]
+
+
+def test_only_and_the_log_options(bench: ModuleType, tmp_path: Path) -> None:
+    """--only takes group names; the --log-* options set the sizes; a partial page needs a
+    --docs-dir of its own."""
+    args = bench.parse_args(["--quick", "--only", "logs,throughput", "--follow-backlog", "64MB"])
+    assert args.only == ("throughput", "logs")
+    sizes = bench.sizes_from(args)
+    assert sizes.follow_backlog_bytes == 64 << 20
+    assert sizes.log_lines == bench.QUICK_SIZES.log_lines
+    args = bench.parse_args(["--log-lines", "5000", "--log-time-limit", "2m"])
+    assert (bench.sizes_from(args).log_lines, bench.sizes_from(args).log_time_limit_s) == (
+        5000,
+        120.0,
+    )
+    assert args.only == ()
+    for bad in (
+        ["--only", "logs,bogus"],
+        ["--only", "logs", "--write-docs"],
+        ["--report-from", "x.json", "--only", "logs"],
+        ["--follow-backlog", "lots"],
+        ["--log-time-limit", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+    args = bench.parse_args(["--only", "logs", "--write-docs", "--docs-dir", str(tmp_path)])
+    assert args.docs_dir == tmp_path
+
+
+def test_generated_log_is_deterministic_and_counted(bench: ModuleType, tmp_path: Path) -> None:
+    """The same seed gives the same bytes; the counts the rows check against are right."""
+    first = bench.generate_log(tmp_path / "a.log", lines=3_000)
+    second = bench.generate_log(tmp_path / "b.log", lines=3_000)
+    data = (tmp_path / "a.log").read_bytes()
+    assert data == (tmp_path / "b.log").read_bytes()
+    assert (first.lines, first.bytes, first.kinds) == (second.lines, second.bytes, second.kinds)
+    lines = data.decode().splitlines()
+    assert len(lines) == first.lines == sum(first.kinds.values()) and len(data) == first.bytes
+    assert 120 <= first.bytes / first.lines <= 160
+    rule = re.compile(bench.LOG_PATTERN)
+    assert sum(1 for line in lines if rule.search(line)) == first.matches
+    assert 0.04 < first.matches / first.lines < 0.08
+    extra = [re.compile(regex) for _, regex, _ in bench.LOG_EXTRA_RULES]
+    ten = sum(1 for line in lines for rx in [rule, *extra] if rx.search(line))
+    assert ten == first.expected(10) > first.matches
+    backlog = bench.generate_log(tmp_path / "c.log", min_bytes=200_000, seed=7)
+    assert 200_000 <= backlog.bytes == (tmp_path / "c.log").stat().st_size
+
+
+def test_log_pipeline_is_a_valid_pipeline_file(bench: ModuleType, tmp_path: Path) -> None:
+    """The pipeline file of the eventmp rows loads, with the rules and settings the rows say."""
+    from eventmp.pipeline import load_pipeline
+
+    log_file = bench.generate_log(tmp_path / "auth.log", lines=100)
+    path = tmp_path / "p.toml"
+    path.write_text(bench.log_pipeline(log_file, tmp_path / "out.jsonl", 2, 10))
+    pipeline = load_pipeline(path)
+    assert [rule.name for rule in pipeline.rules][:2] == ["failed-password", "max-auth-tries"]
+    assert len(pipeline.rules) == 10 and pipeline.rules[0].regex.pattern == bench.LOG_PATTERN
+    assert pipeline.dispatcher_options["workers"] == 2
+    assert pipeline.inputs[0].start_at == "beginning"
+    path.write_text(bench.log_pipeline(log_file, tmp_path / "out.jsonl", None, 1))
+    assert len(load_pipeline(path).rules) == 1
+
+
+def test_log_rows_check_their_counts(bench: ModuleType, tmp_path: Path) -> None:
+    """Each log row runs and verifies its count of matches; a count that is off fails loudly."""
+    log_file = bench.log_fixture(tmp_path, lines=2_000)
+    assert bench.log_fixture(tmp_path, lines=2_000) == log_file  # reused, not written again
+    assert bench.log_grep(log_file, 30, None)["matches"] == log_file.matches
+    assert bench.log_grep(log_file, 30, "C")["locale"] == "C"
+    assert bench.log_naive(log_file, tmp_path, 30)["matches"] == log_file.matches
+    once = bench.log_eventmp(log_file, tmp_path, 30)
+    assert once["matches"] == log_file.matches and once["peak_rss_mb"] > 0
+    follow = bench.log_eventmp(log_file, tmp_path, 30, follow=True)
+    assert follow["matches"] == log_file.matches
+    wrong = bench.replace(log_file, kinds={**log_file.kinds, "failed_password": 1})
+    with pytest.raises(bench.BenchError, match="grep -cE counted"):
+        bench.log_grep(wrong, 30, None)
+    with pytest.raises(bench.BenchError, match=r"wrote \d+ events"):
+        bench.log_eventmp(wrong, tmp_path, 30)
