@@ -27,6 +27,7 @@ import email
 import email.policy
 import http.client
 import json
+import logging
 import math
 import os
 import re
@@ -41,7 +42,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -50,7 +51,13 @@ from typing import IO, Any
 
 from .errors import CommandFailedError, CommandTimeoutError, TemplateError, WebhookError
 from .event import Event
-from .handlers import EventHandler, ExecEventHandler, PrintEventHandler
+from .handlers import (
+    EventHandler,
+    ExecEventHandler,
+    PrintEventHandler,
+    file_mode,
+    open_output,
+)
 from .templates import (
     check,
     fields,
@@ -62,6 +69,8 @@ from .templates import (
     render_fields,
 )
 from .units import parse_bool, parse_duration
+
+logger = logging.getLogger("eventmp")
 
 __all__ = [
     "BUILTIN_HANDLERS",
@@ -273,8 +282,16 @@ def _json_key(key: Any) -> str:
     return repr(key)
 
 
+# Line separators that json.dumps writes raw with ensure_ascii=False (it escapes those below
+# U+0020 itself): str.splitlines() and JavaScript split a record at them.
+_LINE_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _json_bytes(record: Mapping[str, Any]) -> bytes:
     text = json.dumps(_jsonable(dict(record), set()), ensure_ascii=False, allow_nan=False)
+    # Outside strings JSON has none of these characters, so each one escaped is still the
+    # same string, and a record is one line for every line splitter.
+    text = text.translate(_LINE_SEPARATORS)
     # A lone surrogate (text decoded with surrogateescape) cannot be UTF-8; written as \\udcXX
     # it is still a valid JSON escape for the same string.
     return text.encode("utf-8", "backslashreplace")
@@ -303,19 +320,36 @@ class JsonEventHandler(EventHandler):
     :func:`eventmp.templates.fields` (``["time", "file", "line", "ip"]``). A value that is not
     JSON (bytes, a set, an object) is written as its ``repr()``; NaN and the infinities too.
 
-    ``file`` is a path, opened for append in the worker on first use (and created if missing),
-    or ``"stdout"``/``"stderr"`` (the worker's streams, inherited from the parent). Each line
-    is written with a single ``write()`` and is on disk (in the page cache) when the handler
-    returns, so several workers can append to one file without mixing their lines.
+    The characters U+0085, U+2028 and U+2029, which ``str.splitlines()`` (and JavaScript)
+    treat as line breaks, are written as the escapes ``\\u0085``, ``\\u2028`` and ``\\u2029``, so
+    one record is one line for every reader; other non-ASCII text is written as UTF-8.
+
+    ``file`` is a path, opened for append in the worker on first use, or
+    ``"stdout"``/``"stderr"`` (the worker's streams, inherited from the parent). A path is
+    opened with :func:`~eventmp.handlers.open_output`: a missing file is created with
+    permissions ``mode`` (default ``0o600``; ``"0640"`` works too) whatever the umask, an
+    existing one keeps its own, and a symbolic link at the path is refused (``OSError``,
+    ``ELOOP``) instead of followed. Each line is written with a single ``write()`` and is on
+    disk (in the page cache) when the handler returns, so several workers can append to one
+    file without mixing their lines.
     """
 
     def __init__(
-        self, file: str | os.PathLike[str] = "stdout", fields: list[str] | str | None = None
+        self,
+        file: str | os.PathLike[str] = "stdout",
+        fields: list[str] | str | None = None,
+        mode: int | str | None = None,
     ) -> None:
         owner = type(self).__name__
         self.file = _text(owner, "file", "stdout" if file is None else file)
         self.fields = _names(owner, "fields", fields)
+        self.mode = file_mode(owner, mode)
         self._fd: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        shown = dict(super().settings())
+        shown["mode"] = f"{self.mode:04o}"
+        return shown
 
     def process_event(self, event: Event) -> bool:
         data = _json_bytes(event_record(event, self.fields)) + b"\n"
@@ -323,9 +357,7 @@ class JsonEventHandler(EventHandler):
             _write_stream(getattr(sys, self.file), data)
             return True
         if self._fd is None:
-            self._fd = os.open(
-                self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            self._fd = open_output(self.file, self.mode)
         view = memoryview(data)
         while view:
             # O_APPEND makes each write() land at the end, whole; a short write (a full disk)
@@ -371,7 +403,59 @@ def _environment_value(value: Any) -> str:
     else:
         text = str(value)
     # The environment cannot hold a NUL; a log line can.
+    return _no_nul(text)
+
+
+def _no_nul(text: str) -> str:
+    """``text`` with each NUL, which no argument or variable can hold, made U+FFFD."""
     return text.replace("\x00", "\ufffd")
+
+
+# What the EVENTMP_* variables of one command may hold, in bytes (UTF-8): far below the
+# kernel's MAX_ARG_STRLEN (128 KiB for one NAME=value string) and its total for the
+# arguments and environment together (ARG_MAX, 2 MiB or more).
+ENV_VALUE_MAX = 16 * 1024
+ENV_TOTAL_MAX = 64 * 1024
+# Shown value of a refused argument, in characters.
+_SHOWN_MAX = 80
+
+
+def _clip(text: str, limit: int) -> str:
+    """The longest start of ``text`` whose UTF-8 form has at most ``limit`` bytes."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    cut = max(limit, 0)
+    # Not in the middle of a character: back off continuation bytes (0b10xxxxxx).
+    while 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return data[:cut].decode("utf-8", "surrogatepass")
+
+
+def _exported(names: list[str], values: Mapping[str, Any]) -> dict[str, str]:
+    """The ``EVENTMP_*`` variables for the fields ``names``, capped in size.
+
+    Each value is cut to :data:`ENV_VALUE_MAX` bytes, and the values together to what
+    :data:`ENV_TOTAL_MAX` leaves once every ``NAME=`` and terminating NUL is counted, in the
+    order of ``names``. When any was cut, ``EVENTMP_TRUNCATED`` lists the cut variables'
+    names, separated by spaces (it is not counted: the author's list bounds it).
+    """
+    for field in names:
+        if field not in values:
+            raise TemplateError(field, sorted(values))
+    exported = {_environment_name(field): _environment_value(values[field]) for field in names}
+    room = ENV_TOTAL_MAX - sum(len(name.encode("utf-8")) + 2 for name in exported)
+    env: dict[str, str] = {}
+    cut: list[str] = []
+    for name, text in exported.items():
+        kept = _clip(text, min(ENV_VALUE_MAX, room))
+        room -= len(kept.encode("utf-8", "surrogatepass"))
+        if kept != text:
+            cut.append(name)
+        env[name] = kept
+    if cut:
+        env["EVENTMP_TRUNCATED"] = " ".join(cut)
+    return env
 
 
 class CommandEventHandler(EventHandler):
@@ -380,12 +464,24 @@ class CommandEventHandler(EventHandler):
     ``argv`` is a list of templates, one per argument, or one string split like a shell would
     (:func:`shlex.split`) *before* the templates are filled: a field's value is always one
     argument, whatever spaces or quotes it holds, and nothing in it is interpreted. A literal
-    brace is written ``{{`` or ``}}``.
+    brace is written ``{{`` or ``}}``. Each NUL in a field's text becomes U+FFFD (an argument
+    cannot hold a NUL); a NUL in the template's own text is refused when the handler is built.
 
-    The program's environment is the worker's, plus each field of
-    :func:`eventmp.templates.fields` as ``EVENTMP_<FIELD>`` (upper-case, other characters
-    turned into ``_``; lists and dicts as JSON, ``None`` as ""), plus ``env`` (a table, or
-    ``"NAME=value ..."``), which wins. It runs in ``cwd`` (default: the worker's).
+    A field never makes an option. An argument whose template starts with a field (``{ip}``,
+    ``{user}@{host}``) and whose filled text starts with ``-`` fails the event with
+    ``ValueError`` before anything runs: ``-j`` or ``--output=/tmp/x`` from a log line never
+    reaches the program. Not checked: arguments after a literal ``--`` argument of the template
+    (the program's own end of options), arguments whose template starts with its own text
+    (``--user={user}``, ``user={user}``), and every argument with ``options_from_fields`` true.
+
+    The program's environment is the worker's, plus each field named in ``env_fields`` (none
+    by default) as ``EVENTMP_<FIELD>`` (upper-case, other characters turned into ``_``; lists
+    and dicts as JSON, ``None`` as "", NUL as U+FFFD), plus ``env`` (a table, or
+    ``"NAME=value ..."``), which wins. Each exported value is cut to :data:`ENV_VALUE_MAX`
+    bytes of UTF-8 and all of them together to :data:`ENV_TOTAL_MAX`, in the order of
+    ``env_fields``; when any was cut, ``EVENTMP_TRUNCATED`` names the cut variables. A field
+    in ``env_fields`` that the event lacks raises :class:`~eventmp.errors.TemplateError`. It
+    runs in ``cwd`` (default: the worker's).
 
     Its standard output is the worker's; its standard error passes through to the worker's as
     it comes, and its tail is kept for the error. Its standard input is empty, and SIGINT has
@@ -407,6 +503,8 @@ class CommandEventHandler(EventHandler):
         timeout: float | str | None = "30s",
         env: Mapping[str, str] | str | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        env_fields: list[str] | str | None = None,
+        options_from_fields: bool | str = False,
     ) -> None:
         owner = type(self).__name__
         if isinstance(argv, str):
@@ -422,16 +520,46 @@ class CommandEventHandler(EventHandler):
             raise _bad(owner, "argv", "the command is empty")
         for number, part in enumerate(parts):
             _template(owner, f"argv[{number}]", part)
+            if "\x00" in part:
+                raise _bad(owner, f"argv[{number}]", "an argument cannot hold a NUL")
         self.argv: list[str] = parts
         self.timeout = None if timeout is None else _duration(owner, "timeout", timeout)
         self.env = _environment(owner, env)
         self.cwd = None if cwd is None else _text(owner, "cwd", cwd)
+        self.env_fields = _names(owner, "env_fields", env_fields) or []
+        self.options_from_fields = _boolean(owner, "options_from_fields", options_from_fields)
+        # The arguments a field could turn into an option: those whose template starts with a
+        # field, up to the first literal '--' (after which a '-' is no option, by convention).
+        end = parts.index("--", 1) if "--" in parts[1:] else len(parts)
+        self._checked = (
+            set()
+            if self.options_from_fields
+            else {n for n in range(end) if names(parts[n]) and not literal_prefix(parts[n])}
+        )
+
+    def arguments(self, values: Mapping[str, Any]) -> list[str]:
+        """The argv for an event's :func:`~eventmp.templates.fields` ``values``.
+
+        Raises ``ValueError`` when a field would start an argument with ``-`` (see the class).
+        """
+        argv = [render_fields(template, values, escape=_no_nul) for template in self.argv]
+        for number in sorted(self._checked):
+            if argv[number].startswith("-"):
+                shown = printable(argv[number])
+                if len(shown) > _SHOWN_MAX:
+                    shown = shown[:_SHOWN_MAX] + "..."
+                raise ValueError(
+                    f"argv[{number}] {self.argv[number]!r} would be the option {shown!r}, "
+                    f"which starts with '-' from a field; not run (options_from_fields = true "
+                    f"allows it, or put a literal '--' before it)"
+                )
+        return argv
 
     def process_event(self, event: Event) -> bool:
         values = fields(event)
-        argv = [render_fields(template, values) for template in self.argv]
+        argv = self.arguments(values)
         env = dict(os.environ)
-        env.update((_environment_name(k), _environment_value(v)) for k, v in values.items())
+        env.update(_exported(self.env_fields, values))
         env.update(self.env)
         process = subprocess.Popen(
             argv,
@@ -879,16 +1007,36 @@ def _check_message(message: EmailMessage) -> None:
 # -- suppression ----------------------------------------------------------------------------------
 
 
+MAX_KEYS = 100_000
+"""How many keys ``count`` and ``throttle`` keep by default, per worker."""
+EVICTION_LOG_INTERVAL = 60.0
+"""Seconds between two log lines of one handler about the keys it evicted."""
+
+
 class _KeyedWindow(EventHandler):
-    """Timestamps per key within a time window, for count and throttle (state per worker)."""
+    """Timestamps per key within a time window, for count and throttle (state per worker).
+
+    At most ``max_keys`` keys are kept: a new key beyond that evicts the least recently seen
+    one, whose occurrences are forgotten (seen again, it starts afresh).
+    """
 
     _window: float
 
-    def _setup(self, owner: str, key: Any, clock: Any) -> None:
+    def _setup(self, owner: str, key: Any, max_keys: Any, clock: Any) -> None:
         self.key = _template(owner, "key", key)
+        self.max_keys = _integer(owner, "max_keys", max_keys, 1)
         self._clock: Callable[[], float] = _function(owner, "clock", clock)
-        self._times: dict[str, deque[float]] = {}
+        # Least recently seen first: each event moves its key to the end.
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
         self._swept: float | None = None
+        self._evicted = 0
+        self._reported = 0
+        self._reported_at: float | None = None
+
+    @property
+    def evictions(self) -> int:
+        """How many keys this copy of the handler evicted to stay within ``max_keys``."""
+        return self._evicted
 
     def _recent(self, event: Event) -> tuple[float, deque[float]]:
         """Now, and the key's timestamps younger than the window (older ones dropped)."""
@@ -904,13 +1052,40 @@ class _KeyedWindow(EventHandler):
         times = self._times.get(key)
         if times is None:
             times = self._times[key] = deque()
+            if len(self._times) > self.max_keys:
+                self._times.popitem(last=False)
+                self._evicted += 1
+                self._report_evictions(now)
+        else:
+            self._times.move_to_end(key)
         while times and times[0] <= horizon:
             times.popleft()
         return now, times
 
+    def _report_evictions(self, now: float) -> None:
+        """Log the evictions, at most once every EVICTION_LOG_INTERVAL seconds."""
+        if self._reported_at is not None and now - self._reported_at < EVICTION_LOG_INTERVAL:
+            return
+        logger.warning(
+            "%s: more than max_keys=%d keys: evicted %d least recently seen keys since the "
+            "last report, %d in all in this worker (an evicted key seen again starts afresh)",
+            self,
+            self.max_keys,
+            self._evicted - self._reported,
+            self._evicted,
+        )
+        self._reported, self._reported_at = self._evicted, now
+
     def __getstate__(self) -> dict[str, Any]:
         # Each worker starts counting from zero, whatever the parent's copy has seen.
-        return dict(vars(self), _times={}, _swept=None)
+        return dict(
+            vars(self),
+            _times=OrderedDict(),
+            _swept=None,
+            _evicted=0,
+            _reported=0,
+            _reported_at=None,
+        )
 
 
 class CountEventHandler(_KeyedWindow):
@@ -924,8 +1099,11 @@ class CountEventHandler(_KeyedWindow):
 
     The counts live in the worker process, per worker: with several workers, route events with
     the dispatcher's ``key=`` so that equal keys meet the same worker; a worker that is
-    replaced (crash, recycling) starts from zero. ``clock`` (default :func:`time.monotonic`)
-    is there for tests.
+    replaced (crash, recycling) starts from zero. At most ``max_keys`` keys are kept (default
+    :data:`MAX_KEYS`): a new key beyond them evicts the least recently seen one, whose count
+    is lost. :attr:`evictions` counts them, and a warning on the ``eventmp`` logger says how
+    many, at most once every :data:`EVICTION_LOG_INTERVAL` seconds. ``clock`` (default
+    :func:`time.monotonic`) is there for tests.
     """
 
     def __init__(
@@ -933,13 +1111,14 @@ class CountEventHandler(_KeyedWindow):
         count: int | str,
         window: float | str = "60s",
         key: str = "",
+        max_keys: int | str = MAX_KEYS,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         owner = type(self).__name__
         self.count = _integer(owner, "count", count, 1)
         self.window = self._window = _duration(owner, "window", window)
-        self._setup(owner, key, clock)
+        self._setup(owner, key, max_keys, clock)
 
     def process_event(self, event: Event) -> bool:
         now, times = self._recent(event)
@@ -961,7 +1140,9 @@ class ThrottleEventHandler(_KeyedWindow):
 
     The state lives in the worker process, per worker: with several workers, route events with
     the dispatcher's ``key=`` so that equal keys meet the same worker; a worker that is
-    replaced starts afresh. ``clock`` (default :func:`time.monotonic`) is there for tests.
+    replaced starts afresh. At most ``max_keys`` keys are kept, as for
+    :class:`CountEventHandler`: an evicted key seen again passes as if new. ``clock``
+    (default :func:`time.monotonic`) is there for tests.
     """
 
     def __init__(
@@ -969,13 +1150,14 @@ class ThrottleEventHandler(_KeyedWindow):
         limit: int | str,
         interval: float | str = "60s",
         key: str = "",
+        max_keys: int | str = MAX_KEYS,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         owner = type(self).__name__
         self.limit = _integer(owner, "limit", limit, 1)
         self.interval = self._window = _duration(owner, "interval", interval)
-        self._setup(owner, key, clock)
+        self._setup(owner, key, max_keys, clock)
 
     def process_event(self, event: Event) -> bool:
         now, times = self._recent(event)

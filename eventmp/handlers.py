@@ -8,7 +8,9 @@ settings are resolved in the worker, where they are used.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 from types import CodeType
@@ -18,6 +20,7 @@ from .event import Event
 from .templates import check, fields, printable, render_fields
 
 __all__ = [
+    "OUTPUT_MODE",
     "ChainEventHandler",
     "EventHandler",
     "ExecEventHandler",
@@ -25,7 +28,69 @@ __all__ = [
     "StopEventHandler",
     "call_handler",
     "describe_handler",
+    "file_mode",
+    "open_output",
 ]
+
+OUTPUT_MODE = 0o600
+"""The permissions of an output file a handler creates, unless its ``mode`` says otherwise."""
+
+
+def file_mode(owner: str, value: Any) -> int:
+    """A ``mode`` setting as permission bits: ``"0640"``, ``"640"``, ``"0o640"`` or 0o640.
+
+    Raises ``ValueError`` naming ``owner`` and the setting for anything else, or for bits
+    beyond 0o777 (no set-user-ID, set-group-ID or sticky bit on a log of events).
+    """
+    if value is None:
+        return OUTPUT_MODE
+    bits: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        bits = value
+    elif isinstance(value, str) and re.fullmatch(r"(?:0o?)?[0-7]{1,4}", value.strip()):
+        bits = int(value.strip().removeprefix("0o"), 8)
+    if bits is None or not 0 <= bits <= 0o777:
+        raise ValueError(
+            f'{owner}: setting \'mode\': expected permissions in octal from "0000" to "0777" '
+            f'(such as "0640"), got {value!r}'
+        )
+    return bits
+
+
+def open_output(path: str, mode: int = OUTPUT_MODE) -> int:
+    """Open ``path`` to append to, creating it with permissions ``mode``; return the descriptor.
+
+    A file this call creates gets exactly ``mode`` (set with ``fchmod``, whatever the umask);
+    an existing file keeps its own. A symbolic link at ``path`` is never followed
+    (``O_NOFOLLOW``): the call raises ``OSError`` with ``ELOOP`` and says so. Links among the
+    directories above ``path`` are followed.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        for _ in range(10):
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+            except FileExistsError:
+                try:
+                    return os.open(path, flags)
+                except FileNotFoundError:
+                    continue  # removed between the two opens: create it after all
+            try:
+                os.fchmod(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        return os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(
+                errno.ELOOP,
+                "refusing to follow the symbolic link at the output path "
+                "(remove it, or name the file it points to)",
+                path,
+            ) from None
+        raise
 
 
 def call_handler(handler: Any, event: Event) -> Any:
@@ -131,7 +196,9 @@ class PrintEventHandler(EventHandler):
     """Write ``str(event)``, or ``format`` filled from the event, and a newline, then flush.
 
     ``file`` is a file object, ``"stdout"``, ``"stderr"`` (the worker's own streams, inherited
-    from the parent), or a path, opened for append in the worker on first use. ``None`` means
+    from the parent), or a path, opened for append in the worker on first use with
+    :func:`open_output`: created with permissions ``mode`` (default ``0o600``; ``"0640"``
+    works too), and never through a symbolic link planted at the path. ``None`` means
     ``"stdout"``.
 
     ``format`` is a template (see :mod:`eventmp.templates`), such as ``"{time} {ip} {user}"``,
@@ -145,9 +212,11 @@ class PrintEventHandler(EventHandler):
         self,
         file: IO[str] | str | os.PathLike[str] | None = None,
         format: str | None = None,
+        mode: int | str | None = None,
     ) -> None:
         self.file: IO[str] | str = _stream_name(file)
         self.format = format
+        self._mode = file_mode(type(self).__name__, mode)
         if format is not None:
             if not isinstance(format, str) or not format:
                 raise ValueError(
@@ -167,7 +236,8 @@ class PrintEventHandler(EventHandler):
             stream: IO[str] = getattr(sys, self.file)
             return stream
         if self._opened is None:
-            self._opened = open(self.file, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            fd = open_output(self.file, self._mode)
+            self._opened = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - kept open
         return self._opened
 
     def process_event(self, event: Event) -> bool:
@@ -182,9 +252,12 @@ class PrintEventHandler(EventHandler):
 
     def settings(self) -> dict[str, Any]:
         file = self.file if isinstance(self.file, str) else getattr(self.file, "name", self.file)
-        if self.format is None:
-            return {"file": file}
-        return {"file": file, "format": self.format}
+        shown: dict[str, Any] = {"file": file}
+        if self.format is not None:
+            shown["format"] = self.format
+        if self._mode != OUTPUT_MODE:
+            shown["mode"] = f"{self._mode:04o}"
+        return shown
 
     def __getstate__(self) -> dict[str, Any]:
         # An open file does not travel to another process; its name does.

@@ -7,8 +7,10 @@ test sets, and the end-to-end tests run handlers in real worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import errno
 import io
 import json
 import math
@@ -38,6 +40,8 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from eventmp import ChainEventHandler, Event, EventHandler, ExecEventHandler, PrintEventHandler
 from eventmp.actions import (
     BUILTIN_HANDLERS,
+    ENV_TOTAL_MAX,
+    ENV_VALUE_MAX,
     CommandEventHandler,
     CountEventHandler,
     JsonEventHandler,
@@ -304,12 +308,22 @@ def test_every_setting_accepted_as_a_string() -> None:
     [
         (JsonEventHandler, {"fields": 3}, "fields"),
         (JsonEventHandler, {"file": ""}, "file"),
+        (JsonEventHandler, {"mode": "0999"}, "mode"),
+        (JsonEventHandler, {"mode": 0o4755}, "mode"),
+        (PrintEventHandler, {"mode": "rw-r-----"}, "mode"),
         (CommandEventHandler, {"argv": []}, "argv"),
         (CommandEventHandler, {"argv": "echo 'unbalanced"}, "argv"),
         (CommandEventHandler, {"argv": ["echo", "{line.upper}"]}, "argv[1]"),
         (CommandEventHandler, {"argv": "true", "timeout": "soon"}, "timeout"),
         (CommandEventHandler, {"argv": "true", "timeout": "0"}, "timeout"),
         (CommandEventHandler, {"argv": "true", "env": {"A=B": "1"}}, "env"),
+        (CommandEventHandler, {"argv": ["echo", "a\x00b"]}, "argv[1]"),
+        (CommandEventHandler, {"argv": "true", "env_fields": 3}, "env_fields"),
+        (
+            CommandEventHandler,
+            {"argv": "true", "options_from_fields": "maybe"},
+            "options_from_fields",
+        ),
         (WebhookEventHandler, {"url": "ftp://example.com/"}, "url"),
         (WebhookEventHandler, {"url": "http://x/{"}, "url"),
         (WebhookEventHandler, {"url": "http://x/", "retries": "-1"}, "retries"),
@@ -329,6 +343,8 @@ def test_every_setting_accepted_as_a_string() -> None:
         (CountEventHandler, {"count": 2, "clock": "monotonic"}, "clock"),
         (ThrottleEventHandler, {"limit": "1.5"}, "limit"),
         (ThrottleEventHandler, {"limit": 1, "interval": "forever"}, "interval"),
+        (CountEventHandler, {"count": 2, "max_keys": "0"}, "max_keys"),
+        (ThrottleEventHandler, {"limit": 1, "max_keys": "many"}, "max_keys"),
     ],
 )
 def test_bad_setting_is_a_value_error_naming_it(
@@ -510,6 +526,73 @@ def test_json_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == '{"line": "x"}\n'
 
 
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Run the block with the process's umask set to ``mask``, then put the old one back."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def output_handlers(path: Path, **settings: Any) -> list[Any]:
+    """A json handler and a print handler writing to ``path``, with the same settings."""
+    return [JsonEventHandler(path, **settings), PrintEventHandler(path, **settings)]
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["json", "print"])
+def test_output_file_is_created_0600_unless_mode_says_otherwise(tmp_path: Path, kind: int) -> None:
+    """A file json or print creates is 0600 by default and exactly mode otherwise, whatever
+    the umask; an existing file keeps its own mode."""
+    default, given, existing = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    existing.touch()
+    existing.chmod(0o644)
+    with umask(0o022):
+        output_handlers(default)[kind].process_event(tail_event())
+    assert default.stat().st_mode & 0o777 == 0o600
+    with umask(0o077):
+        output_handlers(given, mode="0640")[kind].process_event(tail_event())
+        output_handlers(existing)[kind].process_event(tail_event())
+    assert given.stat().st_mode & 0o777 == 0o640
+    assert existing.stat().st_mode & 0o777 == 0o644
+    assert all(path.read_text() for path in (default, given, existing))
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["json", "print"])
+def test_output_file_refuses_a_symlink_planted_at_its_path(tmp_path: Path, kind: int) -> None:
+    """A symbolic link at the output path fails the event and its target stays untouched."""
+    target = tmp_path / "authorized_keys"
+    target.write_text("ssh-ed25519 AAAA owner\n")
+    target.chmod(0o600)
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "created-through-link")
+    for path in (link, dangling):
+        with pytest.raises(OSError, match="refusing to follow the symbolic link") as caught:
+            output_handlers(path)[kind].process_event(tail_event())
+        assert caught.value.errno == errno.ELOOP
+        assert caught.value.filename == str(path)
+    assert target.read_text() == "ssh-ed25519 AAAA owner\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "created-through-link").exists()
+
+
+def test_json_escapes_line_separators_so_a_record_stays_one_line(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 in a value are written as escapes: splitlines() sees one
+    line per record, and the value reads back the same."""
+    out = tmp_path / "events.jsonl"
+    line = "Failed password for a\u2028b\u2029c\x85d from 203.0.113.9 port 22 ssh2 \u00e9"
+    JsonEventHandler(out, fields=["line"]).process_event(tail_event(line=line))
+    JsonEventHandler(out, fields=["ip"]).process_event(tail_event())
+    text = out.read_text(encoding="utf-8")
+    assert "\\u2028" in text and "\u00e9" in text
+    records = text.splitlines()
+    assert len(records) == 2
+    assert json.loads(records[0]) == {"line": line}
+
+
 def test_json_handler_travels_without_its_open_file(tmp_path: Path) -> None:
     """A handler that already wrote is serialized without its descriptor; the copy reopens."""
     path = tmp_path / "events.jsonl"
@@ -531,7 +614,9 @@ def test_json_handler_travels_without_its_open_file(tmp_path: Path) -> None:
 def test_json_str_shows_settings(tmp_path: Path) -> None:
     """str() of the handler shows where it writes and which fields."""
     text = str(JsonEventHandler(tmp_path / "x.jsonl", fields=["line"]))
-    assert text == f"JsonEventHandler(file={str(tmp_path / 'x.jsonl')!r}, fields=['line'])"
+    assert text == (
+        f"JsonEventHandler(file={str(tmp_path / 'x.jsonl')!r}, fields=['line'], mode='0600')"
+    )
 
 
 # == command =====================================================================================
@@ -546,11 +631,14 @@ REPORT = (
 
 
 def test_command_gets_arguments_and_environment_from_the_event(tmp_path: Path) -> None:
-    """Each argument is filled from the event, and every field is in the environment."""
+    """Each argument is filled from the event, and each field of env_fields is in the
+    environment."""
     out = tmp_path / "report.json"
+    exported = ["ip", "line", "line_number", "0", "2", "groups", "originator", "timestamp"]
     handler = CommandEventHandler(
         [sys.executable, "-c", REPORT, str(out), "{ip}", "user={user}", "{line}"],
         env={"EXTRA": "yes"},
+        env_fields=exported,
     )
     assert handler.process_event(tail_event()) is True
     report = json.loads(out.read_text())
@@ -569,6 +657,7 @@ def test_command_gets_arguments_and_environment_from_the_event(tmp_path: Path) -
     assert env["EVENTMP_ORIGINATOR"] == "tail"
     assert float(env["EVENTMP_TIMESTAMP"]) == STAMP
     assert env["EXTRA"] == "yes"
+    assert "EVENTMP_USER" not in env
 
 
 def test_command_string_is_split_before_filling_and_never_shell(tmp_path: Path) -> None:
@@ -598,9 +687,119 @@ def test_command_runs_in_cwd(tmp_path: Path) -> None:
 def test_command_environment_for_non_dict_data_and_nul(tmp_path: Path) -> None:
     """Non-dict data goes in EVENTMP_DATA; a NUL in a value does not stop the command."""
     out = tmp_path / "report.json"
-    handler = CommandEventHandler([sys.executable, "-c", REPORT, str(out)])
+    handler = CommandEventHandler([sys.executable, "-c", REPORT, str(out)], env_fields="data")
     handler.process_event(Event("app", None, "bad\x00byte", timestamp=STAMP))
     assert json.loads(out.read_text())["env"]["EVENTMP_DATA"] == "bad\ufffdbyte"
+
+
+@pytest.mark.parametrize(
+    ("template", "value"),
+    [
+        ("{user}", "--output=/tmp/eventmp-test-x"),
+        ("{ip}", "-j"),
+        ("{user}", "-"),
+        ("{user}{ip}", "-j"),
+    ],
+)
+def test_command_field_that_would_be_an_option_is_refused(
+    tmp_path: Path, template: str, value: str
+) -> None:
+    """An argument that a field starts with '-' fails the event and the program never runs."""
+    out = tmp_path / "report.json"
+    handler = CommandEventHandler([sys.executable, "-c", REPORT, str(out), template])
+    event = tail_event(
+        named={"user": value, "ip": value}
+        if template != "{user}{ip}"
+        else {
+            "user": "",
+            "ip": value,
+        }
+    )
+    with pytest.raises(ValueError, match=r"argv\[4\].*starts with '-' from a field"):
+        handler.process_event(event)
+    assert not out.exists()
+
+
+def test_command_option_from_a_field_only_where_the_author_allows_it(tmp_path: Path) -> None:
+    """A '-' value is passed after a literal '--', after the author's own text, or with
+    options_from_fields."""
+    out = tmp_path / "report.json"
+    event = tail_event(named={"user": "--output=/tmp/x", "ip": "-j"})
+    after_dashes = [sys.executable, "-c", REPORT, str(out), "--user={user}", "--", "{ip}"]
+    CommandEventHandler(after_dashes).process_event(event)
+    assert json.loads(out.read_text())["argv"] == ["--user=--output=/tmp/x", "--", "-j"]
+    allowed = CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out), "{user}", "{ip}"], options_from_fields="true"
+    )
+    allowed.process_event(event)
+    assert json.loads(out.read_text())["argv"] == ["--output=/tmp/x", "-j"]
+
+
+def test_command_nul_in_a_field_becomes_u_fffd(tmp_path: Path) -> None:
+    """A NUL in a field's value reaches the program as U+FFFD instead of failing the event."""
+    out = tmp_path / "report.json"
+    event = tail_event(named={"user": "ro\x00ot", "ip": "\x00"})
+    CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out), "{user}", "x{ip:>4}"]
+    ).process_event(event)
+    assert json.loads(out.read_text())["argv"] == ["ro\ufffdot", "x   \ufffd"]
+    CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out)], env_fields=["user"]
+    ).process_event(event)
+    assert json.loads(out.read_text())["env"]["EVENTMP_USER"] == "ro\ufffdot"
+
+
+def test_command_with_a_200_kib_line_runs_and_exports_only_what_is_asked(tmp_path: Path) -> None:
+    """A 200 KiB line is not exported unless asked, and then it is cut to ENV_VALUE_MAX bytes
+    and marked in EVENTMP_TRUNCATED."""
+    out = tmp_path / "report.json"
+    line = "Failed password for " + "A" * 200 * 1024 + " from 203.0.113.9 port 22 ssh2"
+    event = tail_event(line=line)
+    CommandEventHandler([sys.executable, "-c", REPORT, str(out), "{ip}"]).process_event(event)
+    report = json.loads(out.read_text())
+    assert report["argv"] == ["203.0.113.9"]
+    assert set(report["env"]) <= {"EVENTMP_STRICT_LEDGER"}  # the test suite's own
+    handler = CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out)], env_fields=["ip", "line"]
+    )
+    handler.process_event(event)
+    env = json.loads(out.read_text())["env"]
+    assert env["EVENTMP_IP"] == "203.0.113.9"
+    assert env["EVENTMP_LINE"] == line[:ENV_VALUE_MAX]
+    assert env["EVENTMP_TRUNCATED"] == "EVENTMP_LINE"
+
+
+def test_command_environment_is_capped_in_total_without_splitting_a_character(
+    tmp_path: Path,
+) -> None:
+    """Several large fields together stay within ENV_TOTAL_MAX, each cut on a character."""
+    out = tmp_path / "report.json"
+    big = "\u00e9" * 100_000  # two bytes each in UTF-8
+    data = {name: big for name in "abcdef"}
+    handler = CommandEventHandler(
+        [sys.executable, "-c", REPORT, str(out)], env_fields=list("abcdef")
+    )
+    handler.process_event(Event("app", None, data, timestamp=STAMP))
+    env = json.loads(out.read_text())["env"]
+    env.pop("EVENTMP_STRICT_LEDGER", None)  # the test suite's own
+    truncated = env.pop("EVENTMP_TRUNCATED")
+    assert truncated == " ".join(f"EVENTMP_{name.upper()}" for name in "abcdef")
+    sizes = [len(f"{name}={value}".encode()) + 1 for name, value in env.items()]
+    assert sum(sizes) <= ENV_TOTAL_MAX
+    assert sum(sizes) > ENV_TOTAL_MAX - 2  # a two-byte character may not fit
+    for value in env.values():
+        assert len(value.encode()) <= ENV_VALUE_MAX
+        assert big.startswith(value)
+    assert len(env["EVENTMP_A"]) == ENV_VALUE_MAX // 2
+
+
+def test_command_missing_env_field_is_a_template_error(tmp_path: Path) -> None:
+    """A field in env_fields that the event lacks raises TemplateError before anything runs."""
+    out = tmp_path / "report.json"
+    handler = CommandEventHandler([sys.executable, "-c", REPORT, str(out)], env_fields="usr")
+    with pytest.raises(TemplateError, match="usr"):
+        handler.process_event(tail_event())
+    assert not out.exists()
 
 
 def test_command_non_zero_exit_raises_command_failed(tmp_path: Path) -> None:
@@ -1174,7 +1373,7 @@ def test_count_state_starts_fresh_in_each_copy() -> None:
 def test_count_str_shows_settings_not_state() -> None:
     """str() shows count, window and key, not the clock or the counts."""
     assert str(CountEventHandler("4", "1m", "{ip}")) == (
-        "CountEventHandler(count=4, window=60.0, key='{ip}')"
+        "CountEventHandler(count=4, window=60.0, key='{ip}', max_keys=100000)"
     )
 
 
@@ -1222,9 +1421,71 @@ def test_throttle_steady_flood_passes_limit_each_interval() -> None:
 
 def test_throttle_str_shows_settings() -> None:
     """str() shows limit, interval and key."""
-    assert str(ThrottleEventHandler(5, 30, "")) == (
-        "ThrottleEventHandler(limit=5, interval=30.0, key='')"
+    assert str(ThrottleEventHandler(5, 30, "", "10")) == (
+        "ThrottleEventHandler(limit=5, interval=30.0, key='', max_keys=10)"
     )
+
+
+# == bounded state ===============================================================================
+
+
+def keyed(value: str) -> Event:
+    """An event whose data is ``value``, for a count or throttle keyed on ``{data}``."""
+    return Event("app", None, value, timestamp=STAMP)
+
+
+def test_count_keeps_at_most_max_keys_evicting_the_least_recently_seen() -> None:
+    """Many distinct keys never make count hold more than max_keys; the least recently seen
+    key goes, and seen again it counts from zero."""
+    clock = FakeClock()
+    handler = CountEventHandler(2, window="1h", key="{data}", max_keys=3, clock=clock)
+    assert [handler.process_event(keyed(k)) for k in "abc"] == [False, False, False]
+    assert handler.process_event(keyed("a")) is True  # a is now the most recently seen
+    assert handler.process_event(keyed("d")) is False  # evicts b, the least recently seen
+    assert list(handler._times) == ["c", "a", "d"]
+    assert handler.process_event(keyed("b")) is False  # afresh: b's first occurrence is gone
+    assert handler.process_event(keyed("d")) is True  # d was kept (c was evicted for b)
+    for n in range(10_000):
+        handler.process_event(keyed(f"2001:db8::{n:x}"))
+        assert len(handler._times) <= 3
+    assert handler.evictions == 2 + 10_000  # b, c, then one per new address
+
+
+def test_throttle_keeps_at_most_max_keys_and_an_evicted_key_passes_afresh() -> None:
+    """A throttled key evicted by max_keys newer keys passes again as if new."""
+    clock = FakeClock()
+    handler = ThrottleEventHandler(1, interval="1h", key="{data}", max_keys=2, clock=clock)
+    assert handler.process_event(keyed("a")) is True
+    assert handler.process_event(keyed("a")) is False
+    assert handler.process_event(keyed("b")) is True
+    assert handler.process_event(keyed("a")) is False  # a is seen again: now b is the oldest
+    assert handler.process_event(keyed("c")) is True  # evicts b
+    assert handler.process_event(keyed("a")) is False  # a was kept
+    assert handler.process_event(keyed("b")) is True  # b was evicted: it passes afresh
+    assert list(handler._times) == ["a", "b"]
+    assert handler.evictions == 2
+
+
+def test_evictions_are_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Evictions give one warning per minute of the handler's clock, with the counts."""
+    clock = FakeClock()
+    handler = CountEventHandler(5, window="1h", key="{data}", max_keys=10, clock=clock)
+    with caplog.at_level("WARNING", logger="eventmp"):
+        for n in range(10):
+            handler.process_event(keyed(str(n)))
+        assert caplog.records == []  # full, nothing evicted yet
+        for n in range(10, 1010):
+            handler.process_event(keyed(str(n)))
+        clock.now += 59
+        handler.process_event(keyed("next"))
+        assert len(caplog.records) == 1
+        clock.now += 1
+        handler.process_event(keyed("last"))
+    first, second = (record.getMessage() for record in caplog.records)
+    assert "max_keys=10" in first and "evicted 1 least recently seen keys" in first
+    assert "1 in all" in first
+    assert "evicted 1001 least recently seen keys since the last report, 1002 in all" in second
+    assert handler.evictions == 1002
 
 
 # == end to end, in real workers =================================================================
