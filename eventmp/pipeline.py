@@ -418,17 +418,23 @@ class _Loader:
                 raise self.fail(where, f"bad settings for {type_name!r}: {exc}") from None
         try:
             return cls(**settings)
-        except (TypeError, ValueError, SyntaxError, re.error, EventmpError) as exc:
+        except SyntaxError as exc:
+            # Only code has syntax: exec's command (the one setting that holds code).
+            key = f"{where}.command" if "command" in settings else where
+            raise self.fail(key, f"handler {type_name!r}: {exc}") from None
+        except (TypeError, ValueError, re.error, EventmpError) as exc:
             raise self.fail(where, f"handler {type_name!r}: {exc}") from None
 
     def handler_class(self, type_name: str, where: str) -> Any:
         if ":" in type_name:
             module_name, _, attribute = type_name.partition(":")
-            # A module next to the pipeline file can hold the user's handlers, as a script's
-            # directory holds its modules; the workers inherit this sys.path.
+            # A module next to the pipeline file can hold the user's handlers; the workers
+            # inherit this sys.path. At its end, never in front of installed packages: a
+            # psutil.py or json.py left beside the pipeline must not replace the real one in
+            # eventmp's own process or its workers.
             directory = str(self.path.parent.resolve())
             if directory not in sys.path:
-                sys.path.insert(0, directory)
+                sys.path.append(directory)
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:

@@ -802,3 +802,49 @@ def test_input_settings_reach_the_tail(tmp_path: Path) -> None:
         assert tail.missing_ok is True
     finally:
         dispatcher.stop()
+
+
+PLANTED = """
+import os
+open(os.environ["EVENTMP_TEST_MARKER"], "a").close()
+"""
+
+OWN_HANDLER = """
+class Record:
+    def __init__(self, file):
+        self.file = file
+
+    def process_event(self, event):
+        with open(self.file, "a") as out:
+            out.write(event.data["line"] + "\\n")
+        return True
+"""
+
+
+def test_a_module_beside_the_pipeline_never_replaces_an_installed_one(tmp_path: Path) -> None:
+    """A psutil.py next to the pipeline file is not imported by eventmp or its workers."""
+    pipeline_file(
+        tmp_path,
+        f"""
+        [[inputs]]
+        paths = ["app.log"]
+
+        [[rules]]
+        regex = 'ERROR'
+        handler = {{ type = "own_handlers:Record", file = "{tmp_path / "seen.txt"}" }}
+        """,
+    )
+    (tmp_path / "own_handlers.py").write_text(OWN_HANDLER)
+    (tmp_path / "psutil.py").write_text(PLANTED)
+    (tmp_path / "app.log").write_text("ERROR one\nfine\nERROR two\n")
+    marker = tmp_path / "planted-module-ran"
+    result = subprocess.run(
+        [sys.executable, "-m", "eventmp", "run", str(tmp_path / "pipeline.toml"), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EVENTMP_TEST_MARKER": str(marker)},
+    )
+    assert not marker.exists(), result.stderr
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "seen.txt").read_text() == "ERROR one\nERROR two\n"

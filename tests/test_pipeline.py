@@ -190,7 +190,7 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
         ),
         (
             "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='exec', command='if'}\n",
-            "rules[1].handler[1]",
+            "rules[1].handler[1].command",
             "handler 'exec'",
         ),
         (
