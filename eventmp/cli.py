@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import textwrap
 import threading
@@ -34,7 +35,13 @@ logger = logging.getLogger("eventmp")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that SIGINT ended
+# 128 + the signal's number, as a shell reports a command that signal ended.
+EXIT_HANGUP = 129  # SIGHUP
+EXIT_INTERRUPTED = 130  # SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+# The signals that stop `run` with a drain. SIGHUP does too: reloading the pipeline file is not
+# supported, and a drain (checkpoints saved) beats dying at once, which is its default action.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success: `check` found the file good; `run --once` read every input to its "
@@ -45,9 +52,12 @@ EXIT_CODES: dict[int, str] = {
     "go on, for instance the workers could not start",
     EXIT_USAGE: "bad arguments, or a bad pipeline file (one line on stderr names the file "
     "and the key)",
-    EXIT_INTERRUPTED: "interrupted: SIGINT or SIGTERM stopped `run --once` before it had read "
-    "every input (what it had read was handled first), or SIGINT came while the command was "
-    "loading or starting",
+    EXIT_HANGUP: "SIGHUP stopped `run --once` before it had read every input (what it had "
+    "read was handled first)",
+    EXIT_INTERRUPTED: "interrupted: SIGINT stopped `run --once` before it had read every input "
+    "(what it had read was handled first), or came while the command was loading or starting",
+    EXIT_TERMINATED: "SIGTERM stopped `run --once` before it had read every input (what it "
+    "had read was handled first)",
 }
 """Every status the command exits with, and what it means; ``--help`` prints this table."""
 
@@ -148,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="batch mode: read every input to its end, process everything, exit "
-        "(0: all succeeded, 1: some failed or an input matched no file, 130: interrupted)",
+        "(0: all succeeded, 1: some failed or an input matched no file; 130, 143, 129: stopped "
+        "by SIGINT, SIGTERM, SIGHUP before the end)",
     )
     run.add_argument(
         "--stats-interval",
@@ -283,19 +294,32 @@ def _run(pipeline: Pipeline, args: argparse.Namespace) -> int:
             target=_stop_when_done, args=(dispatcher,), name="eventmp-once", daemon=True
         ).start()
     try:
-        dispatcher.serve_forever()
+        received = dispatcher.serve_forever(signals=_STOP_SIGNALS)
     finally:
         reporter.stop()
+    interrupted = args.once and not all(tail.finished for tail in tails)
     if args.quiet < 2:
-        print(_summary(dispatcher, tails, failures, time.monotonic() - started), file=sys.stderr)
+        summary = _summary(dispatcher, tails, failures, time.monotonic() - started)
+        if interrupted and received is not None:
+            done = sum(t.bytes_read for t in tails) / 1e6
+            total = sum(t.bytes_total for t in tails) / 1e6
+            summary += (
+                f" Interrupted by {signal.Signals(received).name} after reading"
+                f" {done:,.1f} of {total:,.1f} MB."
+            )
+        print(summary, file=sys.stderr)
     if dispatcher.failure is not None:
         return EXIT_FAILED  # it stopped on its own, in follow mode too (a service restarts it)
     if args.once and dispatcher.stats().failed:
         return EXIT_FAILED
     if args.once and _without_files(tails):
         return EXIT_FAILED  # an input matched no file: a batch job read nothing of it
-    if args.once and not all(tail.finished for tail in tails):
-        return EXIT_INTERRUPTED  # a signal stopped it: the inputs were not all read
+    if interrupted:  # a signal stopped it: the inputs were not all read
+        if received == signal.SIGTERM:
+            return EXIT_TERMINATED
+        if received == signal.SIGHUP:
+            return EXIT_HANGUP
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

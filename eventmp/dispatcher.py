@@ -390,13 +390,17 @@ class EventDispatcher(threading.Thread):
         self._waker.wake()
         return False
 
-    def serve_forever(self) -> None:
-        """Run until SIGINT or SIGTERM, then stop with a drain and return normally.
+    def serve_forever(
+        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    ) -> int | None:
+        """Run until one of ``signals`` (SIGINT, SIGTERM), then stop with a drain and return.
 
         Starts the dispatcher if needed and blocks. The first signal stops it with a drain (a
         script that ends here exits 0); a second one stops it at once, abandoning what is
-        queued. The previous signal handlers are restored on return. Call it from the main
-        thread: only there can Python install signal handlers.
+        queued. Returns the first signal received, or None if the dispatcher stopped without
+        one (another thread's ``stop()``, or a :attr:`failure`). The previous signal handlers
+        are restored on return. Call it from the main thread: only there can Python install
+        signal handlers.
         """
         if self._mode.state == _NEW:
             self.start()
@@ -412,13 +416,14 @@ class EventDispatcher(threading.Thread):
                 logger.warning("%s received again: stopping at once", name)
                 self._begin_stop(None, drain=False)
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
         try:
             while self.is_alive():
                 self.join(0.25)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        return received[0] if received else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every generator is finished and every accepted event has its outcome.

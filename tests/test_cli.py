@@ -544,8 +544,15 @@ def test_keyboard_interrupt_outside_the_run_exits_130(monkeypatch: pytest.Monkey
     assert exited.value.code == cli.EXIT_INTERRUPTED == 130
 
 
-def test_once_stopped_by_sigterm_before_its_end_exits_130(tmp_path: Path) -> None:
-    """A --once run stopped by a signal handles what it had read, then exits 130, not 0."""
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+    ids=["SIGTERM", "SIGINT", "SIGHUP"],
+)
+def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
+    tmp_path: Path, signum: signal.Signals, status: int
+) -> None:
+    """A --once run stopped by a signal drains what it read, says so, exits 128 + the signal."""
     pipeline_file(
         tmp_path,
         """
@@ -578,15 +585,16 @@ def test_once_stopped_by_sigterm_before_its_end_exits_130(tmp_path: Path) -> Non
     )
     try:
         assert wait_until(lambda: seen.exists() and seen.read_text() != "")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         _out, err = process.communicate(timeout=WAIT)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, err
-    assert "SIGTERM received: draining" in err
+    assert process.returncode == status, err
+    assert f"{signum.name} received: draining" in err
     assert "1 events: 1 processed, 0 failed" in err
+    assert f"Interrupted by {signum.name} after reading" in err
     assert seen.read_text() == "0\n"
 
 
@@ -848,3 +856,22 @@ def test_a_module_beside_the_pipeline_never_replaces_an_installed_one(tmp_path: 
     assert not marker.exists(), result.stderr
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "seen.txt").read_text() == "ERROR one\nERROR two\n"
+
+
+def test_sighup_in_follow_mode_drains_and_saves_the_checkpoint(tmp_path: Path) -> None:
+    """SIGHUP stops follow mode with a drain and a saved checkpoint, not at once as it did."""
+    pipeline_file(tmp_path, FOLLOW)
+    log = tmp_path / "app.log"
+    log.write_text("")
+    follow = Follow(tmp_path)
+    try:
+        time.sleep(1.0)
+        append(log, "ERROR one", "ERROR two")
+        assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 2)
+    finally:
+        status, _out, err = follow.stop(signal.SIGHUP)
+    assert status == 0, err
+    assert "SIGHUP received: draining" in err
+    state = json.loads((tmp_path / "app.state").read_text())
+    (entry,) = state["files"].values()
+    assert entry["offset"] == log.stat().st_size
