@@ -534,7 +534,8 @@ class WorkerPool:
                 self._processor_name(worker),
                 self._death_error(worker, started, exitcode),
             )
-        if not worker.ready and self.mode.running and (exitcode or 0) > 0:
+        start_failed = not worker.ready and self.mode.running and (exitcode or 0) > 0
+        if start_failed:
             # What it held is queued again by now: _break fails it with the reason.
             self._start_failed(
                 WorkerStartError(
@@ -544,8 +545,10 @@ class WorkerPool:
         told_to_leave = worker.signalled or (
             exitcode == 0 and outcome.crashed is None and worker.retiring is None
         )
-        if outcome.took_pill or self.mode.abandoning is not None:
-            slot.retired = True  # it took its poison pill and left, or everything is abandoned
+        if outcome.took_pill or self.mode.abandoning is not None or start_failed:
+            # It took its poison pill and left, everything is abandoned, or the pipeline is
+            # breaking because a worker cannot start: no fresh worker.
+            slot.retired = True
         elif (
             told_to_leave
             and not self.mode.running
@@ -589,7 +592,7 @@ class WorkerPool:
             self.waker.wake_from_elsewhere()
 
     def _start_failed(self, error: WorkerStartError) -> None:
-        logger.error("%s", error)
+        # Logged once, by the dispatcher when it acts on it.
         if self.start_error is None:
             self.start_error = error
 

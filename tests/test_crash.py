@@ -897,3 +897,6 @@ def test_replacement_that_cannot_start_fails_pending_events_cleanly(tmp_path: Pa
     assert lines["errors"] == "['WorkerCrashedError', 'WorkerStartError']"
     assert lines["stats"] == "0 2 0"
     assert lines["failure"] == "WorkerStartError"
+    # Said once, and no fresh worker is announced for a pipeline that is breaking.
+    assert result.stderr.count("before it was ready") == 1, result.stderr
+    assert "starting a fresh one" not in result.stderr, result.stderr
