@@ -58,6 +58,7 @@ from .handlers import (
     file_mode,
     open_output,
 )
+from .redact import SECRET, redact_settings, redact_url
 from .templates import (
     check,
     fields,
@@ -170,7 +171,6 @@ def _names(owner: str, setting: str, value: Any) -> list[str] | None:
     return items
 
 
-_SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|pass|signature", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
@@ -651,7 +651,6 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
 
 # -- webhook --------------------------------------------------------------------------------------
 
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 # The scheme and authority (userinfo, host, port) at the start of a webhook URL template.
 _ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE)
 
@@ -693,11 +692,6 @@ def _url_origin(owner: str, url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc
 
 
-def _redact_url(url: str) -> str:
-    """The URL with the password of its user part, if any, replaced by ``***``."""
-    return _CREDENTIALS.sub(r"\1:***@", url)
-
-
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     # urllib follows a 301/302/303 answer to a POST with a GET that drops the body: the
     # event would be lost while the request looked successful.
@@ -709,7 +703,9 @@ class WebhookEventHandler(EventHandler):
     """Send the event as JSON (the object :class:`JsonEventHandler` writes) to ``url``.
 
     ``url`` is a template (``https://alerts.example/{rule}``); a ``user:password@`` part
-    becomes HTTP basic authentication, and the password is never shown. The scheme (``http`` or
+    becomes HTTP basic authentication. ``str()`` and errors show only the URL's scheme, host and
+    port (:func:`eventmp.redact.redact_url`: a token in the path or query, or the userinfo,
+    shows as ``***``). The scheme (``http`` or
     ``https``), the userinfo, host and port must be the template's own text: a field before the
     ``/``, ``?`` or ``#`` that ends the host, a bad port, or a space or control character in
     the template is refused when the handler is built. Each field's text is percent-encoded
@@ -753,22 +749,22 @@ class WebhookEventHandler(EventHandler):
         self._sleep = _function(owner, "sleep", sleep)
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "url": _redact_url(self.url),
-            "timeout": self.timeout,
-            "retries": self.retries,
-            "backoff": self.backoff,
-            "headers": {
-                name: "***" if _SECRET_HEADER.search(name) else value
-                for name, value in self.headers.items()
-            },
-            "method": self.method,
-        }
+        # The URL's userinfo, path and query and secret headers' values show as ***.
+        return redact_settings(
+            {
+                "url": self.url,
+                "timeout": self.timeout,
+                "retries": self.retries,
+                "backoff": self.backoff,
+                "headers": self.headers,
+                "method": self.method,
+            }
+        )
 
     def process_event(self, event: Event) -> bool:
         # Each field percent-encoded: a value stays one path segment or query value.
         url = render_encoded(self.url, fields(event), _quote_component)
-        shown = printable(_redact_url(url))
+        shown = printable(redact_url(url))
         parts = urllib.parse.urlsplit(url)
         if (parts.scheme.lower(), parts.netloc) != self._origin:
             raise ValueError(f"webhook URL {shown!r} does not go where its template says")
@@ -784,12 +780,13 @@ class WebhookEventHandler(EventHandler):
             try:
                 request = urllib.request.Request(target, body, headers, method=self.method)
             except ValueError as exc:
-                raise WebhookError(shown, None, attempt, printable(str(exc))) from None
+                reason = _without_url(str(exc), target)
+                raise WebhookError(shown, None, attempt, printable(reason)) from None
             status, reason, again = self._attempt(opener, request)
             if status is not None and 200 <= status < 300:
                 return True
             if not again or attempt == attempts:
-                raise WebhookError(shown, status, attempt, printable(reason))
+                raise WebhookError(shown, status, attempt, printable(_without_url(reason, target)))
             self._sleep(self.backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
@@ -817,6 +814,20 @@ class WebhookEventHandler(EventHandler):
             return None, f"malformed URL: {exc}", False
         except (OSError, http.client.HTTPException) as exc:
             return None, str(exc) or type(exc).__name__, True
+
+
+def _without_url(reason: str, url: str) -> str:
+    """``reason`` with ``url``, or its path and query, replaced by ``***``: an error from the
+    HTTP client can quote them, and they may hold a token."""
+    parts = urllib.parse.urlsplit(url)
+    selector = urllib.parse.urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+    hidden = redact_url(url)
+    for text, shown in ((url, hidden), (repr(url)[1:-1], hidden)):
+        reason = reason.replace(text, shown)
+    if selector not in ("", "/"):
+        for text in (selector, repr(selector)[1:-1]):
+            reason = reason.replace(text, SECRET)
+    return reason
 
 
 def _split_credentials(url: str) -> tuple[str, str | None]:
@@ -953,7 +964,7 @@ class MailEventHandler(EventHandler):
 
     def settings(self) -> dict[str, Any]:
         shown = dict(super().settings())
-        shown["password"] = None if self._password is None else "***"
+        shown["password"] = None if self._password is None else SECRET
         return shown
 
     def message(self, event: Event) -> EmailMessage:

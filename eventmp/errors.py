@@ -259,7 +259,8 @@ class CommandTimeoutError(EventmpError, TimeoutError):
 class WebhookError(EventmpError):
     """``WebhookEventHandler`` gave up on a request.
 
-    ``url`` is the URL (any password in it replaced by ``***``), ``status`` the HTTP status of
+    ``url`` is the URL's scheme, host and port (its userinfo, path and query shown as ``***``:
+    they may hold a token), ``status`` the HTTP status of
     the last answer (None when there was none: a connection error or a timeout), ``attempts``
     how many requests were made, ``reason`` what went wrong the last time.
     """

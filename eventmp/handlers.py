@@ -17,6 +17,7 @@ from types import CodeType
 from typing import IO, Any
 
 from .event import Event
+from .redact import redact_settings
 from .templates import check, fields, printable, render_fields
 
 __all__ = [
@@ -125,7 +126,8 @@ class EventHandler:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def __str__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        # Secrets (a URL's path and userinfo, env values, a password) show as ***.
+        args = ", ".join(f"{k}={v!r}" for k, v in redact_settings(self.settings()).items())
         return f"{type(self).__name__}({args})"
 
     __repr__ = __str__

@@ -46,6 +46,8 @@ A handler is a short built-in name (``"print"``) or a table with ``type`` (a bui
 ``"module:Class"``, imported with the pipeline file's directory on ``sys.path``) and the
 handler's settings as keys. ``${NAME}`` in any string is replaced by
 the environment variable ``NAME`` (``$$`` is a literal ``$``); an unset variable is an error.
+The value is literal text: braces in it are doubled in a template setting, and an error shows
+``${NAME}`` in its place.
 Relative paths (inputs, ``state_file``, a built-in handler's ``file``) are relative to the
 pipeline file. A ``print`` handler's ``format`` (``{ type = "print", format = "{time} {ip}" }``)
 may name only fields its events have (the rule's groups, the tail's fields; see
@@ -100,6 +102,21 @@ _INPUT_KEYS = {
 }
 _RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The settings of the built-in handlers (and the dispatcher) that are templates: a value
+# substituted from ${NAME} into one has its braces doubled, so it is text, never a field.
+_TEMPLATE_SETTINGS = {
+    "print": {"format"},
+    "command": {"argv"},
+    "webhook": {"url"},
+    "mail": {"subject", "body"},
+    "count": {"key"},
+    "throttle": {"key"},
+}
+# Where a handler table stands in the document, as substitute() names places.
+_HANDLER_PLACE = re.compile(r"error_handler|rules\[\d+\]\.(?:handler|handlers\[\d+\])")
+# A substituted value shorter than this is not looked for in error messages (it would match
+# ordinary text: a digit, a word).
+_SECRET_MIN = 4
 
 
 @dataclass
@@ -176,10 +193,37 @@ class _Loader:
     def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
         self.path = path
         self.environ = environ
+        # The variables substituted so far, and their values: never printed in an error.
+        self.substituted: dict[str, str] = {}
 
     def fail(self, where: str, message: str) -> PipelineError:
         location = f"{self.path}: {where}: " if where else f"{self.path}: "
-        return PipelineError(location + message)
+        return PipelineError(self.hide_values(location + message))
+
+    def hide_values(self, message: str) -> str:
+        """``message`` with each substituted value, as any error may quote it, replaced by the
+        ``${NAME}`` it came from, and a note naming those variables."""
+        from .templates import printable
+
+        found = []
+        by_length = sorted(self.substituted.items(), key=lambda item: -len(item[1]))
+        for name, value in by_length:
+            if len(value) < _SECRET_MIN:
+                continue
+            forms: set[str] = set()
+            for text in (value, _literal(value)):
+                for shown in (text, printable(text)):
+                    forms.update((shown, repr(shown)[1:-1]))
+            hit = False
+            for form in sorted(forms, key=len, reverse=True):
+                if form in message:
+                    message = message.replace(form, f"${{{name}}}")
+                    hit = True
+            if hit:
+                found.append(f"${{{name}}}")
+        if found:
+            message += f" (after substituting {', '.join(found)})"
+        return message
 
     # -- the file -------------------------------------------------------------------------------
 
@@ -224,8 +268,12 @@ class _Loader:
             raise self.fail("rules", "at least one [[rules]] table is required")
         return pipeline
 
-    def substitute(self, value: Any, where: str) -> Any:
-        """Replace ``${NAME}`` in every string by the environment variable ``NAME``."""
+    def substitute(self, value: Any, where: str, template: bool = False) -> Any:
+        """Replace ``${NAME}`` in every string by the environment variable ``NAME``.
+
+        The TOML is parsed first, so a value is never TOML. In a template setting
+        (``template``) its braces are doubled: the value is literal text, never a field.
+        """
         if isinstance(value, str):
 
             def replace(match: re.Match[str]) -> str:
@@ -234,13 +282,23 @@ class _Loader:
                     return "$"
                 if name not in self.environ:
                     raise self.fail(where, f"environment variable {name} is not set")
-                return self.environ[name]
+                text = self.environ[name]
+                self.substituted[name] = text
+                return _literal(text) if template else text
 
             return _ENV.sub(replace, value)
         if isinstance(value, dict):
-            return {k: self.substitute(v, _join(where, k)) for k, v in value.items()}
+            templates: set[str] = set()
+            if where == "dispatcher":
+                templates = {"key"}
+            elif _HANDLER_PLACE.fullmatch(where) and isinstance(value.get("type"), str):
+                templates = _TEMPLATE_SETTINGS.get(value["type"], set())
+            return {
+                k: self.substitute(v, _join(where, k), template or k in templates)
+                for k, v in value.items()
+            }
         if isinstance(value, list):
-            return [self.substitute(v, f"{where}[{n}]") for n, v in enumerate(value, 1)]
+            return [self.substitute(v, f"{where}[{n}]", template) for n, v in enumerate(value, 1)]
         return value
 
     def table(self, document: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -599,6 +657,11 @@ def _error_fields() -> list[str]:
     from .templates import fields
 
     return _in_order(fields(Event("", None, (None, None))))
+
+
+def _literal(text: str) -> str:
+    """``text`` as a template that renders to itself: each brace doubled."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _join(where: str, key: str) -> str:

@@ -57,6 +57,7 @@ from eventmp.errors import (
     TemplateError,
     WebhookError,
 )
+from eventmp.handlers import describe_handler
 from eventmp.templates import fields
 from eventmp.testing import RecordingHandler, run_events
 
@@ -950,7 +951,7 @@ def test_webhook_does_not_retry_400(hook_server: Callable[..., HookServer]) -> N
     with pytest.raises(WebhookError) as caught:
         handler.process_event(tail_event())
     error = caught.value
-    assert (error.url, error.status, error.attempts) == (server.url + "/x", 400, 1)
+    assert (error.url, error.status, error.attempts) == (server.url + "/***", 400, 1)
     assert "answer 400" in error.reason
     assert len(server.requests) == 1
 
@@ -1010,7 +1011,7 @@ def test_webhook_credentials_in_url_become_basic_auth_and_stay_hidden(
     assert server.requests[0]["headers"]["Authorization"] == "Basic Ym90Omh1bnRlcjI="
     assert server.requests[0]["headers"]["X-Api-Key"] == "k3y"
     assert "hunter2" not in str(caught.value)
-    assert "bot:***@" in caught.value.url
+    assert caught.value.url.startswith("http://***@127.0.0.1:")  # user and password hidden
     text = str(handler)
     assert "hunter2" not in text
     assert "k3y" not in text
@@ -1073,7 +1074,8 @@ def test_webhook_error_shows_control_characters_escaped(
         handler.process_event(tail_event(named={"user": "bob\x1b]0;pwned\x07\n", "ip": "1"}))
     text = str(caught.value)
     assert text.isprintable()
-    assert "bob%1B%5D0%3Bpwned%07%0A" in text
+    assert "bob" not in text  # the path and query are not shown at all (they may hold a token)
+    assert caught.value.url == server.url + "/***"
     assert (caught.value.status, caught.value.attempts) == (500, 1)
 
 
@@ -1542,3 +1544,33 @@ def test_command_in_a_worker_does_not_inherit_ignored_sigint(tmp_path: Path) -> 
     assert run_events([Event("app", handler, 1)], timeout=WAIT, poll_interval=0.05) == []
     # Python installs its KeyboardInterrupt handler only where SIGINT was not ignored.
     assert out.read_text() == str(signal.default_int_handler)
+
+
+# == secrets =====================================================================================
+
+
+def test_webhook_failure_and_str_show_no_token_nor_url_password(
+    hook_server: Callable[..., HookServer],
+) -> None:
+    """A webhook that fails shows only the scheme, host and port of its URL, never a token."""
+    server = hook_server([500])
+    host = server.url.removeprefix("http://")
+    url = f"http://alice:p@ss-SECRET@{host}/hook/TOKEN-123?k=TOKEN-123&r={{rule}}"
+    handler = WebhookEventHandler(url, retries=0, headers={"X-Api-Key": "KEY-456"})
+    with pytest.raises(WebhookError) as info:
+        handler.process_event(tail_event())
+    assert server.requests[0]["path"] == "/hook/TOKEN-123?k=TOKEN-123&r=ssh-failure"
+    for shown in (str(info.value), info.value.url, str(handler), describe_handler(handler)):
+        assert "TOKEN-123" not in shown and "p@ss" not in shown and "alice" not in shown
+        assert "KEY-456" not in shown
+    assert info.value.url == f"http://***@{host}/***"
+    assert f"WebhookEventHandler(url='http://***@{host}/***'" in str(handler)
+
+
+def test_command_and_mail_str_hide_env_values_and_the_password() -> None:
+    """A command's env values and a mail password show as *** (the variable names stay)."""
+    command = CommandEventHandler(["true"], env={"API_KEY": "ENV-SECRET-789"})
+    assert "ENV-SECRET-789" not in str(command)
+    assert "env={'API_KEY': '***'}" in str(command)
+    mail = MailEventHandler("ops@example.com", username="u", password="MAIL-PW-321")
+    assert "MAIL-PW-321" not in str(mail) and "password='***'" in str(mail)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import http.server
 import io
 import itertools
 import json
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -875,3 +877,145 @@ def test_sighup_in_follow_mode_drains_and_saves_the_checkpoint(tmp_path: Path) -
     state = json.loads((tmp_path / "app.state").read_text())
     (entry,) = state["files"].values()
     assert entry["offset"] == log.stat().st_size
+
+
+# == secrets =====================================================================================
+
+TOKEN = "TOKEN-5ecret-42"
+
+
+def eventmp_with_env(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    return subprocess.run(
+        [sys.executable, "-m", "eventmp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **environ},
+    )
+
+
+SECRETS = """
+[[inputs]]
+paths = ["a.log"]
+
+[[rules]]
+name = "hook"
+regex = '(?P<w>x)'
+handlers = [
+  { type = "command", argv = ["true"], env = { API_KEY = "${HOOK_TOKEN}", MODE = "plain-9" } },
+  { type = "webhook", url = "https://alice:p@ss@hooks.example.com/${HOOK_TOKEN}?k=${HOOK_TOKEN}" },
+]
+"""
+
+
+def test_check_never_prints_a_url_token_or_password(tmp_path: Path) -> None:
+    """`eventmp check` shows a webhook URL as scheme and host only: no token, no p@ss."""
+    pipeline = pipeline_file(tmp_path, SECRETS)
+    result = eventmp_with_env("check", str(pipeline), HOOK_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert TOKEN not in output and "p@ss" not in output and "alice" not in output
+    assert "url='https://***@hooks.example.com/***'" in output
+
+
+def test_check_never_prints_a_command_env_value(tmp_path: Path) -> None:
+    """`eventmp check` names a command's env variables but shows none of their values."""
+    pipeline = pipeline_file(tmp_path, SECRETS)
+    result = eventmp_with_env("check", str(pipeline), HOOK_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout and "plain-9" not in result.stdout
+    assert "env={'API_KEY': '***', 'MODE': '***'}" in result.stdout
+
+
+class FailingHook:
+    """An HTTP server on 127.0.0.1 that answers 500 to every request and records its paths."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hook.paths.append(self.path)
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(WAIT)
+
+
+def test_a_failing_webhook_logs_and_sums_up_without_the_token(tmp_path: Path) -> None:
+    """A webhook answered with 500 is logged, summed up and recorded without its URL's token."""
+    hook = FailingHook()
+    try:
+        pipeline_file(
+            tmp_path,
+            f"""
+            [[inputs]]
+            paths = ["a.log"]
+            start_at = "beginning"
+
+            [error_handler]
+            type = "json"
+            file = "errors.jsonl"
+
+            [[rules]]
+            regex = '(?P<w>x)'
+            handler = {{ type = "webhook", url = "{hook.origin}/h/${{HOOK_TOKEN}}", retries = 0 }}
+            """,
+        )
+        append(tmp_path / "a.log", "x")
+        result = eventmp_with_env(
+            "run", "--once", str(tmp_path / "pipeline.toml"), HOOK_TOKEN=TOKEN
+        )
+    finally:
+        hook.close()
+    assert hook.paths == [f"/h/{TOKEN}"], "the token was sent"
+    assert result.returncode == 1, result.stderr
+    assert "failed: WebhookError: webhook " in result.stderr
+    assert "1 x WebhookError in WebhookEventHandler(" in result.stderr
+    assert f"{hook.origin}/***" in result.stderr
+    errors = (tmp_path / "errors.jsonl").read_text()
+    assert "WebhookEventHandler" in errors
+    assert TOKEN not in result.stdout + result.stderr + errors
+
+
+def test_a_substituted_value_with_braces_is_written_literally(tmp_path: Path) -> None:
+    """${TOKEN} = 'a{line}b' in a print format is written as it is, never filled as a field."""
+    pipeline_file(
+        tmp_path,
+        """
+        [[inputs]]
+        paths = ["a.log"]
+        start_at = "beginning"
+
+        [[rules]]
+        regex = '(?P<w>x)'
+        handler = { type = "print", file = "out.txt", format = "${TOKEN} {w}" }
+        """,
+    )
+    append(tmp_path / "a.log", "x")
+    for token in ("a{line}b", "x{"):
+        result = eventmp_with_env("run", "--once", str(tmp_path / "pipeline.toml"), TOKEN=token)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out.txt").read_text() == f"{token} x\n"
+        (tmp_path / "out.txt").unlink()
+        (tmp_path / "pipeline.state").unlink(missing_ok=True)

@@ -428,3 +428,52 @@ def test_checked_fields_are_those_of_a_real_tail_event(tmp_path: Path) -> None:
         tail.stop()
     assert len(events) == 1
     assert sorted(_tail_fields(regex)) == sorted(fields(events[0]))
+
+
+SECRET_FORMAT = """
+[[inputs]]
+path = "a.log"
+[[rules]]
+regex = '(?P<user>\\w+)'
+handlers = [{ type = "print", format = "${TOKEN} {user}" }]
+"""
+
+
+@pytest.mark.parametrize("token", ["a{line}b", "x{", "}{{}"])
+def test_a_substituted_value_is_literal_text_in_a_template(tmp_path: Path, token: str) -> None:
+    """A ${NAME} value holding braces loads, and renders as itself, never as a field."""
+    from eventmp.templates import render_fields
+
+    pipeline = load(tmp_path, SECRET_FORMAT, TOKEN=token)
+    handler = pipeline.rules[0].handler
+    assert isinstance(handler, PrintEventHandler) and handler.format is not None
+    assert render_fields(handler.format, {"user": "root", "line": "L"}) == f"{token} root"
+
+
+def test_a_substituted_value_stays_as_it_is_outside_templates(tmp_path: Path) -> None:
+    """Braces are doubled only in template settings: a command's env value keeps its text."""
+    text = """
+    [[inputs]]
+    path = "a.log"
+    [[rules]]
+    regex = 'x'
+    handler = { type = "command", argv = ["echo", "${TOKEN}"], env = { T = "${TOKEN}" } }
+    """
+    handler = load(tmp_path, text, TOKEN="p{w}").rules[0].handler
+    assert handler.env == {"T": "p{w}"}
+    assert handler.arguments({}) == ["echo", "p{w}"]
+
+
+def test_an_error_names_the_variable_never_its_value(tmp_path: Path) -> None:
+    """A value that still makes loading fail is named as ${TOKEN} in the error, never shown."""
+    text = """
+    [[inputs]]
+    path = "a.log"
+    [[rules]]
+    name = "r-${TOKEN}"
+    regex = 'x'
+    handler = { type = "webhook", url = "https://hooks.example.com/${TOKEN}" }
+    """
+    message = error_of(tmp_path, text, TOKEN="sec ret{\x1b")
+    assert "sec ret" not in message and "sec\\x20ret" not in message and "ret{" not in message
+    assert "url" in message and "after substituting ${TOKEN}" in message
