@@ -70,7 +70,7 @@ from typing import Any
 
 from .errors import EventmpError, PipelineError
 from .event import Event
-from .handlers import ChainEventHandler, ExecEventHandler, PrintEventHandler
+from .handlers import ChainEventHandler, ExecEventHandler
 from .tail import DEFAULT_MAX_LINE_BYTES, check_encoding
 from .units import parse_bool, parse_duration, parse_size
 
@@ -112,6 +112,18 @@ _TEMPLATE_SETTINGS = {
     "count": {"key"},
     "throttle": {"key"},
 }
+# The settings of the built-in handlers that name event fields, checked against the fields a
+# rule's events have: templates, lists of templates (argv), and lists of names (_FIELD_LISTS).
+_FIELD_SETTINGS = {
+    "print": ("format",),
+    "json": ("fields",),
+    "command": ("argv", "env_fields"),
+    "webhook": ("url",),
+    "mail": ("subject", "body"),
+    "count": ("key",),
+    "throttle": ("key",),
+}
+_FIELD_LISTS = {"fields", "env_fields"}
 # Where a handler table stands in the document, as substitute() names places.
 _HANDLER_PLACE = re.compile(r"error_handler|rules\[\d+\]\.(?:handler|handlers\[\d+\])")
 # A substituted value shorter than this is not looked for in error messages (it would match
@@ -513,29 +525,43 @@ class _Loader:
         return builtins[type_name]
 
     def check_fields(self, handlers: list[Any], places: list[str], available: list[str]) -> None:
-        """A ``print`` handler's ``format`` may name only fields its events will have.
+        """Every field a built-in handler's templates and field lists name must exist.
 
         The fields are known before anything runs: those of a rule's events follow from its
-        regex, those of an error event are fixed. An ``exec`` handler or one of the user's own
-        earlier in a chain may add fields to the event it is given, so the check stops there.
+        regex, those of an error event are fixed. A template naming another field would fail
+        every event at run time. An ``exec`` handler or one of the user's own earlier in a
+        chain may add fields to the event it is given, so the check stops there.
         """
         from .templates import names
 
-        leave_data_alone = tuple(
-            cls for cls in _builtin_handlers().values() if not issubclass(cls, ExecEventHandler)
-        )
+        builtins = {cls: type_name for type_name, cls in _builtin_handlers().items()}
         for handler, place in zip(handlers, places, strict=True):
-            if not isinstance(handler, leave_data_alone):
+            type_name = builtins.get(type(handler))
+            if type_name is None or isinstance(handler, ExecEventHandler):
                 return
-            if not isinstance(handler, PrintEventHandler) or handler.format is None:
-                continue
-            for name in names(handler.format):
-                if name not in available:
-                    raise self.fail(
-                        f"{place}.format",
-                        f"the template {handler.format!r} names {{{name}}}, a field these "
-                        f"events do not have; available: {', '.join(available)}",
-                    )
+            for setting in _FIELD_SETTINGS.get(type_name, ()):
+                value = getattr(handler, setting, None)
+                if value is None:
+                    continue
+                if setting in _FIELD_LISTS:
+                    used = [(f"{place}.{setting}", name, None) for name in value]
+                elif isinstance(value, str):
+                    used = [(f"{place}.{setting}", name, value) for name in names(value)]
+                else:  # a list of templates: command's argv
+                    used = [
+                        (f"{place}.{setting}[{n}]", name, template)
+                        for n, template in enumerate(value, 1)
+                        for name in names(template)
+                    ]
+                for where, name, template in used:
+                    if name not in available:
+                        named = "names" if template is None else f"{template!r} names"
+                        what = "the list" if template is None else "the template"
+                        raise self.fail(
+                            where,
+                            f"{what} {named} {{{name}}}, a field these events do not have; "
+                            f"available: {', '.join(available)}",
+                        )
 
     # -- values ---------------------------------------------------------------------------------
 

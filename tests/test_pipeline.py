@@ -477,3 +477,37 @@ def test_an_error_names_the_variable_never_its_value(tmp_path: Path) -> None:
     message = error_of(tmp_path, text, TOKEN="sec ret{\x1b")
     assert "sec ret" not in message and "sec\\x20ret" not in message and "ret{" not in message
     assert "url" in message and "after substituting ${TOKEN}" in message
+
+
+RULE_WITH_USER = "[[inputs]]\npath='a.log'\n[[rules]]\nregex='for (?P<user>\\S+)'\n"
+
+
+@pytest.mark.parametrize(
+    ("handler", "where", "names"),
+    [
+        ("{type='webhook', url='http://h.example/ban?u={usr}'}", "handler[1].url", "{usr}"),
+        ("{type='mail', to='ops@example.com', subject='{usr}'}", "handler[1].subject", "{usr}"),
+        ("{type='mail', to='ops@example.com', body='x {ip}'}", "handler[1].body", "{ip}"),
+        ("{type='command', argv=['ban', '{usr}']}", "handler[1].argv[2]", "{usr}"),
+        ("{type='command', argv=['ban'], env_fields=['ip']}", "handler[1].env_fields", "{ip}"),
+        ("{type='json', fields=['user', 'ip']}", "handler[1].fields", "{ip}"),
+        ("{type='count', count=3, window='1m', key='{ip}'}", "handler[1].key", "{ip}"),
+        ("{type='throttle', limit=1, key='{usr}'}", "handler[1].key", "{usr}"),
+    ],
+)
+def test_check_refuses_a_field_the_rule_cannot_produce(
+    tmp_path: Path, handler: str, where: str, names: str
+) -> None:
+    """Any built-in handler's template or field list naming a missing field is a load error."""
+    message = error_of(tmp_path, RULE_WITH_USER + f"handler={handler}\n")
+    assert f": rules[1].{where}: " in message, message
+    assert names in message and "available: " in message and "user" in message, message
+
+
+def test_fields_after_an_exec_link_are_not_checked(tmp_path: Path) -> None:
+    """An exec handler earlier in a chain may add fields, so the links after it load."""
+    text = RULE_WITH_USER + (
+        'handlers=[{type=\'exec\', command=\'event.data["named"]["ip"] = "1"\'},'
+        " {type='json', fields=['ip']}]\n"
+    )
+    assert len(load(tmp_path, text).rules) == 1
