@@ -543,6 +543,8 @@ class _Loader:
                 value = getattr(handler, setting, None)
                 if value is None:
                     continue
+                # (where, the field named, the template naming it or None for a list of names)
+                used: list[tuple[str, str, str | None]]
                 if setting in _FIELD_LISTS:
                     used = [(f"{place}.{setting}", name, None) for name in value]
                 elif isinstance(value, str):
