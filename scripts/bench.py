@@ -1673,6 +1673,31 @@ def kill_group(process: subprocess.Popen[Any]) -> None:
         process.wait(10)
 
 
+def run_in_session(
+    command: list[str], limit: float, **options: Any
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``command`` in a session of its own for at most ``limit`` s: its result and seconds.
+
+    On a timeout the whole session is killed and :class:`subprocess.TimeoutExpired` raised.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **options,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    finally:
+        if process.poll() is None:
+            kill_group(process)
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return result, time.perf_counter() - start
+
+
 class RssSampler:
     """Samples one process's RSS every :data:`RSS_SAMPLE_PERIOD` in a thread; keeps the peak."""
 
@@ -1740,26 +1765,13 @@ def log_grep(log_file: LogFile, limit: float, locale: str | None) -> dict[str, A
     """``grep -cE`` with ``LC_ALL=locale`` (None: the inherited environment)."""
     command = ["grep", "-cE", LOG_PATTERN, log_file.path]
     env = {**os.environ, "LC_ALL": locale} if locale is not None else None
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=limit)
+        result, elapsed = run_in_session(command, limit, env=env)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"grep -cE did not finish within {limit:g} s") from exc
-    finally:
-        if process.poll() is None:
-            kill_group(process)
-    elapsed = time.perf_counter() - start
-    if process.returncode != 0:
-        raise BenchError(f"grep exited with {process.returncode}: {stderr.strip()}")
-    found = int(stdout.strip())
+    if result.returncode != 0:
+        raise BenchError(f"grep exited with {result.returncode}: {result.stderr.strip()}")
+    found = int(result.stdout.strip())
     if found != log_file.matches:
         raise BenchError(f"grep -cE counted {found:,} lines, {log_file.matches:,} were generated")
     return {**log_rates(log_file, elapsed), "matches": found, "locale": locale or "inherited"}
@@ -1769,29 +1781,17 @@ def log_naive(log_file: LogFile, tmp: Path, limit: float) -> dict[str, Any]:
     out = tmp / "naive-out.jsonl"
     out.unlink(missing_ok=True)
     command = [sys.executable, "-c", NAIVE_LOOP, log_file.path, LOG_PATTERN, str(out)]
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=limit)
-        elapsed = time.perf_counter() - start
-        if process.returncode != 0:
-            tail = " | ".join(stderr.strip().splitlines()[-3:])
-            raise BenchError(f"the naive loop exited with {process.returncode}: {tail}")
-        printed, written = int(stdout.strip()), count_lines(out)
+        result, elapsed = run_in_session(command, limit, cwd=tmp)
+        if result.returncode != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+            raise BenchError(f"the naive loop exited with {result.returncode}: {tail}")
+        printed, written = int(result.stdout.strip()), count_lines(out)
     except subprocess.TimeoutExpired as exc:
         raise too_slow(
             "the naive loop", limit, count_lines(out), log_file.matches, log_file
         ) from exc
     finally:
-        if process.poll() is None:
-            kill_group(process)
         out.unlink(missing_ok=True)
     if printed != log_file.matches or written != log_file.matches:
         raise BenchError(

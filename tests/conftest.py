@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import multiprocessing
@@ -159,3 +160,19 @@ class LineRecorder:
             return []
         data = [json.loads(line) for line in lines]
         return [tuple(item) if isinstance(item, list) else item for item in data]
+
+
+@contextlib.contextmanager
+def time_zone(spec: str) -> Iterator[None]:
+    """Run the body with the process's local time zone set by a POSIX TZ string."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = spec
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()

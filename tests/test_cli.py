@@ -18,11 +18,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import time_zone
 
 import eventmp
 from eventmp import cli
@@ -601,22 +602,6 @@ def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
 
 
 # == log lines: ISO 8601 with the UTC offset ======================================================
-
-
-@contextlib.contextmanager
-def time_zone(spec: str) -> Iterator[None]:
-    """Run the body with the process's local time zone set by a POSIX TZ string."""
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = spec
-    time.tzset()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = saved
-        time.tzset()
 
 
 def test_log_formatter_writes_iso_8601_with_milliseconds_and_offset() -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import dill
 import pytest
+from conftest import time_zone
 
 from eventmp import Event, EventmpError
 from eventmp.errors import TemplateError
@@ -293,22 +290,6 @@ def test_render_fields_escape_before_padding() -> None:
 def test_render_fields_without_escape_is_unchanged() -> None:
     """Without escape=, field values are written as they are (the json and command handlers)."""
     assert render_fields("{line}", {"line": "a\nb"}) == "a\nb"
-
-
-@contextlib.contextmanager
-def time_zone(spec: str) -> Iterator[None]:
-    """Run the body with the process's local time zone set by a POSIX TZ string."""
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = spec
-    time.tzset()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = saved
-        time.tzset()
 
 
 def test_time_field_is_unambiguous_across_a_dst_change() -> None:
