@@ -1,0 +1,456 @@
+"""What ``eventmp run`` tells its operator: log lines, the status line, stats and the summary.
+
+Parent-side. The figures come from two places: the dispatcher's counters
+(:meth:`~eventmp.dispatcher.EventDispatcher.stats`) and the command's own :class:`Counts`,
+which the command's input set keeps per rule and per input from the events its tails return
+and the outcomes the dispatcher reports back. The same figures go out in two forms: lines for
+people (``human``) and one JSON object per line for log shippers (``json``, schema in
+docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TextIO
+
+from .dispatcher import DispatcherStats, EventDispatcher
+from .event import Event
+from .handlers import call_handler, describe_handler
+
+__all__ = [
+    "STATS_SCHEMA",
+    "Counts",
+    "FailureSummary",
+    "LogFormatter",
+    "RateMeter",
+    "StatusReporter",
+    "Tally",
+    "stats_record",
+    "summary_text",
+    "timestamp",
+]
+
+logger = logging.getLogger("eventmp")
+
+STATS_SCHEMA = 1
+"""The version of the JSON stats objects; it changes only when a key changes meaning or goes."""
+
+
+def timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 local time with milliseconds and the UTC offset:
+    ``2026-11-29T17:03:57.123+01:00``.
+
+    The offset makes a line mean one instant wherever it is read and whatever the host's time
+    zone, and it sorts and parses (``datetime.fromisoformat``) as it is. Milliseconds because
+    a failure's warning, the stats line and the events behind them come many to a second: a
+    log watcher (eventmp itself, with the ``time`` field of its templates, which has the same
+    form) can order them and match a warning with the handler output it is about.
+    """
+    # From UTC, not from a naive local time: in the hour a DST change repeats, that is ambiguous.
+    return datetime.fromtimestamp(seconds, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+class LogFormatter(logging.Formatter):
+    """The command's log lines: ``2026-11-29T17:03:57.123+01:00 eventmp WARNING: message``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return timestamp(record.created)
+
+
+# == counting ====================================================================================
+
+
+@dataclass
+class Tally:
+    """Events of one rule or one input: made from a matching line, and their outcomes."""
+
+    matches: int = 0
+    processed: int = 0
+    failed: int = 0
+
+
+class Counts:
+    """Per rule and per input, the events accepted and their outcomes.
+
+    A log tail's event names its rule and input in ``data["rule"]`` and ``data["input"]``, so
+    the command counts them where it sees them go by (the events a poll returns, the outcomes
+    the dispatcher reports), without the dispatcher's help. Called from the dispatcher thread,
+    read from the status thread: a lock keeps the snapshots whole.
+    """
+
+    def __init__(self) -> None:
+        self.rules: dict[str, Tally] = {}
+        self.inputs: dict[str, Tally] = {}
+        self._lock = threading.Lock()
+
+    def declare(self, rules: Iterable[str], inputs: Iterable[str]) -> None:
+        """Show these rules and inputs even while they match nothing (a dead rule is news)."""
+        with self._lock:
+            for name in rules:
+                self.rules.setdefault(name, Tally())
+            for name in inputs:
+                self.inputs.setdefault(name, Tally())
+
+    def matched(self, events: Iterable[Event]) -> None:
+        with self._lock:
+            for event in events:
+                for tally in self._tallies(event):
+                    tally.matches += 1
+
+    def settled(self, event: Event, exception: BaseException | None) -> None:
+        with self._lock:
+            for tally in self._tallies(event):
+                if exception is None:
+                    tally.processed += 1
+                else:
+                    tally.failed += 1
+
+    def _tallies(self, event: Event) -> list[Tally]:
+        data = event.data
+        if not isinstance(data, dict):
+            return []
+        return [
+            table.setdefault(str(data[key]), Tally())
+            for key, table in (("rule", self.rules), ("input", self.inputs))
+            if key in data
+        ]
+
+    def snapshot(self) -> tuple[dict[str, Tally], dict[str, Tally]]:
+        """Copies of the per-rule and per-input tallies."""
+        with self._lock:
+            return (
+                {name: Tally(**asdict(t)) for name, t in self.rules.items()},
+                {name: Tally(**asdict(t)) for name, t in self.inputs.items()},
+            )
+
+
+class Progress(Protocol):
+    """What the reporters read of the inputs (the command's input set)."""
+
+    counts: Counts
+
+    @property
+    def lines_read(self) -> int: ...
+
+    @property
+    def bytes_read(self) -> int: ...
+
+    @property
+    def bytes_total(self) -> int: ...
+
+    def input_progress(self) -> dict[str, tuple[int, int]]: ...
+
+
+class FailureSummary:
+    """The command's error handler: counts failures by handler and error class, logs each one,
+    then passes the error event on to the pipeline's own error handler, if any.
+
+    ``then`` may be replaced while the command runs (a reload brings a new error handler).
+    """
+
+    def __init__(self, then: Any = None) -> None:
+        self.then = then
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def process_event(self, event: Event) -> bool:
+        exception, original = event.data
+        where = _where(original)
+        handler = (
+            describe_handler(original.handler) if original is not None else str(event.originator)
+        )
+        self.counts[(handler, type(exception).__name__)] += 1
+        logger.warning("%s failed: %s: %s", where, type(exception).__name__, exception)
+        then = self.then
+        if then is not None:
+            call_handler(then, Event(event.originator, then, event.data, event.timestamp))
+        return True
+
+    def lines(self) -> list[str]:
+        return [
+            f"{count} x {error} in {handler}"
+            for (handler, error), count in self.counts.most_common()
+        ]
+
+
+def _where(event: Event | None) -> str:
+    if event is None:
+        return "input"
+    data = event.data
+    if isinstance(data, dict) and "file" in data:
+        return f"rule {data.get('rule')!s} on {data['file']}:{data.get('line_number')}"
+    return f"event {data!r}"[:200]
+
+
+# == rates =======================================================================================
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds, from samples of a running count.
+
+    Events come in bursts (a tail reads what a poll found, a worker settles a batch), so the
+    rate between two status lines half a second apart jumps between 0 and thousands. Averaged
+    over a few seconds it reads steadily: :meth:`update` divides the events done since the
+    newest sample at least ``window`` old (or the oldest sample, early on) by the time since.
+    A steady flow shows its rate; a burst of N events shows as N over the window and is gone
+    once it is a window old; with nothing done for a window, the rate is exactly 0. Samples
+    further apart than the window (a stats line a minute) give the rate since the previous one.
+    Pure: the caller gives the time, so tests need no clock.
+    """
+
+    def __init__(self, window: float = 5.0) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be more than 0 seconds, got {window!r}")
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, now: float, count: int) -> float:
+        """Record that ``count`` events were done by ``now`` (seconds); the rate per second."""
+        samples = self._samples
+        samples.append((now, count))
+        horizon = now - self.window
+        # Keep one sample at or before the horizon, the base of a full window.
+        while len(samples) > 1 and samples[1][0] <= horizon:
+            samples.popleft()
+        then, before = samples[0]
+        if now <= then:
+            return 0.0
+        return max(count - before, 0) / (now - then)
+
+
+@dataclass
+class Rates:
+    """Lines, bytes and events (with an outcome) per second."""
+
+    lines: float
+    bytes: float
+    events: float
+
+
+class _Meters:
+    """One :class:`RateMeter` per figure, updated together."""
+
+    def __init__(self, now: float) -> None:
+        self._meters = (RateMeter(), RateMeter(), RateMeter())
+        for meter in self._meters:
+            meter.update(now, 0)
+
+    def update(self, now: float, lines: int, read: int, done: int) -> Rates:
+        meters = self._meters
+        return Rates(
+            meters[0].update(now, lines), meters[1].update(now, read), meters[2].update(now, done)
+        )
+
+
+# == the status line and the stats objects =======================================================
+
+
+class StatusReporter:
+    """A live status line on a terminal, or a periodic stats line (or JSON object) when not.
+
+    ``format`` is ``"human"`` or ``"json"``; a JSON object is never a live line.
+    """
+
+    def __init__(
+        self,
+        dispatcher: EventDispatcher,
+        inputs: Progress,
+        *,
+        stream: TextIO,
+        interactive: bool,
+        interval: float,
+        progress: bool,
+        format: str = "human",
+        started: float | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.inputs = inputs
+        self.stream = stream
+        self.format = format
+        self.interactive = interactive and format == "human"
+        self.interval = 0.5 if self.interactive else interval
+        self.progress = progress
+        self.started = time.monotonic() if started is None else started
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="eventmp-status", daemon=True)
+        self._meters = _Meters(time.monotonic())
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        if self.interactive and self.interval > 0:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.format == "json":
+                self.stream.write(json.dumps(self.record()) + "\n")
+            elif self.interactive:
+                self.stream.write("\r\x1b[K" + self.line())
+            else:
+                self.stream.write(f"{timestamp(time.time())} eventmp stats: {self.line()}\n")
+            self.stream.flush()
+
+    def _rates(self, stats: DispatcherStats) -> Rates:
+        inputs = self.inputs
+        return self._meters.update(
+            time.monotonic(),
+            inputs.lines_read,
+            inputs.bytes_read,
+            stats.processed + stats.failed,
+        )
+
+    def line(self) -> str:
+        stats = self.dispatcher.stats()
+        rates = self._rates(stats)
+        rss = max(stats.worker_rss, default=0)
+        parts = [
+            f"{rates.lines:,.0f} lines/s",
+            f"{rates.bytes / 1e6:,.1f} MB/s",
+            f"{rates.events:,.0f} ev/s",
+            f"pending {stats.pending:,}",
+            f"processed {stats.processed:,}",
+            f"failed {stats.failed:,}",
+            f"restarts {stats.worker_restarts}",
+            f"worker rss {rss / 1e6:,.0f} MB",
+        ]
+        if self.progress:
+            parts.insert(0, _progress_bar(self.inputs))
+        if not self.interactive:  # a terminal line stays one line wide
+            rules, _inputs = self.inputs.counts.snapshot()
+            parts.append("rules " + _rules_text(rules))
+        return " | ".join(parts)
+
+    def record(self) -> dict[str, Any]:
+        """One stats object (``"type": "stats"``), rates since the previous one."""
+        stats = self.dispatcher.stats()
+        return stats_record(
+            "stats", stats, self.inputs, self._rates(stats), time.monotonic() - self.started
+        )
+
+
+def stats_record(
+    kind: str,
+    stats: DispatcherStats,
+    inputs: Progress,
+    rates: Rates | None,
+    seconds: float,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON stats object of the schema docs/operations.md describes.
+
+    ``rates`` None: the averages over the whole run (for the final object).
+    """
+    if rates is None:
+        elapsed = max(seconds, 1e-9)
+        rates = Rates(
+            inputs.lines_read / elapsed,
+            inputs.bytes_read / elapsed,
+            (stats.processed + stats.failed) / elapsed,
+        )
+    rules, tallies = inputs.counts.snapshot()
+    progress = inputs.input_progress()
+    per_input: dict[str, dict[str, int]] = {}
+    for name in dict.fromkeys([*tallies, *progress]):
+        lines, read = progress.get(name, (0, 0))
+        per_input[name] = {"lines": lines, "bytes": read, **asdict(tallies.get(name, Tally()))}
+    record: dict[str, Any] = {
+        "schema": STATS_SCHEMA,
+        "type": kind,
+        "time": timestamp(time.time()),
+        "elapsed_s": round(seconds, 3),
+        "lines": inputs.lines_read,
+        "bytes": inputs.bytes_read,
+        "bytes_total": inputs.bytes_total,
+        "events": {
+            "accepted": stats.accepted,
+            "pending": stats.pending,
+            "processed": stats.processed,
+            "failed": stats.failed,
+            "abandoned": stats.abandoned,
+        },
+        "rates": {
+            "lines_per_s": round(rates.lines, 3),
+            "bytes_per_s": round(rates.bytes, 3),
+            "events_per_s": round(rates.events, 3),
+        },
+        "workers": {
+            "restarts": stats.worker_restarts,
+            "recycles": stats.worker_recycles,
+            "rss_max_bytes": max(stats.worker_rss, default=0),
+        },
+        "rules": {name: asdict(tally) for name, tally in rules.items()},
+        "inputs": per_input,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def _rules_text(rules: Mapping[str, Tally]) -> str:
+    return "; ".join(
+        f"{name}: {t.matches:,} matched, {t.processed:,} processed, {t.failed:,} failed"
+        for name, t in rules.items()
+    )
+
+
+def _progress_bar(inputs: Progress, width: int = 20) -> str:
+    read = inputs.bytes_read
+    total = inputs.bytes_total
+    fraction = min(read / total, 1.0) if total else 1.0
+    filled = int(fraction * width)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
+        f"{read / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+    )
+
+
+def summary_text(
+    stats: DispatcherStats,
+    inputs: Progress,
+    failures: FailureSummary,
+    seconds: float,
+    *,
+    missing: list[str],
+    slow_lines: Callable[[], dict[str, int]] | None = None,
+) -> str:
+    """The paragraph ``eventmp run`` ends with (the human form of the final stats)."""
+    lines = inputs.lines_read
+    read = inputs.bytes_read
+    elapsed = max(seconds, 1e-9)
+    text = (
+        f"eventmp: read {lines:,} lines ({read / 1e6:,.1f} MB) in {seconds:,.1f} s "
+        f"({lines / elapsed:,.0f} lines/s, {read / 1e6 / elapsed:,.1f} MB/s); "
+        f"{stats.accepted:,} events: {stats.processed:,} processed, {stats.failed:,} failed"
+    )
+    if stats.abandoned:
+        text += f" ({stats.abandoned:,} abandoned)"
+    text += f"; {stats.worker_restarts} worker restarts."
+    rules, _inputs = inputs.counts.snapshot()
+    if rules:
+        text += f" Rules {_rules_text(rules)}."
+    slow = slow_lines() if slow_lines is not None else {}
+    if any(slow.values()):
+        text += " Slow lines: " + ", ".join(f"rule {n}: {c:,}" for n, c in slow.items() if c)
+        text += "."
+    if failures.counts:
+        text += " Failures: " + "; ".join(failures.lines()) + "."
+    if missing:
+        # Said here too: -q hides the warning, and this is why `run --once` exits 1.
+        text += f" No file matched input {', '.join(missing)}."
+    return text

@@ -1,0 +1,295 @@
+"""eventmp.runner: `eventmp run` under signals (reload, start-up), a real subprocess, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from test_cli import WAIT, append, jsonl, pipeline_file, wait_until
+
+from eventmp.pipeline import load_pipeline
+from eventmp.runner import restart_settings
+
+# No state_file and start_at = "beginning": a reload that built its tails naively would read
+# the whole file again; one that started them at the end would skip what came meanwhile.
+RELOAD_V1 = """
+[dispatcher]
+poll_interval = "20ms"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+start_at = "beginning"
+rescan_interval = "100ms"
+
+[[rules]]
+name = "error"
+regex = 'ERROR (?P<n>\\d+)'
+handler = { type = "json", file = "seen.jsonl", fields = ["rule", "line_number", "n"] }
+"""
+
+RELOAD_V2 = (
+    RELOAD_V1.replace('poll_interval = "20ms"', 'poll_interval = "20ms"\nworkers = 2')
+    + """
+[[rules]]
+name = "warn"
+regex = 'WARN (?P<n>\\d+)'
+handler = { type = "json", file = "seen.jsonl", fields = ["rule", "line_number", "n"] }
+"""
+)
+
+
+class Command:
+    """`eventmp run` in its own session, its stderr read line by line as it comes."""
+
+    def __init__(self, pipeline: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eventmp", "run", str(pipeline), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
+
+    def saw(self, text: str) -> bool:
+        return text in self.err
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait(self) -> int:
+        try:
+            status = self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            raise
+        self._reader.join(10)
+        return status
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+class Writer:
+    """Appends "ERROR n" and "WARN n" lines to a log until stopped; counts what it wrote."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.written = 0  # lines; line k (from 1) is ERROR k if odd, WARN k if even
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        while not self._stop.wait(0.002):
+            number = self.written + 1
+            append(self.log, f"{'ERROR' if number % 2 else 'WARN'} {number}")
+            self.written = number
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(WAIT)
+        return self.written
+
+
+def test_sighup_reload_adds_a_rule_without_skipping_or_repeating_a_line(tmp_path: Path) -> None:
+    """A SIGHUP reload under a steady stream of lines adds a rule: every line is read once."""
+    pipeline = pipeline_file(tmp_path, RELOAD_V1)
+    log = tmp_path / "app.log"
+    log.touch()
+    seen = tmp_path / "seen.jsonl"
+    command = Command(pipeline)
+    writer = Writer(log)
+    try:
+        assert wait_until(lambda: len(jsonl(seen)) >= 20)
+        pipeline.write_text(textwrap.dedent(RELOAD_V2))
+        before_reload = writer.written
+        command.signal(signal.SIGHUP)
+        assert wait_until(lambda: command.saw("reloaded "))
+        after_reload = writer.written
+        assert wait_until(lambda: writer.written >= after_reload + 40)
+        written = writer.stop()
+        errors = (written + 1) // 2
+        assert wait_until(lambda: sum(r["rule"] == "error" for r in jsonl(seen)) >= errors)
+        assert wait_until(lambda: any(r["line_number"] == written for r in jsonl(seen)))
+    finally:
+        writer.stop()
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    records = jsonl(seen)
+    # Each line's number is its n: one record per line and rule, no line read twice.
+    assert all(r["line_number"] == int(str(r["n"])) for r in records)
+    lines = Counter(int(str(r["line_number"])) for r in records)
+    assert max(lines.values()) == 1, command.err
+    error_lines = {n for n in lines if n % 2}
+    assert error_lines == set(range(1, written + 1, 2)), "an ERROR line was skipped"
+    warn_lines = {n for n in lines if not n % 2}
+    assert warn_lines, "the added rule matched nothing"
+    assert min(warn_lines) > before_reload, "a line read before the reload was read again"
+    assert set(range(after_reload + 1, written + 1)) - error_lines <= warn_lines
+    assert "dispatcher.workers changed" in command.err
+    assert "needs a restart" in command.err
+
+
+def test_a_bad_reload_keeps_the_running_pipeline_and_names_file_and_key(tmp_path: Path) -> None:
+    """A SIGHUP with a broken file logs the file and key, and the old pipeline runs on."""
+    pipeline = pipeline_file(tmp_path, RELOAD_V1)
+    log = tmp_path / "app.log"
+    append(log, "ERROR 1")
+    seen = tmp_path / "seen.jsonl"
+    command = Command(pipeline)
+    try:
+        assert wait_until(lambda: len(jsonl(seen)) == 1)
+        broken = RELOAD_V2.replace("'WARN (?P<n>\\d+)'", "'WARN (?P<n>\\d+'")
+        pipeline.write_text(textwrap.dedent(broken))
+        command.signal(signal.SIGHUP)
+        assert wait_until(lambda: command.saw("reload refused"))
+        append(log, "WARN 2", "ERROR 3")
+        assert wait_until(lambda: len(jsonl(seen)) == 2)
+    finally:
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    assert [r["n"] for r in jsonl(seen)] == ["1", "3"]
+    (refused,) = [line for line in command.lines if "reload refused" in line]
+    assert f'{pipeline}: rules[2] ("warn").regex: bad regular expression' in refused
+    assert "Traceback" not in command.err
+
+
+SLOW_IMPORT = """
+import os, time
+open(os.environ["EVENTMP_TEST_MARKER"], "w").close()
+time.sleep(60)
+
+def Handler():
+    return print
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_a_signal_while_loading_exits_128_plus_it_without_a_traceback(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """A signal while the pipeline file loads (a slow handler import) ends the command cleanly."""
+    (tmp_path / "slow_handlers.py").write_text(SLOW_IMPORT)
+    pipeline = pipeline_file(
+        tmp_path,
+        """
+        [[inputs]]
+        paths = ["app.log"]
+
+        [[rules]]
+        regex = 'x'
+        handler = "slow_handlers:Handler"
+        """,
+    )
+    marker = tmp_path / "importing"
+    command = Command(pipeline, env={**os.environ, "EVENTMP_TEST_MARKER": str(marker)})
+    try:
+        assert wait_until(marker.exists)
+        command.signal(signum)
+        assert command.wait() == status, command.err
+    finally:
+        command.kill()
+    assert f"{signal.Signals(signum).name} received while loading" in command.err
+    assert "Traceback" not in command.err
+
+
+# On PYTHONPATH, run by every Python process at its start: a spawned worker (its command line
+# says --multiprocessing-fork) says it is starting, then takes its time to be ready.
+SLOW_WORKER = """
+import os, time
+if b"--multiprocessing-fork" in open("/proc/self/cmdline", "rb").read():
+    open(os.environ["EVENTMP_TEST_MARKER"], "a").close()
+    time.sleep(5)
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_a_signal_while_workers_start_exits_128_plus_it_and_leaves_no_process(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """A signal while the workers start stops them, reads nothing, and exits 128 + it."""
+    pipeline = pipeline_file(
+        tmp_path,
+        """
+        [dispatcher]
+        workers = 2
+        start_method = "spawn"
+
+        [[inputs]]
+        paths = ["app.log"]
+        start_at = "beginning"
+
+        [[rules]]
+        regex = 'ERROR'
+        handler = { type = "json", file = "seen.jsonl" }
+        """,
+    )
+    append(tmp_path / "app.log", "ERROR 1")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WORKER)
+    marker = tmp_path / "worker-starting"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "EVENTMP_TEST_MARKER": str(marker)}
+    command = Command(pipeline, env=env)
+    descendants: set[psutil.Process] = set()
+    try:
+        assert wait_until(marker.exists)
+        descendants.update(psutil.Process(command.process.pid).children(recursive=True))
+        command.signal(signum)
+        assert command.wait() == status, command.err
+    finally:
+        command.kill()
+    assert f"{signal.Signals(signum).name} received while starting; stopped" in command.err
+    assert "Traceback" not in command.err
+    assert not (tmp_path / "seen.jsonl").exists()
+    assert descendants
+    assert wait_until(lambda: not any(p.is_running() for p in descendants), timeout=10)
+
+
+def test_restart_settings_are_the_dispatcher_table_and_the_key(tmp_path: Path) -> None:
+    """A reload reports every [dispatcher] setting that differs, the routing key included."""
+    old = load_pipeline(pipeline_file(tmp_path, RELOAD_V1, "old.toml"))
+    new_text = RELOAD_V1.replace(
+        'poll_interval = "20ms"', 'poll_interval = "1s"\nevent_timeout = "5s"\nkey = "{n}"'
+    )
+    new = load_pipeline(pipeline_file(tmp_path, new_text, "new.toml"))
+    assert [key for key, _old, _new in restart_settings(old, new)] == [
+        "poll_interval",
+        "key",
+        "event_timeout",
+    ]
+    assert restart_settings(old, old) == []
