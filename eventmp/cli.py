@@ -337,7 +337,7 @@ def _test(pipeline: Pipeline, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     texts: list[str] = []
     for text in args.lines:
-        texts += _stdin_lines() if text == "-" else text.splitlines() or [""]
+        texts += _stdin_lines() if text == "-" else _split_lines(text)
     report: list[Iterable[str]] = [trial.lines(texts)] if texts else []
     for path in args.file:
         try:
@@ -354,7 +354,15 @@ def _test(pipeline: Pipeline, args: argparse.Namespace) -> int:
 
 
 def _stdin_lines() -> list[str]:
-    return [line.rstrip("\n").removesuffix("\r") for line in sys.stdin]
+    return _split_lines(sys.stdin.buffer.read().decode("utf-8", "replace"))
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines cut as the tail cuts them: at "\\n" only (not at "\\r" alone, U+2028...)."""
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def run_main() -> None:

@@ -1,0 +1,146 @@
+"""eventmp.reporting: the per-rule counts, the summary and the JSON stats of `eventmp run`."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from test_cli import append, eventmp_command, pipeline_file, wait_until
+from test_runner import Command
+
+from eventmp import Event
+from eventmp.reporting import STATS_SCHEMA, Counts, Tally
+
+TWO_RULES = """
+[dispatcher]
+poll_interval = "20ms"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+
+[[inputs]]
+name = "other"
+paths = ["other.log"]
+missing_ok = true
+
+[[rules]]
+name = "error"
+inputs = ["app"]
+regex = 'ERROR (?P<n>-?\\d+)'
+handlers = [
+  { type = "exec", command = "assert int(event.data['named']['n']) >= 0, 'negative'" },
+  { type = "json", file = "seen.jsonl", fields = ["n"] },
+]
+
+[[rules]]
+name = "never"
+regex = 'NEVER'
+handler = "print"
+"""
+
+
+def stats_objects(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_summary_counts_each_rule_and_gives_rates(tmp_path: Path) -> None:
+    """The human summary says, per rule, matches, processed and failed, and lines/s and MB/s."""
+    pipeline = pipeline_file(tmp_path, TWO_RULES)
+    append(tmp_path / "app.log", "ERROR 1", "ERROR -2", "fine", "ERROR 3")
+    result = eventmp_command("run", "--once", str(pipeline))
+    assert result.returncode == 1, result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert "read 4 lines" in summary and "lines/s" in summary and "MB/s" in summary
+    assert "Rules error: 3 matched, 2 processed, 1 failed; never: 0 matched" in summary
+
+
+def test_json_final_object_follows_the_documented_schema(tmp_path: Path) -> None:
+    """--stats-format json ends with one final object: totals, per rule, per input, status."""
+    pipeline = pipeline_file(tmp_path, TWO_RULES)
+    append(tmp_path / "app.log", "ERROR 1", "ERROR -2", "fine", "ERROR 3")
+    result = eventmp_command("run", "--once", "--stats-format", "json", str(pipeline))
+    assert result.returncode == 1, result.stderr
+    (final,) = stats_objects(result.stderr)
+    assert final["schema"] == STATS_SCHEMA and final["type"] == "final"
+    assert set(final) == {
+        "schema",
+        "type",
+        "time",
+        "elapsed_s",
+        "lines",
+        "bytes",
+        "bytes_total",
+        "events",
+        "rates",
+        "workers",
+        "rules",
+        "inputs",
+        "status",
+        "interrupted_by",
+        "failures",
+        "inputs_without_files",
+    }
+    assert final["status"] == 1 and final["interrupted_by"] is None
+    assert final["lines"] == 4 and final["bytes"] == len("ERROR 1\nERROR -2\nfine\nERROR 3\n")
+    assert final["events"] == {
+        "accepted": 3,
+        "pending": 0,
+        "processed": 2,
+        "failed": 1,
+        "abandoned": 0,
+    }
+    assert final["rules"] == {
+        "error": {"matches": 3, "processed": 2, "failed": 1},
+        "never": {"matches": 0, "processed": 0, "failed": 0},
+    }
+    assert final["inputs"]["app"] == {
+        "lines": 4,
+        "bytes": final["bytes"],
+        "matches": 3,
+        "processed": 2,
+        "failed": 1,
+    }
+    assert final["inputs"]["other"]["lines"] == 0
+    assert set(final["rates"]) == {"lines_per_s", "bytes_per_s", "events_per_s"}
+    assert [f["error"] for f in final["failures"]] == ["AssertionError"]
+    assert "eventmp: read" not in result.stderr  # no human summary besides
+
+
+def test_json_stats_every_interval_in_follow_mode(tmp_path: Path) -> None:
+    """In follow mode with --stats-format json, a stats object comes each interval, then a final."""
+    pipeline = pipeline_file(tmp_path, TWO_RULES)
+    log = tmp_path / "app.log"
+    log.touch()
+    command = Command(pipeline, "--stats-format", "json", "--stats-interval", "0.1")
+    try:
+        assert wait_until(lambda: len(stats_objects(command.err)) >= 2)
+        append(log, "ERROR 5")
+        assert wait_until(
+            lambda: any(o["rules"]["error"]["processed"] for o in stats_objects(command.err))
+        )
+    finally:
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    objects = stats_objects(command.err)
+    assert [o["type"] for o in objects[:-1]] == ["stats"] * (len(objects) - 1)
+    assert objects[-1]["type"] == "final" and objects[-1]["status"] == 0
+    assert objects[-1]["rules"]["error"] == {"matches": 1, "processed": 1, "failed": 0}
+    assert objects[-1]["inputs"]["app"]["lines"] == 1
+
+
+def test_counts_follow_each_event_by_rule_and_input() -> None:
+    """Counts tallies matches and outcomes by data["rule"] and data["input"], others ignored."""
+    counts = Counts()
+    counts.declare(["a", "quiet"], ["in"])
+    first = Event("t", None, {"rule": "a", "input": "in"})
+    second = Event("t", None, {"rule": "a", "input": "in"})
+    counts.matched([first, second, Event("t", None, 42)])
+    counts.settled(first, None)
+    counts.settled(second, ValueError("x"))
+    rules, inputs = counts.snapshot()
+    assert rules == {"a": Tally(2, 1, 1), "quiet": Tally()}
+    assert inputs == {"in": Tally(2, 1, 1)}
