@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -427,7 +427,6 @@ def summary_text(
     seconds: float,
     *,
     missing: list[str],
-    slow_lines: Callable[[], dict[str, int]] | None = None,
 ) -> str:
     """The paragraph ``eventmp run`` ends with (the human form of the final stats)."""
     lines = inputs.lines_read
@@ -444,10 +443,6 @@ def summary_text(
     rules, _inputs = inputs.counts.snapshot()
     if rules:
         text += f" Rules {_rules_text(rules)}."
-    slow = slow_lines() if slow_lines is not None else {}
-    if any(slow.values()):
-        text += " Slow lines: " + ", ".join(f"rule {n}: {c:,}" for n, c in slow.items() if c)
-        text += "."
     if failures.counts:
         text += " Failures: " + "; ".join(failures.lines()) + "."
     if missing:
