@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from .dispatcher import EventDispatcher
 from .errors import WorkerStartError
+from .handlers import ChainEventHandler, EventHandler
 from .inputs import InputSet, StateFiles, make_tails
 from .pipeline import Pipeline, PipelineError, load_pipeline
 from .reporting import FailureSummary, StatusReporter, stats_record, summary_text
@@ -173,6 +174,9 @@ class Reloader:
                 old,
             )
         running = self.current
+        kept = keep_handlers(running, new)
+        if kept:
+            logger.info("rules with the same handlers keep them (and their state): %s", kept)
 
         def make(pipeline: Pipeline) -> Callable[[], list[Any]]:
             return lambda: make_tails(pipeline, once=False, state_files=self.state_files)
@@ -210,6 +214,42 @@ def restart_settings(running: Pipeline, new: Pipeline) -> list[tuple[str, str, s
         if old != wanted:
             changed.append((key, _shown(old), _shown(wanted)))
     return changed
+
+
+def keep_handlers(running: Pipeline, new: Pipeline) -> str:
+    """Give each rule of ``new`` the handler of the running rule of that name, when the two
+    are built alike; the names of those rules.
+
+    The workers keep one instance of each handler, by identity: a rule that keeps its handler
+    object keeps its ``count`` and ``throttle`` windows across a reload, and a reload that adds
+    a rule does not restart every other rule's counting.
+    """
+    old = {rule.name: rule.handler for rule in running.rules}
+    kept = []
+    for rule in new.rules:
+        if rule.name in old and same_handler(old[rule.name], rule.handler):
+            rule.handler = old[rule.name]
+            kept.append(rule.name)
+    return ", ".join(kept)
+
+
+def same_handler(a: Any, b: Any) -> bool:
+    """Whether two handlers built in this process have the same type and settings.
+
+    Handlers are compared by every attribute (private ones too: a mail password lives in one),
+    so an attribute that compares by identity makes them differ: a fresh handler, never a
+    wrong one. The parent's handler objects never run, so they hold no state of their own.
+    """
+    if isinstance(a, ChainEventHandler) and isinstance(b, ChainEventHandler):
+        return len(a.handlers) == len(b.handlers) and all(
+            same_handler(x, y) for x, y in zip(a.handlers, b.handlers, strict=True)
+        )
+    if type(a) is not type(b) or not isinstance(a, EventHandler):
+        return False
+    try:
+        return bool(vars(a) == vars(b))
+    except Exception:
+        return False
 
 
 def _shown(value: Any) -> str:
@@ -265,6 +305,9 @@ def _run(
     dispatcher.error_handler(failures)
     signals.dispatcher = dispatcher
     started = time.monotonic()
+    if signals.received:  # while it built them: no worker to start
+        dispatcher.stop()
+        return RunResult(signal=signals.received[0], early=True)
     logger.info("starting %s", pipeline.path)
     try:
         dispatcher.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -181,6 +182,53 @@ def test_a_bad_reload_keeps_the_running_pipeline_and_names_file_and_key(tmp_path
     (refused,) = [line for line in command.lines if "reload refused" in line]
     assert f'{pipeline}: rules[2] ("warn").regex: bad regular expression' in refused
     assert "Traceback" not in command.err
+
+
+COUNTING = """
+[dispatcher]
+poll_interval = "20ms"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+start_at = "beginning"
+
+[[rules]]
+name = "error"
+regex = 'ERROR (?P<n>\\d+)'
+handlers = [
+  { type = "count", count = 2, window = "10m" },
+  { type = "json", file = "seen.jsonl", fields = ["n"] },
+]
+"""
+
+
+def test_a_reload_keeps_the_state_of_rules_it_does_not_change(tmp_path: Path) -> None:
+    """A rule whose handlers a reload leaves alone keeps its count window across the reload."""
+    pipeline = pipeline_file(tmp_path, COUNTING)
+    log = tmp_path / "app.log"
+    append(log, "ERROR 1")
+    seen = tmp_path / "seen.jsonl"
+    command = Command(pipeline, "-v", "--stats-format", "json", "--stats-interval", "0.1")
+
+    def processed() -> int:
+        stats = [json.loads(line) for line in list(command.lines) if line.startswith("{")]
+        return int(stats[-1]["rules"]["error"]["processed"]) if stats else 0
+
+    try:
+        assert wait_until(lambda: processed() == 1)  # counted once: the chain stopped there
+        changed = COUNTING + '[[rules]]\nname = "other"\nregex = "OTHER"\nhandler = "print"\n'
+        pipeline.write_text(textwrap.dedent(changed))
+        command.signal(signal.SIGHUP)
+        assert wait_until(lambda: command.saw("reloaded "))
+        append(log, "ERROR 2")
+        assert wait_until(lambda: len(jsonl(seen)) == 1)
+    finally:
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    assert [r["n"] for r in jsonl(seen)] == ["2"]  # the second occurrence passes the count
+    assert "keep them (and their state): error" in command.err
 
 
 SLOW_IMPORT = """
