@@ -94,7 +94,7 @@ _EXAMPLES = {
         (
             "Which rules match a line, their groups, and what the handlers' templates make "
             "of it (no action runs)",
-            "eventmp test pipeline.toml 'Failed password for root from 192.0.2.7 port 22 ssh2'",
+            "eventmp test pipeline.toml 'Failed password for root from 192.0.2.7 port 22'",
         ),
         ("Lines from stdin", "tail -n 100 /var/log/auth.log | eventmp test pipeline.toml -"),
         (
@@ -199,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
         "lines",
         nargs="*",
         metavar="LINE",
-        help="sample lines to try; '-' reads lines from stdin",
+        help="sample lines to try (before any option); '-' reads lines from stdin",
     )
     test.add_argument(
         "--file",

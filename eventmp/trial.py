@@ -94,15 +94,14 @@ def check_line(rules: Sequence[RuleSpec], text: str, *, past_quick: bool = True)
     return verdicts
 
 
-def pieces(text: str, spec: InputSpec | None) -> list[str]:
-    """``text`` as the tail matches it: whole, or in pieces of ``max_line_bytes`` bytes."""
-    if spec is None:
-        return [text]
-    raw = text.encode(spec.encoding, "replace")
-    size = spec.max_line_bytes
+def pieces(raw: bytes, spec: InputSpec | None) -> list[str]:
+    """A line's bytes as the tail matches them: decoded whole, or cut into pieces of
+    ``max_line_bytes`` bytes first (a cut may split a character, whose bytes are replaced)."""
+    encoding = spec.encoding if spec is not None else "utf-8"
+    size = spec.max_line_bytes if spec is not None else len(raw) or 1
     if len(raw) <= size:
-        return [text]
-    return [raw[at : at + size].decode(spec.encoding, "replace") for at in range(0, len(raw), size)]
+        return [raw.decode(encoding, "replace")]
+    return [raw[at : at + size].decode(encoding, "replace") for at in range(0, len(raw), size)]
 
 
 def event_for(
@@ -249,7 +248,8 @@ class Trial:
             yield "(every rule, in file order; --input NAME tries one input's rules)"
         name = spec.name if spec is not None else "test"
         for number, text in enumerate(texts, 1):
-            parts = pieces(text, spec)
+            encoding = spec.encoding if spec is not None else "utf-8"
+            parts = pieces(text.encode(encoding, "replace"), spec)
             for part_number, part in enumerate(parts, 1):
                 piece = f" (piece {part_number} of {len(parts)})" if len(parts) > 1 else ""
                 yield f"line {number}{piece}: {_cut(part)}"
@@ -284,10 +284,8 @@ class Trial:
             for number, raw in enumerate(f, 1):
                 report.lines += 1
                 report.bytes += len(raw)
-                text = raw.rstrip(b"\n").removesuffix(b"\r")
-                encoding = spec.encoding if spec is not None else "utf-8"
                 hit = False
-                for part in pieces(text.decode(encoding, "replace"), spec):
+                for part in pieces(raw.rstrip(b"\n").removesuffix(b"\r"), spec):
                     for verdict in check_line(rules, part, past_quick=False):
                         figures = report.rules[verdict.rule.name]
                         figures.seconds += verdict.seconds

@@ -472,7 +472,9 @@ def help_text(*command: str) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("command", [(), ("run",), ("check",)], ids=["eventmp", "run", "check"])
+@pytest.mark.parametrize(
+    "command", [(), ("run",), ("check",), ("test",)], ids=["eventmp", "run", "check", "test"]
+)
 def test_help_lists_every_exit_status_the_command_uses(command: tuple[str, ...]) -> None:
     """Each --help ends with the table of exit statuses: every code in EXIT_CODES, no other."""
     text = help_text(*command)
@@ -488,8 +490,9 @@ def test_help_lists_every_exit_status_the_command_uses(command: tuple[str, ...])
         ((), ["eventmp check pipeline.toml", "eventmp run pipeline.toml", "--once"]),
         (("run",), ["eventmp run pipeline.toml", "eventmp run --once pipeline.toml"]),
         (("check",), ["eventmp check pipeline.toml"]),
+        (("test",), ["eventmp test pipeline.toml '", "| eventmp test pipeline.toml -", "--file"]),
     ],
-    ids=["eventmp", "run", "check"],
+    ids=["eventmp", "run", "check", "test"],
 )
 def test_help_shows_examples(command: tuple[str, ...], examples: list[str]) -> None:
     """Each --help has an examples section with the command lines a newcomer needs."""

@@ -14,7 +14,7 @@ from test_cli import pipeline_file
 from eventmp import cli
 from eventmp.pipeline import load_pipeline
 from eventmp.tail import FileTailGenerator, Rule
-from eventmp.trial import MATCHED, NO_MATCH, SKIPPED, check_line
+from eventmp.trial import MATCHED, NO_MATCH, SKIPPED, check_line, pieces
 
 PIPELINE = """
 [[inputs]]
@@ -214,3 +214,48 @@ def test_eventmp_test_as_a_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "rule session: matched 'session closed'" in result.stdout
+
+
+def test_a_long_line_is_tried_in_the_pieces_the_tail_cuts(tmp_path: Path) -> None:
+    """A line over max_line_bytes is matched in the same pieces as the tail's events carry."""
+    pipeline = load_pipeline(
+        pipeline_file(
+            tmp_path,
+            """
+            [[inputs]]
+            paths = ["long.log"]
+            max_line_bytes = 16
+
+            [[rules]]
+            regex = '.'
+            handler = "print"
+            """,
+        )
+    )
+    (spec,) = pipeline.inputs
+    line = "é" * 20 + "x" * 9  # 49 bytes of UTF-8: a cut falls inside a character
+    log = tmp_path / "long.log"
+    log.write_text(line + "\n")
+    rules = [Rule(r.name, r.regex, r.handler, r.exclude, r.quick) for r in pipeline.rules]
+    tail = FileTailGenerator([str(log)], rules, start_at="beginning", once=True, max_line_bytes=16)
+    tail.track_outcomes = False
+    events = []
+    while not tail.finished:
+        events += tail.get_events()
+    tail.stop()
+    assert pieces(line.encode(), spec) == [e.data["line"] for e in events]
+    assert len(events) == 4
+
+
+def test_a_long_sample_line_says_which_piece(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sample line longer than max_line_bytes is reported piece by piece."""
+    pipeline = trial_pipeline(tmp_path)
+    pipeline.write_text(
+        pipeline.read_text().replace('paths = ["auth.log"]', 'paths = ["a"]\nmax_line_bytes = 20')
+    )
+    status, out, _err = run_test(capsys, str(pipeline), "session opened " + "y" * 30)
+    assert status == 0
+    assert "line 1 (piece 1 of 3): session opened yyyyy\n" in out
+    assert "line 1 (piece 3 of 3): yyyyy\n" in out
