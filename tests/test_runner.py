@@ -231,6 +231,13 @@ def test_a_reload_keeps_the_state_of_rules_it_does_not_change(tmp_path: Path) ->
     assert "keep them (and their state): error" in command.err
 
 
+# The signals the command handles, and the status each ends a run with (128 + it).
+EACH_SIGNAL = pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+
 SLOW_IMPORT = """
 import os, time
 open(os.environ["EVENTMP_TEST_MARKER"], "w").close()
@@ -241,11 +248,7 @@ def Handler():
 """
 
 
-@pytest.mark.parametrize(
-    ("signum", "status"),
-    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
-    ids=["SIGINT", "SIGTERM", "SIGHUP"],
-)
+@EACH_SIGNAL
 def test_a_signal_while_loading_exits_128_plus_it_without_a_traceback(
     tmp_path: Path, signum: int, status: int
 ) -> None:
@@ -284,11 +287,7 @@ if b"--multiprocessing-fork" in open("/proc/self/cmdline", "rb").read():
 """
 
 
-@pytest.mark.parametrize(
-    ("signum", "status"),
-    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
-    ids=["SIGINT", "SIGTERM", "SIGHUP"],
-)
+@EACH_SIGNAL
 def test_a_signal_while_workers_start_exits_128_plus_it_and_leaves_no_process(
     tmp_path: Path, signum: int, status: int
 ) -> None:

@@ -7,12 +7,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli import pipeline_file
 
-from eventmp import cli
-from eventmp.pipeline import load_pipeline
+from eventmp import Event, cli
+from eventmp.pipeline import Pipeline, load_pipeline
 from eventmp.tail import FileTailGenerator, Rule
 from eventmp.trial import MATCHED, NO_MATCH, SKIPPED, check_line, pieces
 
@@ -171,6 +172,18 @@ def test_a_log_file_gives_hits_exclusions_skips_time_and_samples(
     assert f"    {log}:6: {lines[5]}\n    {log}:7: Failed key\n" in out
 
 
+def tail_events(pipeline: Pipeline, log: Path, **options: Any) -> list[Event]:
+    """Every event a real tail makes of ``log`` with the pipeline's rules, read once."""
+    rules = [Rule(r.name, r.regex, r.handler, r.exclude, r.quick) for r in pipeline.rules]
+    tail = FileTailGenerator([str(log)], rules, start_at="beginning", once=True, **options)
+    tail.track_outcomes = False
+    events = []
+    while not tail.finished:
+        events += tail.get_events()
+    tail.stop()
+    return events
+
+
 def test_check_line_agrees_with_the_tail(tmp_path: Path) -> None:
     """The rules check_line says match a line are those the tail makes events for."""
     pipeline = load_pipeline(trial_pipeline(tmp_path))
@@ -183,13 +196,7 @@ def test_check_line_agrees_with_the_tail(tmp_path: Path) -> None:
     ]
     log = tmp_path / "auth.log"
     log.write_text("\n".join(lines) + "\n")
-    rules = [Rule(r.name, r.regex, r.handler, r.exclude, r.quick) for r in pipeline.rules]
-    tail = FileTailGenerator([str(log)], rules, start_at="beginning", once=True)
-    tail.track_outcomes = False
-    events = []
-    while not tail.finished:
-        events += tail.get_events()
-    tail.stop()
+    events = tail_events(pipeline, log)
     from_tail = [(e.data["line_number"], e.data["rule"]) for e in events]
     from_trial = [
         (number, verdict.rule.name)
@@ -236,13 +243,7 @@ def test_a_long_line_is_tried_in_the_pieces_the_tail_cuts(tmp_path: Path) -> Non
     line = "é" * 20 + "x" * 9  # 49 bytes of UTF-8: a cut falls inside a character
     log = tmp_path / "long.log"
     log.write_text(line + "\n")
-    rules = [Rule(r.name, r.regex, r.handler, r.exclude, r.quick) for r in pipeline.rules]
-    tail = FileTailGenerator([str(log)], rules, start_at="beginning", once=True, max_line_bytes=16)
-    tail.track_outcomes = False
-    events = []
-    while not tail.finished:
-        events += tail.get_events()
-    tail.stop()
+    events = tail_events(pipeline, log, max_line_bytes=16)
     assert pieces(line.encode(), spec) == [e.data["line"] for e in events]
     assert len(events) == 4
 
