@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from .event import Event, EventGenerator
@@ -105,6 +106,7 @@ class InputSet(EventGenerator):
         self._error: Exception | None = None  # a tail's get_events() failed: said next poll
         # Lines and bytes read by the tails a reload stopped, by input name.
         self._retired: dict[str, tuple[int, int]] = {}
+        self._retired_slow: Counter[str] = Counter()  # their slow lines, by rule name
 
     # == the generator API =======================================================================
 
@@ -195,6 +197,7 @@ class InputSet(EventGenerator):
             if self._stopped:
                 return False
             retired = dict(self._retired)
+            self._retired_slow = self.slow_lines()
             for tail in self.tails:
                 tail.stop()
                 lines, read = retired.get(tail.name, (0, 0))
@@ -232,6 +235,18 @@ class InputSet(EventGenerator):
             lines, read = progress.get(tail.name, (0, 0))
             progress[tail.name] = (lines + tail.lines_read, read + tail.bytes_read)
         return progress
+
+    def slow_lines(self) -> Counter[str]:
+        """Per rule, the lines its regex took long on (``slow_line_seconds``), where the tails
+        count them (``rule_stats()``; a tail without it counts none)."""
+        slow = Counter(self._retired_slow)
+        for tail in list(self.tails):
+            rule_stats = getattr(tail, "rule_stats", None)
+            if rule_stats is None:
+                continue
+            for name, figures in rule_stats().items():
+                slow[name] += int(getattr(figures, "slow_lines", 0))
+        return slow
 
     def without_files(self) -> list[str]:
         """The inputs that matched no file and do not say ``missing_ok = true``."""

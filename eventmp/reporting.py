@@ -150,6 +150,8 @@ class Progress(Protocol):
 
     def input_progress(self) -> dict[str, tuple[int, int]]: ...
 
+    def slow_lines(self) -> Mapping[str, int]: ...
+
 
 class FailureSummary:
     """The command's error handler: counts failures by handler and error class, logs each one,
@@ -364,6 +366,7 @@ def stats_record(
             (stats.processed + stats.failed) / elapsed,
         )
     rules, tallies = inputs.counts.snapshot()
+    slow = inputs.slow_lines()
     progress = inputs.input_progress()
     per_input: dict[str, dict[str, int]] = {}
     for name in dict.fromkeys([*tallies, *progress]):
@@ -394,7 +397,10 @@ def stats_record(
             "recycles": stats.worker_recycles,
             "rss_max_bytes": max(stats.worker_rss, default=0),
         },
-        "rules": {name: asdict(tally) for name, tally in rules.items()},
+        "rules": {
+            name: {**asdict(tally), "slow_lines": slow.get(name, 0)}
+            for name, tally in rules.items()
+        },
         "inputs": per_input,
     }
     if extra:
@@ -443,6 +449,12 @@ def summary_text(
     rules, _inputs = inputs.counts.snapshot()
     if rules:
         text += f" Rules {_rules_text(rules)}."
+    slow = {name: count for name, count in inputs.slow_lines().items() if count}
+    if slow:
+        text += " Slow lines (a rule's regex took long on them): " + ", ".join(
+            f"{name} {count:,}" for name, count in slow.items()
+        )
+        text += "."
     if failures.counts:
         text += " Failures: " + "; ".join(failures.lines()) + "."
     if missing:

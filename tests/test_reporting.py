@@ -93,8 +93,8 @@ def test_json_final_object_follows_the_documented_schema(tmp_path: Path) -> None
         "abandoned": 0,
     }
     assert final["rules"] == {
-        "error": {"matches": 3, "processed": 2, "failed": 1},
-        "never": {"matches": 0, "processed": 0, "failed": 0},
+        "error": {"matches": 3, "processed": 2, "failed": 1, "slow_lines": 0},
+        "never": {"matches": 0, "processed": 0, "failed": 0, "slow_lines": 0},
     }
     assert final["inputs"]["app"] == {
         "lines": 4,
@@ -128,7 +128,12 @@ def test_json_stats_every_interval_in_follow_mode(tmp_path: Path) -> None:
     objects = stats_objects(command.err)
     assert [o["type"] for o in objects[:-1]] == ["stats"] * (len(objects) - 1)
     assert objects[-1]["type"] == "final" and objects[-1]["status"] == 0
-    assert objects[-1]["rules"]["error"] == {"matches": 1, "processed": 1, "failed": 0}
+    assert objects[-1]["rules"]["error"] == {
+        "matches": 1,
+        "processed": 1,
+        "failed": 0,
+        "slow_lines": 0,
+    }
     assert objects[-1]["inputs"]["app"]["lines"] == 1
 
 
