@@ -17,6 +17,7 @@ that it too resumes where it was.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -49,11 +50,17 @@ class StateFiles:
         self._names: dict[str, str] = {}
 
     def __call__(self, spec: InputSpec) -> str | None:
-        if spec.state_file is not None or self._directory is None:
+        if spec.state_file is not None:
             return spec.state_file
-        if spec.name not in self._names:
-            self._names[spec.name] = os.path.join(self._directory, f"{len(self._names)}.state")
-        return self._names[spec.name]
+        return self.path_for(spec.name)
+
+    def path_for(self, name: str) -> str | None:
+        """The private state file of the input called ``name`` (None unless ``private``)."""
+        if self._directory is None:
+            return None
+        if name not in self._names:
+            self._names[name] = os.path.join(self._directory, f"{len(self._names)}.state")
+        return self._names[name]
 
     def close(self) -> None:
         if self._directory is not None:
@@ -107,6 +114,7 @@ class InputSet(EventGenerator):
         # Lines and bytes read by the tails a reload stopped, by input name.
         self._retired: dict[str, tuple[int, int]] = {}
         self._retired_slow: Counter[str] = Counter()  # their slow lines, by rule name
+        self._resumed: dict[int, int] = {}  # by id(tail): bytes before where it resumed
 
     # == the generator API =======================================================================
 
@@ -139,13 +147,15 @@ class InputSet(EventGenerator):
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
         with self._lock:
-            tail = event.originator
-            if isinstance(tail, FileTailGenerator):
-                tail.settled(event, exception)
-            self.counts.settled(event, exception)
-            self._outstanding -= 1
-            if self._outstanding <= 0:
-                self._lock.notify_all()
+            try:
+                tail = event.originator
+                if isinstance(tail, FileTailGenerator):
+                    tail.settled(event, exception)
+            finally:  # counted even if the tail failed (the dispatcher logs that)
+                self.counts.settled(event, exception)
+                self._outstanding -= 1
+                if self._outstanding <= 0:
+                    self._lock.notify_all()
 
     def stop(self) -> None:
         """Stop every tail (each saves its last checkpoint); later polls return nothing."""
@@ -210,6 +220,9 @@ class InputSet(EventGenerator):
                 raise
             finally:
                 self.tails, self._retired = tails, retired
+                # A new tail counts as read the bytes before its checkpoint, which the old one
+                # counted already.
+                self._resumed = {id(tail): _saved_bytes(tail.state_file) for tail in tails}
                 self._held = False
             return True
 
@@ -225,15 +238,17 @@ class InputSet(EventGenerator):
 
     @property
     def bytes_total(self) -> int:
-        retired = sum(read for _, read in self._retired.values())
-        return retired + sum(tail.bytes_total for tail in list(self.tails))
+        """What ``--once``'s progress bar divides by (no reload there to count twice)."""
+        return sum(tail.bytes_total for tail in list(self.tails))
 
     def input_progress(self) -> dict[str, tuple[int, int]]:
         """``(lines, bytes)`` read per input, over every tail it has had."""
         progress = dict(self._retired)
+        resumed = self._resumed
         for tail in list(self.tails):
             lines, read = progress.get(tail.name, (0, 0))
-            progress[tail.name] = (lines + tail.lines_read, read + tail.bytes_read)
+            new = max(tail.bytes_read - resumed.get(id(tail), 0), 0)
+            progress[tail.name] = (lines + tail.lines_read, read + new)
         return progress
 
     def slow_lines(self) -> Counter[str]:
@@ -255,3 +270,15 @@ class InputSet(EventGenerator):
     @property
     def read_everything(self) -> bool:
         return all(tail.finished for tail in self.tails)
+
+
+def _saved_bytes(state_file: str | None) -> int:
+    """The bytes before the saved offsets of a checkpoint (the format docs/tailing.md gives)."""
+    if state_file is None:
+        return 0
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            files = json.load(f).get("files", {})
+        return sum(int(entry.get("offset", 0)) for entry in files.values())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0

@@ -1,0 +1,134 @@
+"""eventmp.inputs: the command's input set, driven by hand with real tails on real files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from eventmp import Event
+from eventmp.inputs import InputSet, StateFiles
+from eventmp.tail import FileTailGenerator, Rule
+
+RULE = Rule("word", re.compile(r"\w+"), print)
+
+
+def tail_on(log: Path, state: StateFiles, name: str = "app") -> FileTailGenerator:
+    return FileTailGenerator(
+        [str(log)], [RULE], name=name, start_at="beginning", state_file=state.path_for(name)
+    )
+
+
+def lines_of(events: list[Event]) -> list[str]:
+    return [str(event.data["line"]) for event in events]
+
+
+def test_held_until_released(tmp_path: Path) -> None:
+    """Nothing is read before release(): a signal during the start finds no line taken."""
+    log = tmp_path / "app.log"
+    log.write_text("one\n")
+    state = StateFiles(private=True)
+    inputs = InputSet([tail_on(log, state)])
+    try:
+        assert inputs.get_events() == []
+        inputs.release()
+        assert lines_of(inputs.get_events()) == ["one"]
+    finally:
+        inputs.stop()
+        state.close()
+
+
+def test_replace_waits_for_outcomes_and_resumes_where_the_old_tails_stopped(
+    tmp_path: Path,
+) -> None:
+    """A swap waits for every event's outcome, then the new tails go on from the next line."""
+    log = tmp_path / "app.log"
+    log.write_text("one\ntwo\n")
+    state = StateFiles(private=True)
+    inputs = InputSet([tail_on(log, state)])
+    inputs.release()
+    try:
+        events = inputs.get_events()
+        assert lines_of(events) == ["one", "two"]
+        # Events without an outcome: the swap gives up and the old tail reads on.
+        assert not inputs.replace(lambda: [], restore=lambda: [], timeout=0.1)
+        with log.open("a") as f:
+            f.write("three\n")
+        events += inputs.get_events()
+        assert lines_of(events) == ["one", "two", "three"]
+        for event in events:
+            inputs.settled(event, None)
+        assert inputs.replace(lambda: [tail_on(log, state)], restore=lambda: [], timeout=1)
+        with log.open("a") as f:
+            f.write("four\n")
+        assert lines_of(inputs.get_events()) == ["four"]
+        assert inputs.lines_read == 4
+        assert inputs.input_progress() == {"app": (4, log.stat().st_size)}
+    finally:
+        inputs.stop()
+        state.close()
+    rules, by_input = inputs.counts.snapshot()
+    assert (rules["word"].matches, rules["word"].processed) == (4, 3)
+    assert by_input["app"].matches == 4
+
+
+def test_a_failed_build_restores_the_old_inputs(tmp_path: Path) -> None:
+    """If the new tails cannot be built, the old pipeline's are built again from the same spot."""
+    log = tmp_path / "app.log"
+    log.write_text("one\n")
+    state = StateFiles(private=True)
+    inputs = InputSet([tail_on(log, state)])
+    inputs.release()
+
+    def broken() -> list[FileTailGenerator]:
+        raise ValueError("no")
+
+    try:
+        for event in inputs.get_events():
+            inputs.settled(event, None)
+        try:
+            inputs.replace(broken, restore=lambda: [tail_on(log, state)], timeout=1)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("replace() hid the build's error")
+        with log.open("a") as f:
+            f.write("two\n")
+        assert lines_of(inputs.get_events()) == ["two"]
+    finally:
+        inputs.stop()
+        state.close()
+
+
+def test_a_failing_tail_does_not_lose_the_other_tails_lines(tmp_path: Path) -> None:
+    """A tail whose poll raises: the lines others read go out, the error comes next poll."""
+    log = tmp_path / "app.log"
+    log.write_text("one\n")
+
+    class Broken(FileTailGenerator):
+        def get_events(self) -> list[Event]:
+            raise OSError("disk on fire")
+
+    state = StateFiles(private=False)
+    inputs = InputSet([Broken([str(log)], [RULE], name="bad"), tail_on(log, state)])
+    inputs.release()
+    try:
+        assert lines_of(inputs.get_events()) == ["one"]
+        try:
+            inputs.get_events()
+        except OSError as exc:
+            assert "disk on fire" in str(exc)
+        else:
+            raise AssertionError("the tail's error was not raised")
+    finally:
+        inputs.stop()
+
+
+def test_private_state_files_live_in_a_directory_removed_at_close(tmp_path: Path) -> None:
+    """An input without state_file gets a private one in follow mode, gone after close()."""
+    state = StateFiles(private=True)
+    path = state.path_for("app")
+    assert path is not None and path == state.path_for("app") != state.path_for("other")
+    Path(path).write_text("{}")
+    state.close()
+    assert not Path(path).parent.exists()
+    assert StateFiles(private=False).path_for("app") is None
