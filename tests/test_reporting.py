@@ -149,3 +149,15 @@ def test_counts_follow_each_event_by_rule_and_input() -> None:
     rules, inputs = counts.snapshot()
     assert rules == {"a": Tally(2, 1, 1), "quiet": Tally()}
     assert inputs == {"in": Tally(2, 1, 1)}
+
+
+def test_json_with_quiet_gives_only_the_final_object(tmp_path: Path) -> None:
+    """-q leaves the final JSON object alone on stderr; -qq leaves nothing."""
+    pipeline = pipeline_file(tmp_path, TWO_RULES)
+    append(tmp_path / "app.log", "ERROR 1")
+    quiet = eventmp_command("run", "--once", "-q", "--stats-format", "json", str(pipeline))
+    assert quiet.returncode == 0, quiet.stderr
+    (final,) = [json.loads(line) for line in quiet.stderr.splitlines()]
+    assert final["type"] == "final" and final["rules"]["error"]["processed"] == 1
+    silent = eventmp_command("run", "--once", "-qq", "--stats-format", "json", str(pipeline))
+    assert silent.returncode == 0 and silent.stderr == ""
