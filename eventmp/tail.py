@@ -86,35 +86,36 @@ import glob
 import json
 import logging
 import os
-import re
 import stat
 import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import EventAbandonedError, WorkerStartError
 from .event import Event, EventGenerator
+from .matching import (
+    DEFAULT_MAX_LINE_BYTES,
+    SLOW_LINE_SECONDS,
+    Hits,
+    LineMatcher,
+    Rule,
+    RuleStats,
+    check_encoding,
+)
 
-__all__ = ["FileTailGenerator", "Rule"]
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "FileTailGenerator", "Rule", "RuleStats", "check_encoding"]
 
 logger = logging.getLogger("eventmp")
 
 STATE_VERSION = 1
 _CHUNK = 1 << 20
-# What one poll may read and make: it runs in the dispatcher thread (about 60 MB/s of lines
-# checked), which reads the workers' acknowledgements in between.
+# What one poll may read and make: it runs in the dispatcher thread, which reads the workers'
+# acknowledgements in between.
 _BYTES_PER_POLL = 2 << 20  # per file
 _POLL_BYTES = 4 << 20  # over all files
 _EVENTS_PER_POLL = 5000
-# Longer lines are cut into pieces of this many bytes, each matched alone. A rule runs in the
-# dispatcher thread, and a backtracking pattern's time grows faster than the line's length:
-# 16 KiB holds any syslog message (rsyslog's default maximum is 8 KiB) while keeping a
-# pathological pattern's worst case per piece far below that of the 1 MiB it used to be (see
-# docs/tailing.md).
-DEFAULT_MAX_LINE_BYTES = 16 << 10
 # A batch run over many files opens a few at a time, not one descriptor per file at once.
 _ONCE_OPEN_FILES = 4
 # Counting the lines skipped by a start at the end is cheap (bytes.count), so it may take
@@ -126,38 +127,6 @@ _NEVER_RAN = (EventAbandonedError, WorkerStartError)
 
 Identity = tuple[int, int]
 _AT_END = "the end"
-
-
-def check_encoding(encoding: str) -> None:
-    """Raise ValueError unless the tail can read files in ``encoding``.
-
-    The tail cuts lines at the byte 0x0A, so the encoding must write a newline as that byte
-    alone (UTF-8, Latin-1 and the like; not UTF-16).
-    """
-    try:
-        newline = "\n".encode(encoding)
-    except LookupError:
-        raise ValueError(f"unknown encoding {encoding!r}") from None
-    if newline != b"\n":
-        raise ValueError(
-            f"encoding {encoding!r} does not write a newline as the byte 0x0A; "
-            "the tail cuts lines at that byte (use UTF-8, Latin-1, ...)"
-        )
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A line matches when ``regex`` search-matches it and ``exclude`` (if any) does not.
-
-    Each matching rule makes one event for ``handler``; a ``quick`` rule that matched ends the
-    checking of that line.
-    """
-
-    name: str
-    regex: re.Pattern[str]
-    handler: Any
-    exclude: re.Pattern[str] | None = None
-    quick: bool = False
 
 
 @dataclass
@@ -221,6 +190,7 @@ class FileTailGenerator(EventGenerator):
         checkpoint_interval: float = 1.0,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         missing_ok: bool = False,
+        slow_line_seconds: float = SLOW_LINE_SECONDS,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [os.fspath(paths)]
@@ -235,6 +205,8 @@ class FileTailGenerator(EventGenerator):
             raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes!r}")
+        if slow_line_seconds <= 0:
+            raise ValueError(f"slow_line_seconds must be > 0, got {slow_line_seconds!r}")
         self.name = name
         self.patterns = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
         self.rules = list(rules)
@@ -246,6 +218,12 @@ class FileTailGenerator(EventGenerator):
         self.checkpoint_interval = float(checkpoint_interval)
         self.max_line_bytes = int(max_line_bytes)
         self.missing_ok = bool(missing_ok)
+        self.slow_line_seconds = float(slow_line_seconds)
+        self._matcher = LineMatcher(
+            self.rules, encoding, self.max_line_bytes, slow_seconds=self.slow_line_seconds
+        )
+        self._slow_reported: set[str] = set()  # rules already logged as slow
+        self._deadline = 0.0  # perf_counter: when this poll yields to the other inputs
         # True while the patterns match no regular file (from the first scan until one appears;
         # in once mode, for good): the command's ``--once`` exits 1 then, unless ``missing_ok``.
         self.matched_no_file = False
@@ -291,10 +269,17 @@ class FileTailGenerator(EventGenerator):
         """Lines checked against the rules so far (a line cut into pieces counts once)."""
         return self._lines_read
 
+    def rule_stats(self) -> dict[str, RuleStats]:
+        """Per rule name: events made, lines it spent over ``slow_line_seconds`` on, seconds."""
+        return self._matcher.stats()
+
     def get_events(self) -> list[Event]:
         if self._stopped or self.finished:
             return []
         now = time.monotonic()
+        # A poll that has matched for this long yields: another input's lines wait at most
+        # about that much behind a slow rule here (and one line's match, which nothing stops).
+        self._deadline = time.perf_counter() + self.slow_line_seconds
         if not self._scanned:
             self._rescan(now, initial=True)
             self._scanned = True
@@ -319,6 +304,7 @@ class FileTailGenerator(EventGenerator):
             # rather than one set of (maybe small) files per poll_interval.
             if (
                 not self._queued
+                or self._cut_short
                 or self._budget <= 0
                 or len(events) >= _EVENTS_PER_POLL
                 or len(self._done) == done_before
@@ -348,6 +334,9 @@ class FileTailGenerator(EventGenerator):
             current.sort(key=lambda f: f.predecessor is not None)
         for f in current:
             if len(events) >= _EVENTS_PER_POLL:
+                break
+            if time.perf_counter() > self._deadline:
+                self._cut_short = True
                 break
             self._read(f, events, now)
 
@@ -611,7 +600,11 @@ class FileTailGenerator(EventGenerator):
             f.at_eof = False  # until a read finds the end with every whole line cut
             while True:
                 self._cut_lines(f, events)
-                if len(events) >= _EVENTS_PER_POLL or budget <= 0:
+                if (
+                    len(events) >= _EVENTS_PER_POLL
+                    or budget <= 0
+                    or time.perf_counter() > self._deadline
+                ):
                     self._cut_short = True
                     return
                 data = os.pread(f.fd, min(_CHUNK, budget), f.pos)
@@ -672,60 +665,41 @@ class FileTailGenerator(EventGenerator):
         f.at_eof = False
 
     def _cut_lines(self, f: _File, events: list[Event]) -> None:
-        """Check the buffer's complete lines, and pieces of a partial line over the limit."""
+        """Match the buffer's complete lines, and pieces of a partial line over the limit."""
         buf = f.buffer
         limit = self.max_line_bytes
-        encoding = self.encoding
-        searches = [rule.regex.search for rule in self.rules]
         consumed = 0
         whole = buf.rfind(b"\n") + 1
         if whole and len(events) < _EVENTS_PER_POLL:
-            # One split and a tight loop: most lines match no rule, and per-line Python calls
-            # are what a poll over megabytes spends its time on.
-            parts = buf[:whole].split(b"\n")
-            parts.pop()
-            count = 0
-            for raw in parts:
-                size = len(raw)
-                count += 1
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]  # before the cap: it applies to the line's own text
-                if len(raw) > limit:
-                    self._pieces(f, raw, consumed, events)
-                else:
-                    text = raw.decode(encoding, "replace")
-                    for search in searches:
-                        if search(text) is not None:
-                            self._line(f, text, f.offset + consumed, events)
-                            break
-                f.lines += 1
-                consumed += size + 1
-                if len(events) >= _EVENTS_PER_POLL:
-                    break
-            self._lines_read += count
+            block = self._matcher.block(buf[:whole], _EVENTS_PER_POLL - len(events), self._deadline)
+            for line in block.lines:
+                for piece in line.pieces:
+                    self._emit(
+                        f, f.lines + line.line_index, piece.text, piece.offset, piece.hits, events
+                    )
+            for name, index in block.slow:
+                self._slow(f, name, f.lines + index + 1)
+            f.lines += block.lines_done
+            self._lines_read += block.lines_done
+            consumed = block.bytes_done
         if consumed == whole:
             # The partial line after the last newline: cut only what exceeds the limit (one
             # byte more, which may be the \r of a line of exactly the limit). Its pieces count
             # as a line when its newline comes.
             while len(buf) - consumed > limit + 1 and len(events) < _EVENTS_PER_POLL:
-                self._line(
-                    f,
-                    buf[consumed : consumed + limit].decode(encoding, "replace"),
-                    f.offset + consumed,
-                    events,
-                )
+                self._piece(f, buf[consumed : consumed + limit], consumed, events)
                 consumed += limit
         if consumed:
             del buf[:consumed]
             f.offset += consumed
 
-    def _pieces(self, f: _File, raw: bytearray, start: int, events: list[Event]) -> None:
-        """An over-long complete line (its ``\r`` stripped): pieces of ``max_line_bytes``."""
-        limit = self.max_line_bytes
-        encoding = self.encoding
-        for at in range(0, len(raw), limit):
-            text = raw[at : at + limit].decode(encoding, "replace")
-            self._line(f, text, f.offset + start + at, events)
+    def _piece(self, f: _File, raw: bytes | bytearray, start: int, events: list[Event]) -> None:
+        """A piece of the line being read (not complete yet), at ``start`` in the buffer."""
+        text = self._matcher.decode(raw)
+        hits, slow = self._matcher.match_line(text)
+        for name in slow:
+            self._slow(f, name, f.lines + 1)
+        self._emit(f, f.lines, text, start, hits, events)
 
     def _emit_rest(self, f: _File, events: list[Event]) -> None:
         """A file's last line, without its newline: emitted when nothing can complete it."""
@@ -734,20 +708,34 @@ class FileTailGenerator(EventGenerator):
             self._lines_read += 1
         while rest:
             piece = rest[: self.max_line_bytes]
-            self._line(f, piece.decode(self.encoding, "replace"), f.offset, events)
+            self._piece(f, piece, 0, events)
             del rest[: len(piece)]
             f.offset += len(piece)
 
-    def _line(self, f: _File, text: str, offset: int, events: list[Event]) -> None:
-        """Make the events of one line (or piece) starting at byte ``offset`` of its file."""
-        line_number = f.lines + 1
-        made = 0
-        for rule in self.rules:
-            match = rule.regex.search(text)
-            if match is None:
-                continue
-            if rule.exclude is not None and rule.exclude.search(text):
-                continue
+    def _slow(self, f: _File, rule: str, line_number: int) -> None:
+        """A rule slower than the threshold on one line: said once per rule, always counted."""
+        if rule in self._slow_reported:
+            return
+        self._slow_reported.add(rule)
+        logger.warning(
+            "%s: rule %r took over %g s on line %d of %s; it holds up every input while it "
+            "runs (see 'Slow rules' in docs/tailing.md)",
+            self,
+            rule,
+            self.slow_line_seconds,
+            line_number,
+            f.path,
+        )
+
+    def _emit(
+        self, f: _File, before: int, text: str, start: int, hits: Hits, events: list[Event]
+    ) -> None:
+        """The events of one line (or piece) at ``start`` in the buffer, after ``before`` lines."""
+        if not hits:
+            return
+        offset = f.offset + start
+        line_number = before + 1
+        for rule, match in hits:
             event = Event(
                 self,
                 rule.handler,
@@ -763,13 +751,10 @@ class FileTailGenerator(EventGenerator):
                 },
             )
             events.append(event)
-            made += 1
             if self.track_outcomes:
                 self._inflight[id(event)] = (event, f.outstanding, offset)
-            if rule.quick:
-                break
-        if made and self.track_outcomes:
-            f.outstanding[offset] = [made, f.lines]
+        if self.track_outcomes:
+            f.outstanding[offset] = [len(hits), before]
 
     def _retire(self, f: _File, events: list[Event]) -> None:
         """Close a drained file that no path names any more."""
