@@ -369,9 +369,7 @@ def _run(
         if args.stats_format == "json":
             extra = {
                 "status": status,
-                "interrupted_by": signal.Signals(received).name
-                if interrupted and received
-                else None,
+                "interrupted_by": interrupted,
                 "failures": [
                     {"handler": handler, "error": error, "count": count}
                     for (handler, error), count in failures.counts.most_common()

@@ -161,3 +161,42 @@ def test_json_with_quiet_gives_only_the_final_object(tmp_path: Path) -> None:
     assert final["type"] == "final" and final["rules"]["error"]["processed"] == 1
     silent = eventmp_command("run", "--once", "-qq", "--stats-format", "json", str(pipeline))
     assert silent.returncode == 0 and silent.stderr == ""
+
+
+def test_json_final_object_says_which_signal_interrupted_a_batch_run(tmp_path: Path) -> None:
+    """A --once run stopped by SIGTERM ends with a final object naming it, status 143."""
+    pipeline = pipeline_file(
+        tmp_path,
+        """
+        [dispatcher]
+        poll_interval = "50ms"
+        max_pending = 1
+
+        [[inputs]]
+        paths = ["a.log"]
+
+        [[rules]]
+        name = "slow"
+        regex = 'n=(?P<n>\\d+)'
+        handlers = [
+          { type = "print", file = "seen.txt", format = "{n}" },
+          { type = "exec", command = "import time; time.sleep(1)" },
+        ]
+        """,
+    )
+    # One match, then more than a poll reads of lines that match nothing, then more matches:
+    # while the first event's handler runs, nothing else is read (max_pending = 1).
+    with (tmp_path / "a.log").open("w") as f:
+        f.write("n=0\n" + ("x" * 99 + "\n") * 60_000 + "".join(f"n={n}\n" for n in range(1, 9)))
+    seen = tmp_path / "seen.txt"
+    command = Command(pipeline, "--once", "--stats-format", "json", "--stats-interval", "0")
+    try:
+        assert wait_until(lambda: seen.exists() and seen.read_text() != "")
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    finally:
+        command.kill()
+    assert status == 143, command.err
+    (final,) = stats_objects(command.err)
+    assert final["interrupted_by"] == "SIGTERM" and final["status"] == 143
+    assert final["rules"]["slow"] == {"matches": 1, "processed": 1, "failed": 0, "slow_lines": 0}
