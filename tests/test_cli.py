@@ -553,16 +553,14 @@ def test_keyboard_interrupt_outside_the_run_exits_130(monkeypatch: pytest.Monkey
     assert exited.value.code == cli.EXIT_INTERRUPTED == 130
 
 
-@pytest.mark.parametrize(
-    ("signum", "status"),
-    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
-    ids=["SIGTERM", "SIGINT", "SIGHUP"],
-)
-def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
-    tmp_path: Path, signum: signal.Signals, status: int
-) -> None:
-    """A --once run stopped by a signal drains what it read, says so, exits 128 + the signal."""
-    pipeline_file(
+def interruptible_batch(tmp_path: Path) -> Path:
+    """A pipeline and a log for a --once run that a signal stops before the end of its input.
+
+    One match, then more than a poll reads of lines that match nothing, then more matches:
+    while the first event's handler runs (it writes its n to seen.txt, then sleeps a second),
+    nothing else is read (max_pending = 1).
+    """
+    pipeline = pipeline_file(
         tmp_path,
         """
         [dispatcher]
@@ -573,6 +571,7 @@ def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
         paths = ["a.log"]
 
         [[rules]]
+        name = "slow"
         regex = 'n=(?P<n>\\d+)'
         handlers = [
           { type = "print", file = "seen.txt", format = "{n}" },
@@ -580,11 +579,22 @@ def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
         ]
         """,
     )
-    # One match, then more than a poll reads of lines that match nothing, then more matches:
-    # while the first event's handler runs, nothing else is read (max_pending = 1).
     filler = "x" * 99 + "\n"
     with (tmp_path / "a.log").open("w") as f:
         f.write("n=0\n" + filler * 60_000 + "".join(f"n={n}\n" for n in range(1, 50)))
+    return pipeline
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+    ids=["SIGTERM", "SIGINT", "SIGHUP"],
+)
+def test_once_stopped_by_a_signal_before_its_end_exits_128_plus_it(
+    tmp_path: Path, signum: signal.Signals, status: int
+) -> None:
+    """A --once run stopped by a signal drains what it read, says so, exits 128 + the signal."""
+    interruptible_batch(tmp_path)
     seen = tmp_path / "seen.txt"
     process = subprocess.Popen(
         [sys.executable, "-m", "eventmp", "run", "--once", str(tmp_path / "pipeline.toml")],

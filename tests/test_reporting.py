@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from test_cli import append, eventmp_command, pipeline_file, wait_until
+from test_cli import append, eventmp_command, interruptible_batch, pipeline_file, wait_until
 from test_runner import Command
 
 from eventmp import Event
@@ -165,29 +165,7 @@ def test_json_with_quiet_gives_only_the_final_object(tmp_path: Path) -> None:
 
 def test_json_final_object_says_which_signal_interrupted_a_batch_run(tmp_path: Path) -> None:
     """A --once run stopped by SIGTERM ends with a final object naming it, status 143."""
-    pipeline = pipeline_file(
-        tmp_path,
-        """
-        [dispatcher]
-        poll_interval = "50ms"
-        max_pending = 1
-
-        [[inputs]]
-        paths = ["a.log"]
-
-        [[rules]]
-        name = "slow"
-        regex = 'n=(?P<n>\\d+)'
-        handlers = [
-          { type = "print", file = "seen.txt", format = "{n}" },
-          { type = "exec", command = "import time; time.sleep(1)" },
-        ]
-        """,
-    )
-    # One match, then more than a poll reads of lines that match nothing, then more matches:
-    # while the first event's handler runs, nothing else is read (max_pending = 1).
-    with (tmp_path / "a.log").open("w") as f:
-        f.write("n=0\n" + ("x" * 99 + "\n") * 60_000 + "".join(f"n={n}\n" for n in range(1, 9)))
+    pipeline = interruptible_batch(tmp_path)
     seen = tmp_path / "seen.txt"
     command = Command(pipeline, "--once", "--stats-format", "json", "--stats-interval", "0")
     try:
