@@ -85,7 +85,6 @@ _ACK_CHECK_INTERVAL = 0.0001
 # and sleeps until a worker rings (see _wait_for_io).
 _ACK_HANDOFF = 0.02
 _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
-_SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
 
@@ -501,6 +500,7 @@ class EventDispatcher(threading.Thread):
     def _loop(self) -> None:
         next_poll = time.monotonic()
         while True:
+            self._waker.arm()  # before the look below: a stop() during it must not be lost
             now = time.monotonic()
             with self._lock:
                 self._maintain(now)

@@ -219,7 +219,6 @@ class WorkerPool:
                 if worker.outbuf:
                     poller.register(worker.task_fd, select.POLLOUT)
                     watched[worker.task_fd] = ("task", worker)
-            waker.pending = False
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         ready = poller.poll(0 if ended else ms)
         signalled: list[WorkerHandle] = []  # sentinel fired

@@ -40,7 +40,10 @@ class Mode:
 class Waker:
     """The dispatcher thread's wake-up pipe (also rung by idle workers, see RING).
 
-    One byte at most per wait of the dispatcher thread, not one per event.
+    One byte at most per look of the dispatcher thread, not one per event: a wake that finds
+    one owed already is dropped. So the loop calls :meth:`arm` *before* it looks at what it
+    must do, never between that look and its wait: a wake dropped before ``arm()`` asked for
+    nothing that look does not see, and every wake after it leaves a byte for the wait.
     """
 
     def __init__(self) -> None:
@@ -51,6 +54,10 @@ class Waker:
     def in_loop(self) -> bool:
         """True in the dispatcher thread."""
         return threading.get_ident() == self.loop_ident
+
+    def arm(self) -> None:
+        """The dispatcher thread is about to look at its state: the next wake writes a byte."""
+        self.pending = False
 
     def wake(self) -> None:
         """Wake the dispatcher thread."""
