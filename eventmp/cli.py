@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _test(pipeline, args)
         return _run(pipeline, args, signals)
     except Interrupted as exc:
-        print(f"eventmp: {signal.Signals(exc.signum).name} received while loading", file=sys.stderr)
+        name = signal.Signals(exc.signum).name
+        print(f"eventmp: {name} received while {exc.phase}; stopped", file=sys.stderr)
         return _signal_status(exc.signum)
     finally:
         if signals is not None:

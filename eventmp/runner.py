@@ -39,15 +39,17 @@ RELOAD_TIMEOUT = 60.0
 
 
 class Interrupted(BaseException):
-    """A signal came while the command was loading: nothing runs yet, so it simply ends.
+    """A signal ends the command before it runs: while it loads (nothing runs yet), or a
+    second one while its workers start (their start cleans up after itself).
 
     A BaseException, so that no ``except Exception`` on the way (an import of the user's
     handler module, say) turns it into a pipeline error.
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, phase: str) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.phase = phase
 
 
 class Signals:
@@ -55,7 +57,8 @@ class Signals:
 
     - ``loading``: no child process exists yet; the signal raises :class:`Interrupted`.
     - ``starting``: workers are starting; the signal is noted, and the command stops as soon
-      as the start returns, before it reads a line.
+      as the start returns, before it reads a line; a second one raises :class:`Interrupted`,
+      which the start cleans up after (a slow or hung worker start is not waited for).
     - ``running``: the first SIGINT or SIGTERM (or SIGHUP in ``--once``) stops the dispatcher
       with a drain, a second one at once; SIGHUP in follow mode calls ``on_hangup`` (a reload).
     """
@@ -77,16 +80,28 @@ class Signals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame: object) -> None:
-        if self.phase == "loading":
-            raise Interrupted(signum)
+        phase = self.phase
+        if phase == "loading":
+            raise Interrupted(signum, phase)
         if signum == signal.SIGHUP and self.on_hangup is not None and not self.received:
             self.on_hangup()
             return
         self.received.append(signum)
-        dispatcher = self.dispatcher
-        if self.phase != "running" or dispatcher is None:
-            return
         name = signal.Signals(signum).name
+        if phase == "starting":
+            if len(self.received) == 1:
+                logger.warning(
+                    "%s received while starting: stopping once the workers are up; "
+                    "send it again to stop at once",
+                    name,
+                )
+                return
+            if len(self.received) == 2:  # once: a third must not cut the start's clean-up
+                raise Interrupted(self.received[0], phase)
+            return
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return
         drain = len(self.received) == 1
         if drain:
             logger.warning("%s received: draining; send it again to stop at once", name)

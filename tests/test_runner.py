@@ -283,8 +283,40 @@ SLOW_WORKER = """
 import os, time
 if b"--multiprocessing-fork" in open("/proc/self/cmdline", "rb").read():
     open(os.environ["EVENTMP_TEST_MARKER"], "a").close()
-    time.sleep(5)
+    time.sleep(float(os.environ["EVENTMP_TEST_SLEEP"]))
 """
+
+
+SLOW_START = """
+[dispatcher]
+workers = 2
+start_method = "spawn"
+
+[[inputs]]
+paths = ["app.log"]
+start_at = "beginning"
+
+[[rules]]
+regex = 'ERROR'
+handler = { type = "json", file = "seen.jsonl" }
+"""
+
+
+def slow_start(tmp_path: Path, sleep: float) -> tuple[Command, Path]:
+    """`eventmp run` whose spawned workers each take ``sleep`` seconds to start, and the
+    marker file the first of them creates as it begins."""
+    pipeline = pipeline_file(tmp_path, SLOW_START)
+    append(tmp_path / "app.log", "ERROR 1")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WORKER)
+    marker = tmp_path / "worker-starting"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path / "site"),
+        "EVENTMP_TEST_MARKER": str(marker),
+        "EVENTMP_TEST_SLEEP": str(sleep),
+    }
+    return Command(pipeline, env=env), marker
 
 
 @EACH_SIGNAL
@@ -292,28 +324,7 @@ def test_a_signal_while_workers_start_exits_128_plus_it_and_leaves_no_process(
     tmp_path: Path, signum: int, status: int
 ) -> None:
     """A signal while the workers start stops them, reads nothing, and exits 128 + it."""
-    pipeline = pipeline_file(
-        tmp_path,
-        """
-        [dispatcher]
-        workers = 2
-        start_method = "spawn"
-
-        [[inputs]]
-        paths = ["app.log"]
-        start_at = "beginning"
-
-        [[rules]]
-        regex = 'ERROR'
-        handler = { type = "json", file = "seen.jsonl" }
-        """,
-    )
-    append(tmp_path / "app.log", "ERROR 1")
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WORKER)
-    marker = tmp_path / "worker-starting"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "EVENTMP_TEST_MARKER": str(marker)}
-    command = Command(pipeline, env=env)
+    command, marker = slow_start(tmp_path, 5)
     descendants: set[psutil.Process] = set()
     try:
         assert wait_until(marker.exists)
@@ -325,6 +336,25 @@ def test_a_signal_while_workers_start_exits_128_plus_it_and_leaves_no_process(
     assert f"{signal.Signals(signum).name} received while starting; stopped" in command.err
     assert "Traceback" not in command.err
     assert not (tmp_path / "seen.jsonl").exists()
+    assert descendants
+    assert wait_until(lambda: not any(p.is_running() for p in descendants), timeout=10)
+
+
+def test_a_second_signal_while_workers_start_does_not_wait_for_them(tmp_path: Path) -> None:
+    """A second SIGTERM during a start that would take minutes stops it at once, cleanly."""
+    command, marker = slow_start(tmp_path, 600)
+    descendants: set[psutil.Process] = set()
+    try:
+        assert wait_until(marker.exists)
+        descendants.update(psutil.Process(command.process.pid).children(recursive=True))
+        command.signal(signal.SIGTERM)
+        assert wait_until(lambda: command.saw("SIGTERM received while starting: stopping once"))
+        command.signal(signal.SIGTERM)
+        assert command.wait() == 143, command.err
+    finally:
+        command.kill()
+    assert "eventmp: SIGTERM received while starting; stopped" in command.err
+    assert "Traceback" not in command.err
     assert descendants
     assert wait_until(lambda: not any(p.is_running() for p in descendants), timeout=10)
 
