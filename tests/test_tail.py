@@ -353,7 +353,8 @@ def test_a_poll_makes_a_bounded_number_of_events(make_tail: MakeTail, tmp_path: 
     log = tmp_path / "app.log"
     total = tail_module._EVENTS_PER_POLL + 123
     log.write_text("".join(f"{i}\n" for i in range(total)))
-    tail = make_tail(log, start_at="beginning")
+    # No time budget: on a busy machine 5,000 events may take longer than a poll may.
+    tail = make_tail(log, start_at="beginning", slow_line_seconds=WAIT)
     first = poll(tail)
     assert len(first) == tail_module._EVENTS_PER_POLL
     rest = poll(tail)
@@ -1404,3 +1405,79 @@ def test_kill_9_reads_again_only_the_in_flight_lines(
     assert recorded_lines(recording) == ["one", "two", "block", "four"]
     assert starts.read_text().count("started") == 2
     assert errors.events == []
+
+
+# == slow rules ====================================================================================
+
+# Exponential backtracking: each run of digits (no "x" follows) costs 2**len steps, far more
+# than SLOWEST below on any machine, and still well under max_line_bytes.
+CATASTROPHIC = re.compile(r"(\d+)+x")
+DIGITS = "1" * 20
+SLOWEST = 0.002  # slow_line_seconds of these tests: far below what one such line costs
+
+
+def test_a_pathological_line_does_not_hold_back_another_file(
+    make_tail: MakeTail, tmp_path: Path
+) -> None:
+    """A poll stops after one catastrophic line: the other file's lines come within two polls."""
+    slow_log, ordinary = tmp_path / "a-slow.log", tmp_path / "b-ordinary.log"
+    slow_log.write_text(f"{DIGITS}\n" * 4)
+    ordinary.write_text("ok 1\nok 2\nok 3\n")
+    rules = [Rule("nested", CATASTROPHIC, "h"), Rule("ok", re.compile("^ok"), "h")]
+    tail = make_tail(
+        slow_log, ordinary, rules=rules, start_at="beginning", slow_line_seconds=SLOWEST
+    )
+    events: list[list[Event]] = []
+    slow_per_poll = []
+    while tail.lines_read < 4 + 3:
+        before = tail.rule_stats()["nested"].slow_lines
+        events.append(poll(tail))
+        slow_per_poll.append(tail.rule_stats()["nested"].slow_lines - before)
+        assert tail.has_more or tail.lines_read == 4 + 3
+        assert len(events) <= 4 + 3  # bounded: each poll reads at least one line
+    # Each poll yields after the first line that took it past its time budget...
+    assert slow_per_poll == [1] * 4 or sorted(slow_per_poll) == [0] + [1] * 4
+    # ... so the ordinary file, whichever file a poll starts with, waits at most one line.
+    assert lines(events[0] + events[1]) == ["ok 1", "ok 2", "ok 3"]
+
+
+def test_a_slow_rule_is_logged_once_with_its_file_and_line(
+    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first slow line of a rule is a warning naming the rule, file and line; later ones
+    are counted, not logged."""
+    log = tmp_path / "app.log"
+    log.write_text(f"fine\n{DIGITS}\n{DIGITS}\n")
+    rules = [Rule("nested", CATASTROPHIC, "h")]
+    tail = make_tail(log, rules=rules, start_at="beginning", slow_line_seconds=SLOWEST)
+    with caplog.at_level(logging.WARNING, logger="eventmp"):
+        assert poll_until_read(tail, 3) == []
+    warnings = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'nested'" in warnings[0] and f"line 2 of {log}" in warnings[0]
+    stats = tail.rule_stats()["nested"]
+    assert (stats.matches, stats.slow_lines) == (0, 2) and stats.seconds > 0
+
+
+def test_rule_stats_count_each_rule_s_events(make_tail: MakeTail, tmp_path: Path) -> None:
+    """rule_stats() counts each rule's events, in a frozen RuleStats per rule name."""
+    log = tmp_path / "app.log"
+    log.write_text("a\nb\nab\n")
+    rules = [Rule("a", re.compile("a"), "h"), Rule("b", re.compile("b"), "h", quick=True)]
+    tail = make_tail(log, rules=rules, start_at="beginning")
+    assert len(poll(tail)) == 4
+    stats = tail.rule_stats()
+    assert (stats["a"].matches, stats["b"].matches) == (2, 2)
+    assert stats["a"].slow_lines == 0
+    with pytest.raises(AttributeError):
+        stats["a"].matches = 0  # type: ignore[misc]
+
+
+def poll_until_read(tail: FileTailGenerator, count: int) -> list[Event]:
+    """Poll until ``count`` lines were read (each poll reads at least one); the events."""
+    events: list[Event] = []
+    for _ in range(count + 5):
+        events += poll(tail)
+        if tail.lines_read >= count:
+            break
+    return events
