@@ -53,7 +53,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import batching
@@ -67,6 +66,7 @@ from .errors import (
 from .event import Event, EventGenerator
 from .generators import Generators
 from .ledger import Ledger
+from .options import DispatcherStats, check_settings, default_start_method
 from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
 from .shared import Mode, Waker
@@ -78,42 +78,12 @@ logger = logging.getLogger("eventmp")
 
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 
-_READ_CHUNK = 1 << 18
-_START_RETRIES = 5
 _ACK_CHECK_INTERVAL = 0.0001
 # While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
 # and sleeps until a worker rings (see _wait_for_io).
 _ACK_HANDOFF = 0.02
 _BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _monotonic = time.monotonic
-
-
-def default_start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn``; never ``fork`` by default.
-
-    The dispatcher's own process has threads (the dispatcher thread, and usually the user's),
-    and a fork taken while another thread holds a lock (logging's, an allocator's, a C
-    library's) leaves that lock held forever in the child. Python 3.14 moved its own default
-    off fork for this reason. forkserver forks workers from a clean single-threaded server, so
-    a restart costs a fork, not a new interpreter.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-@dataclass(frozen=True)
-class DispatcherStats:
-    """A snapshot of a dispatcher's counters."""
-
-    accepted: int
-    processed: int
-    failed: int
-    pending: int
-    abandoned: int
-    worker_restarts: int
-    worker_recycles: int
-    worker_pids: tuple[int, ...]
-    worker_rss: tuple[int, ...] = field(default=())
 
 
 _live_dispatchers: weakref.WeakSet[EventDispatcher] = weakref.WeakSet()
@@ -163,27 +133,19 @@ class EventDispatcher(threading.Thread):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name or "EventDispatcher", daemon=True)
-        if poll_interval < 0:
-            raise ValueError(f"poll_interval must be >= 0, got {poll_interval!r}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers!r}")
-        if event_timeout is not None and event_timeout <= 0:
-            raise ValueError(f"event_timeout must be > 0, got {event_timeout!r}")
-        if kill_grace < 0:
-            raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
-        if start_timeout <= 0:
-            raise ValueError(f"start_timeout must be > 0, got {start_timeout!r}")
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
-        if not 0 <= idle_spin <= 0.01:
-            raise ValueError(f"idle_spin must be between 0 and 0.01 seconds, got {idle_spin!r}")
+        check_settings(
+            poll_interval=poll_interval,
+            start_method=start_method,
+            workers=workers,
+            event_timeout=event_timeout,
+            kill_grace=kill_grace,
+            start_timeout=start_timeout,
+            max_pending=max_pending,
+            idle_spin=idle_spin,
+            max_events_per_worker=max_events_per_worker,
+        )
         self.idle_spin = float(idle_spin)
         method = start_method or default_start_method()
-        if method not in multiprocessing.get_all_start_methods():
-            raise ValueError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, "
-                f"got {method!r}"
-            )
         self.poll_interval = float(poll_interval)
         self.start_method = method
         self.workers = workers
@@ -191,8 +153,6 @@ class EventDispatcher(threading.Thread):
         self.max_pending = max_pending
         self.kill_grace = kill_grace
         self.key = key
-        if max_events_per_worker is not None and max_events_per_worker < 1:
-            raise ValueError(f"max_events_per_worker must be >= 1, got {max_events_per_worker!r}")
         self.max_events_per_worker = max_events_per_worker
         self.max_memory_per_worker = (
             None if max_memory_per_worker is None else parse_size(max_memory_per_worker)
