@@ -66,7 +66,12 @@ from .errors import (
 from .event import Event, EventGenerator
 from .generators import Generators
 from .ledger import Ledger
-from .options import DispatcherStats, check_settings, default_start_method
+from .options import (
+    DEFAULT_MAX_PENDING_BYTES,
+    DispatcherStats,
+    check_settings,
+    default_start_method,
+)
 from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
 from .shared import Mode, Waker
@@ -111,6 +116,8 @@ class EventDispatcher(threading.Thread):
       fails with :class:`HandlerTimeoutError`.
     - ``max_pending``: events accepted but without an outcome; ``submit()`` blocks and
       generators are not polled while the pipeline holds this many.
+    - ``max_pending_bytes``: generators are not polled either while the pending events they
+      sized (:meth:`EventGenerator.event_size`) hold this many bytes (``None``: no bound).
     - ``idle_spin``: at most this many seconds a worker polls for its next batch before it
       sleeps, while events come closer together than that and slower than 100,000 a second
       (``0`` turns it off).
@@ -124,6 +131,7 @@ class EventDispatcher(threading.Thread):
         workers: int = 1,
         event_timeout: float | None = None,
         max_pending: int = 10_000,
+        max_pending_bytes: int | str | None = DEFAULT_MAX_PENDING_BYTES,
         max_events_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
         key: Callable[[Event], Hashable] | None = None,
@@ -141,6 +149,7 @@ class EventDispatcher(threading.Thread):
             kill_grace=kill_grace,
             start_timeout=start_timeout,
             max_pending=max_pending,
+            max_pending_bytes=max_pending_bytes,
             idle_spin=idle_spin,
             max_events_per_worker=max_events_per_worker,
         )
@@ -151,6 +160,9 @@ class EventDispatcher(threading.Thread):
         self.workers = workers
         self.event_timeout = event_timeout
         self.max_pending = max_pending
+        self.max_pending_bytes = (
+            None if max_pending_bytes is None else parse_size(max_pending_bytes)
+        )
         self.kill_grace = kill_grace
         self.key = key
         self.max_events_per_worker = max_events_per_worker
@@ -415,6 +427,7 @@ class EventDispatcher(threading.Thread):
                 processed=ledger.processed,
                 failed=ledger.failed,
                 pending=len(ledger.pending),
+                pending_bytes=ledger.bytes_held,
                 abandoned=ledger.abandoned,
                 worker_restarts=self._pool.restarts,
                 worker_recycles=self._pool.recycles,
@@ -470,7 +483,7 @@ class EventDispatcher(threading.Thread):
                 poll_due = (
                     self._mode.state == _RUNNING
                     and (now >= next_poll or self._poll_again)
-                    and len(self._ledger.pending) < self.max_pending
+                    and self._room_to_poll()
                 )
                 if poll_due:
                     self._poll_again = False
@@ -496,7 +509,7 @@ class EventDispatcher(threading.Thread):
             if (
                 self._mode.state == _RUNNING
                 and self._generators.wants_polling()
-                and len(self._ledger.pending) < self.max_pending
+                and self._room_to_poll()
             ):
                 timers.append(now if self._poll_again else next_poll)
             if self._stop_deadline is not None and self._mode.abandoning is None:
@@ -507,15 +520,24 @@ class EventDispatcher(threading.Thread):
 
     # -- generators -----------------------------------------------------------------------------
 
+    def _room_to_poll(self) -> bool:
+        """Whether the pipeline holds fewer than max_pending events and max_pending_bytes."""
+        ledger = self._ledger
+        limit = self.max_pending_bytes
+        return len(ledger.pending) < self.max_pending and (
+            limit is None or ledger.bytes_held < limit
+        )
+
     def _poll_generators(self, generators: list[EventGenerator]) -> None:
+        sized = self.max_pending_bytes is not None
         for generator in generators:
-            polled = self._generators.poll(generator)
+            polled = self._generators.poll(generator, sized=sized)
             with self._lock:
                 for error in polled.errors:
                     self._outcomes.generator_failed(generator, error)
                 if polled.events:
                     self._take_inbox()
-                    self._enqueue(polled.events, generator if polled.tracks else None)
+                    self._enqueue(polled.events, generator if polled.tracks else None, polled.sizes)
                 if polled.finished:
                     self._generators.mark_finished(generator)
                 elif polled.has_more:
@@ -552,13 +574,15 @@ class EventDispatcher(threading.Thread):
         del inbox[:count]
         self._enqueue(events)
 
-    def _enqueue(self, events: list[Event], tracker: Any = None) -> None:
+    def _enqueue(
+        self, events: list[Event], tracker: Any = None, sizes: list[int] | None = None
+    ) -> None:
         """Accept ``events`` into the ledger and queue them: all at once, or each by its key.
 
         ``tracker`` (a generator that hears of each outcome) is noted first: routing may fail
-        an event at once.
+        an event at once. ``sizes`` are their estimated bytes, if a generator sized them.
         """
-        seqs = self._ledger.accept(events, tracker)
+        seqs = self._ledger.accept(events, tracker, sizes)
         if self.key is None:
             self._ledger.queue(seqs)
             return

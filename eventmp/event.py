@@ -85,6 +85,9 @@ class EventGenerator:
     dispatcher polls it again at once, while ``max_pending`` has room, instead of after
     ``poll_interval``.
 
+    A generator whose events can be big defines ``event_size(event)``, which
+    ``max_pending_bytes`` counts.
+
     A generator that sets ``track_outcomes`` true has ``settled(event, exception)`` called,
     from the dispatcher thread, once each event it produced has its outcome (``exception`` is
     None when the handler returned): a file tail saves its position only up to settled lines.
@@ -99,6 +102,17 @@ class EventGenerator:
 
     def stop(self) -> None:
         """Release resources; the base has none."""
+
+    def event_size(self, event: Event) -> int:
+        """About how many bytes ``event`` holds in the parent; 0 leaves it uncounted.
+
+        The dispatcher polls no generator while the pending events that generators sized
+        hold ``max_pending_bytes`` (docs/api.md): a generator whose events can be big (a file
+        tail with long lines) says how big, so the parent's memory is bounded in bytes, not
+        only in events. Called without the dispatcher's lock, for each event of a poll; it
+        should cost far less than making the event.
+        """
+        return 0
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
         """Called for each of this generator's events once it has its outcome (if tracked)."""

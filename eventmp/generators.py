@@ -28,6 +28,8 @@ class Polled:
     errors: list[BaseException] = field(default_factory=list)
     finished: bool = False  # it says it will produce nothing more
     has_more: bool = False  # it has more right now: poll again without waiting
+    # Each event's estimated bytes, if the generator sizes its events (event_size()).
+    sizes: list[int] | None = None
 
 
 class Generators:
@@ -55,8 +57,11 @@ class Generators:
         self._finished.add(id(generator))
 
     @staticmethod
-    def poll(generator: EventGenerator) -> Polled:
-        """Call ``generator.get_events()`` once, without the lock, and say what came of it."""
+    def poll(generator: EventGenerator, *, sized: bool = False) -> Polled:
+        """Call ``generator.get_events()`` once, without the lock, and say what came of it.
+
+        With ``sized``, also each event's ``event_size()``, if the generator defines it.
+        """
         try:
             items = list(generator.get_events() or ())
         except Exception as exc:
@@ -70,6 +75,8 @@ class Generators:
                 polled.errors.append(
                     TypeError(f"get_events() returned a {type(item).__qualname__}, not an Event")
                 )
+        if sized and polled.events:
+            polled.sizes = _sizes(generator, polled.events)
         if getattr(generator, "finished", False):
             polled.finished = True
         else:
@@ -83,3 +90,20 @@ class Generators:
                 generator.stop()
             except Exception:
                 logger.exception("generator %s failed in stop()", generator)
+
+
+def _sizes(generator: EventGenerator, events: list[Event]) -> list[int] | None:
+    """The events' sizes by ``generator.event_size()``; None if it does not size them."""
+    if getattr(type(generator), "event_size", None) in (None, EventGenerator.event_size):
+        return None
+    try:
+        return [max(0, int(generator.event_size(event))) for event in events]
+    except Exception as exc:
+        # The events are accepted all the same: losing them would be worse than not counting.
+        logger.warning(
+            "generator %s failed in event_size(): %r; its events are not counted in "
+            "max_pending_bytes",
+            generator,
+            exc,
+        )
+        return None

@@ -124,6 +124,10 @@ class Ledger:
         self.trackers: dict[int, Any] = {}
         self.failures: deque[Outcome] = deque()
         self.settled: deque[Outcome] = deque()
+        # Estimated bytes of the pending events a generator sized (see
+        # EventGenerator.event_size): the dispatcher stops polling at max_pending_bytes.
+        self.sizes: dict[int, int] = {}
+        self.bytes_held = 0
         self.accepted = 0
         self.processed = 0
         self.failed = 0
@@ -138,8 +142,14 @@ class Ledger:
 
     # -- acceptance and queues -----------------------------------------------------------------
 
-    def accept(self, events: list[Event], tracker: Any = None) -> range:
-        """Number ``events`` and hold them as pending (not queued yet); their seqs."""
+    def accept(
+        self, events: list[Event], tracker: Any = None, sizes: list[int] | None = None
+    ) -> range:
+        """Number ``events`` and hold them as pending (not queued yet); their seqs.
+
+        ``sizes`` are the events' estimated bytes, counted in ``bytes_held`` until each has
+        its outcome.
+        """
         first = self._next_seq
         self._next_seq = first + len(events)
         seqs = range(first, first + len(events))
@@ -147,6 +157,11 @@ class Ledger:
         self.accepted += len(events)
         if tracker is not None:
             self.trackers.update(dict.fromkeys(seqs, tracker))
+        if sizes is not None:
+            for seq, size in zip(seqs, sizes, strict=True):
+                if size > 0:
+                    self.sizes[seq] = size
+                    self.bytes_held += size
         return seqs
 
     def accept_one(self, event: Event) -> int:
@@ -284,7 +299,7 @@ class Ledger:
             seqs = batch.seqs
             if batch.no == batch_no:
                 size = len(seqs)
-            if batch.settled or batch.failed or self.trackers:
+            if batch.settled or batch.failed or self.trackers or self.sizes:
                 self._settle_processed(batch, len(seqs))
                 continue
             # The hot path, inlined: a whole batch, nothing settled or failed in it before.
@@ -498,6 +513,11 @@ class Ledger:
         for seq in queued_or_held:
             if seq not in self.pending:
                 self._illegal(f"event {seq} is {places[seq]} but not pending")
+        if (
+            self.bytes_held != sum(self.sizes.values())
+            or not self.sizes.keys() <= self.pending.keys()
+        ):
+            self._illegal(f"{self.bytes_held} bytes held, but the pending events' sizes differ")
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -558,6 +578,8 @@ class Ledger:
             for seq in seqs:
                 pop(seq, None)
             settled = before - len(pending)
+        if self.sizes:
+            self._release_bytes(seqs)
         batch.settled = upto
         self.processed += settled
         if settled != len(seqs) - skipped:
@@ -567,8 +589,18 @@ class Ledger:
             )
         return settled
 
+    def _release_bytes(self, seqs: Iterable[int]) -> None:
+        """Stop counting the bytes of these settled events (those a generator sized)."""
+        pop = self.sizes.pop
+        released = 0
+        for seq in seqs:
+            released += pop(seq, 0)
+        self.bytes_held -= released
+
     def _settle_failed(self, seq: int, originator: Any, exception: BaseException) -> None:
         event = self.pending.pop(seq)
+        if self.sizes:
+            self.bytes_held -= self.sizes.pop(seq, 0)
         self.failed += 1
         if isinstance(exception, EventAbandonedError):
             self.abandoned += 1

@@ -10,8 +10,19 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass, field
 
-__all__ = ["DispatcherStats", "check_settings", "default_start_method"]
+from .units import parse_size
 
+__all__ = [
+    "DEFAULT_MAX_PENDING_BYTES",
+    "DispatcherStats",
+    "check_settings",
+    "default_start_method",
+]
+
+# What the pending events that generators sized may hold before polling pauses: with the
+# interpreter, the workers' buffers and one poll's overshoot, the parent stays near 256 MB
+# (docs/api.md, docs/tailing.md).
+DEFAULT_MAX_PENDING_BYTES = 128 << 20
 # The longest idle spin accepted: a longer one keeps each worker's CPU busy long after a burst
 # ends, for a wake-up that costs far less (docs/design.md, "Idle spin").
 MAX_IDLE_SPIN = 0.01
@@ -39,6 +50,7 @@ def check_settings(
     kill_grace: float,
     start_timeout: float,
     max_pending: int,
+    max_pending_bytes: int | str | None,
     idle_spin: float,
     max_events_per_worker: int | None,
 ) -> None:
@@ -58,6 +70,13 @@ def check_settings(
         raise ValueError(f"start_timeout must be > 0, got {start_timeout!r}")
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+    if max_pending_bytes is not None:
+        try:
+            size = parse_size(max_pending_bytes)
+        except ValueError as exc:
+            raise ValueError(f"max_pending_bytes: {exc}") from None
+        if size < 1:
+            raise ValueError(f"max_pending_bytes must be >= 1 byte, got {max_pending_bytes!r}")
     if not 0 <= idle_spin <= MAX_IDLE_SPIN:
         raise ValueError(
             f"idle_spin must be between 0 and {MAX_IDLE_SPIN} seconds, got {idle_spin!r}"
@@ -79,3 +98,5 @@ class DispatcherStats:
     worker_recycles: int
     worker_pids: tuple[int, ...]
     worker_rss: tuple[int, ...] = field(default=())
+    # Estimated bytes of the pending events that generators sized (max_pending_bytes).
+    pending_bytes: int = 0

@@ -806,6 +806,90 @@ def test_submit_blocks_until_room_then_succeeds(
     assert data_of(recording.records()) == [0, 1, 2]
 
 
+class SizedGenerator(EventGenerator):
+    """Makes ``total`` events, ``per_poll`` a poll, each ``size`` bytes by its event_size()."""
+
+    def __init__(self, handler: Any, total: int, per_poll: int, size: int) -> None:
+        self.handler = handler
+        self.total = total
+        self.per_poll = per_poll
+        self.size = size
+        self.made = 0
+
+    def get_events(self) -> list[Event]:
+        count = min(self.per_poll, self.total - self.made)
+        events = [Event("sized", self.handler, self.made + i) for i in range(count)]
+        self.made += count
+        self.finished = self.made >= self.total
+        return events
+
+    def event_size(self, event: Event) -> int:
+        if self.size < 0:
+            raise RuntimeError("cannot size it")
+        return self.size
+
+
+def test_max_pending_bytes_pauses_polling_until_outcomes_free_room(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """Generators are not polled while their pending events hold max_pending_bytes; none is lost."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    generator = SizedGenerator(recording, total=60, per_poll=4, size=1000)
+    dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=10_000)
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    deadline = time.monotonic() + WAIT
+    while dispatcher.stats().pending_bytes < 10_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # thirty poll intervals: polling would have made every event by now
+    # Polled while under the budget: at most one poll past it.
+    assert 10 <= generator.made <= 10 + generator.per_poll
+    assert dispatcher.stats().pending_bytes == generator.made * 1000
+    gate.touch()
+    assert dispatcher.wait(WAIT)
+    assert sorted(data_of(recording.records())) == list(range(60))
+    assert dispatcher.stats().pending_bytes == 0
+
+
+def test_max_pending_bytes_none_and_unsized_generators_are_not_bounded(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """Without a byte bound, or from a generator without event_size(), events are not counted."""
+    gate = tmp_path / "gate"
+    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
+    unbounded = SizedGenerator(recording, total=30, per_poll=4, size=1000)
+    unsized = ListEventGenerator([Event("plain", recording, 100 + i) for i in range(30)])
+    first = make_dispatcher(poll_interval=0.01, max_pending_bytes=None)
+    first.add_event_generator(unbounded)
+    second = make_dispatcher(poll_interval=0.01, max_pending_bytes=1)
+    second.add_event_generator(unsized)
+    first.start()
+    second.start()
+    deadline = time.monotonic() + WAIT
+    while (first.stats().accepted, second.stats().accepted) != (30, 30):
+        assert time.monotonic() < deadline, (first.stats(), second.stats())
+        time.sleep(0.01)
+    assert first.stats().pending_bytes == second.stats().pending_bytes == 0
+    gate.touch()
+    assert first.wait(WAIT) and second.wait(WAIT)
+
+
+def test_event_size_that_raises_is_logged_and_the_events_still_run(
+    make_dispatcher: MakeDispatcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A generator whose event_size() raises loses no event: they run uncounted; it is logged."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    generator = SizedGenerator(recording, total=8, per_poll=4, size=-1)
+    dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=100)
+    dispatcher.add_event_generator(generator)
+    with caplog.at_level(logging.WARNING, logger="eventmp"):
+        dispatcher.start()
+        assert dispatcher.wait(WAIT)
+    assert sorted(data_of(recording.records())) == list(range(8))
+    assert "failed in event_size(): RuntimeError('cannot size it')" in caplog.text
+
+
 def noop_handler(event: Event) -> bool:
     """Does nothing: for tests that count outcomes, not what handlers do."""
     return True

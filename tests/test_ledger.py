@@ -444,6 +444,29 @@ def test_fail_unheld_fails_everything_no_worker_holds() -> None:
     assert all(o.exception is error for o in ledger.failures)
 
 
+def test_bytes_held_follow_the_sized_events_to_their_outcomes() -> None:
+    """bytes_held counts sized events from acceptance until each outcome, on every path."""
+    ledger = Ledger(1)
+    seqs = ledger.accept(make_events(6), sizes=[100, 0, 20, 3, 4000, 5])
+    ledger.accept(make_events(2))  # not sized: never counted
+    ledger.queue(seqs)
+    assert ledger.bytes_held == 4128
+    ledger.worker_started(1, 0)
+    ledger.assign(1, 1, ledger.take(0, 2))  # 100, 0
+    ledger.assign(1, 2, ledger.take(0, 3))  # 20, 3, 4000
+    ledger.failed_at(1, position(2, 0), seqs[2], "worker", ValueError("x"))
+    assert ledger.bytes_held == 4108
+    assert ledger.batch_done(1, 1) == 2
+    assert ledger.bytes_held == 4008
+    # Dies running the event of 3 bytes: it fails; the one of 4,000 is queued again, counted.
+    ledger.worker_exited(1, position(2, 1), position(2, 0), resync_unstarted=False)
+    ledger.fail(seqs[3], "worker", RuntimeError("crashed"))
+    assert ledger.bytes_held == 4005
+    assert ledger.fail_queued("dispatcher", lambda: EventAbandonedError("stopped")) == 2
+    assert ledger.bytes_held == 0
+    assert not ledger.sizes
+
+
 def test_audit_finds_an_event_in_two_places() -> None:
     """audit() raises when a held event is also queued."""
     ledger = queued_ledger(2)
@@ -710,6 +733,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.events: dict[int, Event] = {}
         self.trackers: dict[int, object] = {}
         self.key_slot: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}  # the bytes each sized event was accepted with
         self.outcome: dict[int, str] = {}
         self.why: dict[int, type[BaseException]] = {}  # the failure the model expects
         self.starts: Counter[int] = Counter()
@@ -779,6 +803,9 @@ class LedgerMachine(RuleBasedStateMachine):
         ledger.audit()
         assert ledger.accepted == ledger.processed + ledger.failed + len(ledger.pending)
         assert ledger.accepted == len(self.events)
+        assert ledger.bytes_held == sum(
+            size for seq, size in self.sizes.items() if seq not in self.outcome
+        )
         assert ledger.failed == sum(1 for o in self.outcome.values() if o == "failed")
         assert ledger.processed == sum(1 for o in self.outcome.values() if o == "processed")
         assert ledger.abandoned == sum(
@@ -820,12 +847,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- the dispatcher's side -----------------------------------------------------------------
 
-    @rule(data=st.data(), count=st.integers(1, 5), tracked=st.booleans())
-    def accept(self, data: st.DataObject, count: int, tracked: bool) -> None:
+    @rule(data=st.data(), count=st.integers(1, 5), tracked=st.booleans(), sized=st.booleans())
+    def accept(self, data: st.DataObject, count: int, tracked: bool, sized: bool) -> None:
         assert self.ledger is not None
         tracker = object() if tracked else None
         events = make_events(count)
-        seqs = self.ledger.accept(events, tracker)
+        sizes = None
+        if sized:
+            sizes = data.draw(st.lists(st.integers(0, 1000), min_size=count, max_size=count))
+        seqs = self.ledger.accept(events, tracker, sizes)
+        if sizes is not None:
+            self.sizes.update(zip(seqs, sizes, strict=True))
         self.events.update(zip(seqs, events, strict=True))
         if tracker is not None:
             self.trackers.update(dict.fromkeys(seqs, tracker))

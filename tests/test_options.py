@@ -23,6 +23,8 @@ from eventmp.options import MAX_IDLE_SPIN, default_start_method
         {"idle_spin": -0.001},
         {"idle_spin": MAX_IDLE_SPIN * 2},
         {"start_method": "vfork"},
+        {"max_pending_bytes": 0},
+        {"max_pending_bytes": "lots"},
     ],
 )
 def test_settings_out_of_range_are_refused_by_name(setting: dict[str, object]) -> None:
