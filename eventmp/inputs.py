@@ -8,6 +8,9 @@ Parent-side; polled in the dispatcher thread. ``eventmp run`` gives its dispatch
 - the command counts matches and outcomes per rule and per input (:class:`Counts`) as the events
   and their outcomes pass through, which needs no change to the dispatcher.
 
+What the dispatcher asks of a generator about one event (``settled()``, ``event_size()``) goes
+to the tail that made it, the event's originator.
+
 A swap loses and repeats no line: the set stops polling, waits until every event its tails made
 has its outcome, stops the old tails (each saves its checkpoint: the end of the last line it
 read), and only then builds the new ones, which start from the state files. In follow mode an
@@ -156,6 +159,13 @@ class InputSet(EventGenerator):
                 self._outstanding -= 1
                 if self._outstanding <= 0:
                     self._lock.notify_all()
+
+    def event_size(self, event: Event) -> int:
+        """The size the event's own tail gives it (``max_pending_bytes`` counts it)."""
+        tail = event.originator
+        if isinstance(tail, FileTailGenerator):
+            return int(tail.event_size(event))
+        return 0
 
     def stop(self) -> None:
         """Stop every tail (each saves its last checkpoint); later polls return nothing."""

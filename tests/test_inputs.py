@@ -132,3 +132,22 @@ def test_private_state_files_live_in_a_directory_removed_at_close(tmp_path: Path
     state.close()
     assert not Path(path).parent.exists()
     assert StateFiles(private=False).path_for("app") is None
+
+
+def test_event_size_is_the_tails_own(tmp_path: Path) -> None:
+    """max_pending_bytes sees each event's size as the tail that made it gives it."""
+    log = tmp_path / "app.log"
+    log.write_text("one\nthree\n")
+
+    class Sized(FileTailGenerator):
+        def event_size(self, event: Event) -> int:
+            return 100 + len(str(event.data["line"]))
+
+    inputs = InputSet([Sized([str(log)], [RULE], start_at="beginning")])
+    inputs.release()
+    try:
+        events = inputs.get_events()
+        assert [inputs.event_size(event) for event in events] == [103, 105]
+        assert inputs.event_size(Event("elsewhere", print, None)) == 0
+    finally:
+        inputs.stop()
