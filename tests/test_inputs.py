@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eventmp import Event
 from eventmp.inputs import InputSet, StateFiles
+from eventmp.matching import RuleStats
 from eventmp.tail import FileTailGenerator, Rule
 
 RULE = Rule("word", re.compile(r"\w+"), print)
@@ -151,3 +152,29 @@ def test_event_size_is_the_tails_own(tmp_path: Path) -> None:
         assert inputs.event_size(Event("elsewhere", print, None)) == 0
     finally:
         inputs.stop()
+
+
+def test_slow_lines_add_up_across_a_reload(tmp_path: Path) -> None:
+    """The slow lines the tails count per rule are summed, those of replaced tails included."""
+    log = tmp_path / "app.log"
+    log.touch()
+
+    class Slow(FileTailGenerator):
+        def rule_stats(self) -> dict[str, RuleStats]:
+            return {"word": RuleStats(matches=0, slow_lines=2, seconds=1.0)}
+
+    state = StateFiles(private=True)
+    inputs = InputSet([Slow([str(log)], [RULE], state_file=state.path_for("app"))])
+    inputs.release()
+    try:
+        inputs.get_events()
+        assert inputs.slow_lines() == {"word": 2}
+        assert inputs.replace(
+            lambda: [Slow([str(log)], [RULE], state_file=state.path_for("app"))],
+            restore=lambda: [],
+            timeout=1,
+        )
+        assert inputs.slow_lines() == {"word": 4}
+    finally:
+        inputs.stop()
+        state.close()
