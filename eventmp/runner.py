@@ -151,10 +151,13 @@ class Reloader:
         self._wanted.set()
 
     def close(self) -> None:
+        """After the dispatcher stopped: a reload under way gives up (the input set is stopped)
+        at its next step. One stuck loading the file (a module import that hangs) is a daemon
+        thread, not waited for long."""
         self._closed = True
         self._wanted.set()
         if self._thread.is_alive():
-            self._thread.join(self.timeout + 5)
+            self._thread.join(5)
 
     def _loop(self) -> None:
         while True:
