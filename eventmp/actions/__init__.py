@@ -49,17 +49,17 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import IO, Any
 
-from .errors import CommandFailedError, CommandTimeoutError, TemplateError, WebhookError
-from .event import Event
-from .handlers import (
+from ..errors import CommandFailedError, CommandTimeoutError, TemplateError, WebhookError
+from ..event import Event
+from ..handlers import (
     EventHandler,
     ExecEventHandler,
     PrintEventHandler,
     file_mode,
     open_output,
 )
-from .redact import SECRET, redact_settings, redact_url
-from .templates import (
+from ..redact import SECRET, redact_settings, redact_url
+from ..templates import (
     check,
     fields,
     literal_prefix,
@@ -69,7 +69,7 @@ from .templates import (
     render_encoded,
     render_fields,
 )
-from .units import parse_bool, parse_duration
+from ..units import parse_bool, parse_duration
 
 logger = logging.getLogger("eventmp")
 
