@@ -7,9 +7,10 @@ import faulthandler
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,53 @@ def time_zone(spec: str) -> Iterator[None]:
         else:
             os.environ["TZ"] = saved
         time.tzset()
+
+
+# == events and helpers shared by the tests of eventmp.actions ===================================
+
+STAMP = 1_700_000_000.5
+
+
+def tail_data(
+    line: str = "Failed password for root from 203.0.113.9 port 22", **changes: Any
+) -> Any:
+    """Event data shaped like the file tail's, for an sshd line that matched a rule."""
+    data: dict[str, Any] = {
+        "input": "auth",
+        "file": "/var/log/auth.log",
+        "line_number": 42,
+        "line": line,
+        "rule": "ssh-failure",
+        "match": "for root from 203.0.113.9",
+        "groups": ["root", "203.0.113.9"],
+        "named": {"user": "root", "ip": "203.0.113.9"},
+    }
+    data.update(changes)
+    return data
+
+
+def tail_event(handler: Any = None, **changes: Any) -> Event:
+    """An event shaped like the file tail's, with a fixed timestamp."""
+    return Event("tail", handler, tail_data(**changes), timestamp=STAMP)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line of a file, parsed."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
