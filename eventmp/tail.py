@@ -1,98 +1,30 @@
 """The file tail: follow log files, ``tail -F`` style, and turn matching lines into events.
 
 Everything here runs in the parent process, in the dispatcher thread. Each ``get_events()``
-reads what was appended to the followed files since the last poll, cuts it into lines, checks
-each line against the :class:`Rule` list in order, and returns one event per matching rule; the
-rules' handlers run in the workers as usual.
+reads what was appended to the followed files since the last poll, has the input's rules
+matched against its complete lines (:mod:`eventmp.matching`), and returns one event per line
+and matching rule; the rules' handlers run in the workers as usual. Finding and opening the
+files is :mod:`eventmp.tail_files`, the state file :mod:`eventmp.checkpoint`.
 
-Files and rotation:
-
-- ``paths`` are file names or glob patterns. Patterns are expanded again every
-  ``rescan_interval`` seconds; a file that appears after the first scan is read from its
-  beginning. A file is known by its identity ``(st_dev, st_ino)`` and followed under the path
-  that names it.
-- Rename-and-create: at a rescan, the path names another inode. The old file stays open and is
-  read to its end first (lines written to it after the rename are not lost); the new one is read
-  from offset 0, only once the old one is at its end, so a path's lines keep their order. The old
-  file is closed once a read finds it at its end and nothing more arrived for
-  ``rescan_interval`` seconds, which gives a writer time to reopen its log. A deleted file is
-  drained and closed the same way. A renamed file that the patterns still match (``app.log``
-  renamed ``app-2024-05-01.log`` under ``*.log``) is recognised by its identity and not read
-  again.
-- Only regular files are read. A glob matching a directory (or a FIFO, a socket...) skips it
-  silently; a path named literally that is not a regular file is a warning, once, and skipped
-  until it is one. Files are opened with ``O_NONBLOCK`` and checked on the open descriptor, so
-  a name swapped for a FIFO between the scan and the open is skipped too, without blocking.
-- Patterns that match no regular file at the first scan are logged once (a warning, unless
-  ``missing_ok``); ``matched_no_file`` stays true until one appears (in once mode, for good).
-- Copy-truncate: same inode, size below our read position; reading restarts at 0. Lines written
-  between our last read and the copy are only in the copy (a limit of copy-truncate itself), and
-  a file truncated and then grown past our position between two polls looks merely appended to
-  (as with ``tail -F``).
-
-Lines:
-
-- A line is emitted when its newline arrives; in ``once`` mode a last line without one is
-  emitted at the end of its file, and so is the last line of a rotated file when it is closed.
-  ``\\n`` and ``\\r\\n`` are stripped. Bytes are decoded with ``errors="replace"``; the encoding
-  must write ``"\\n"`` as the byte 0x0A (UTF-8, Latin-1, cp1252..., not UTF-16).
-- A line longer than ``max_line_bytes`` is cut into pieces of that many bytes, each checked
-  against the rules on its own and carrying the line's number (a cut may split a multi-byte
-  character, whose bytes are then replaced): memory stays bounded whatever the file holds.
-- Line numbers are the file's own, from 1: starting at the end counts the lines skipped (in
-  bounded steps, over several polls for a huge file), and a checkpoint stores them.
-- Each poll reads at most 2 MiB per file and 4 MiB in all, and makes at most 5000 events,
-  starting with a different file each time: one busy file does not starve the others, the
-  dispatcher thread is not held for long, and the pipeline's ``max_pending`` is overshot by a
-  bounded amount. So the read rate is bounded by the dispatcher's ``poll_interval``: a batch
-  run over big files wants a short one. In ``once`` mode files are opened a few at a time.
-
-Where a file starts (for one that appears after the first scan, step 4 is always offset 0):
-
-1. the state file's entry for that path, if it has the same identity and the file is at least
-   as long as the saved offset;
-2. else an entry under another path with the same identity (renamed while we were stopped);
-3. else, if the path has an entry for another identity, or a shorter file, offset 0: it was
-   rotated or truncated while we were stopped, so all of it is new to us;
-4. else ``start_at``: ``"end"`` (after the last complete line) or ``"beginning"``.
-
-Checkpoints (``state_file``): JSON ``{"version": 1, "files": {path: {"inode", "device",
-"offset", "line"}}}``, written to a temporary file in the same directory, fsynced, and moved in
-place with ``os.replace``. The saved offset of a file is the start of the oldest line that still
-has an event without an outcome (the dispatcher reports outcomes through ``settled()``), or the
-end of the last complete line read when none is outstanding; ``line`` counts the lines before
-it. So after a clean stop (every event settled) a restart resumes right after the last line
-read, skipping none and repeating none; after a kill -9 it reads again at most the lines whose
-events were in flight. The offset is one number per file: with several workers and no per-file
-``key``, lines after the oldest one in flight that were already handled are read again too. An
-event the dispatcher abandoned (``EventAbandonedError``: ``stop(drain=False)``, an expired
-``stop(timeout=...)``) or could not run (``WorkerStartError``) did not complete, so its line
-stays outstanding and is read again by the next run; any other failure is an outcome. In
-``once`` mode a last line without a newline counts as read. The checkpoint is saved at most
-every ``checkpoint_interval`` seconds from ``get_events()`` when it changed, and always in
-``stop()``. A path followed before but missing now keeps its entry while it is named literally
-in ``paths`` or still exists, so a file created there while we are stopped is read whole.
-
-Limits: inode numbers are reused by file systems, so a file deleted and replaced by another of
-the same inode and at least the same size while we were stopped is taken for the old one; the
-unread end of a rotated file that the patterns do not match is not resumed after a restart (its
-new name is unknown); one state file serves one tail.
+This module reads: rotation by rename (the old file is read to its end before its successor),
+copy-truncate (a file shorter than the read position is read again from 0), partial lines
+(emitted once their newline arrives), lines over ``max_line_bytes`` (cut into pieces that
+carry the line's number), the per-poll budgets (bytes per file and in all, events, time) with
+``has_more`` when one stopped a poll, and the checkpoint offsets, which stay behind the oldest
+line whose events have no outcome yet (``settled()``). What each of these promises, and
+their limits: docs/tailing.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import json
 import logging
 import os
-import stat
-import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from .checkpoint import load_state, save_state
 from .errors import EventAbandonedError, WorkerStartError
 from .event import Event, EventGenerator
 from .matching import (
@@ -104,20 +36,18 @@ from .matching import (
     RuleStats,
     check_encoding,
 )
+from .tail_files import FileFinder, Identity, _File
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "FileTailGenerator", "Rule", "RuleStats", "check_encoding"]
 
 logger = logging.getLogger("eventmp")
 
-STATE_VERSION = 1
 _CHUNK = 1 << 20
 # What one poll may read and make: it runs in the dispatcher thread, which reads the workers'
 # acknowledgements in between.
 _BYTES_PER_POLL = 2 << 20  # per file
 _POLL_BYTES = 4 << 20  # over all files
 _EVENTS_PER_POLL = 5000
-# A batch run over many files opens a few at a time, not one descriptor per file at once.
-_ONCE_OPEN_FILES = 4
 # Counting the lines skipped by a start at the end is cheap (bytes.count), so it may take
 # bigger steps than reading, but it still happens in the dispatcher thread.
 _COUNT_BYTES_PER_POLL = 64 << 20
@@ -125,47 +55,8 @@ _COUNT_BYTES_PER_POLL = 64 << 20
 # Outcomes that mean the handler never ran: the line must be read again next time.
 _NEVER_RAN = (EventAbandonedError, WorkerStartError)
 
-Identity = tuple[int, int]
-_AT_END = "the end"
 
-
-@dataclass
-class _File:
-    """One open file: where we are in it, and its lines whose events have no outcome yet."""
-
-    path: str
-    fd: int
-    identity: Identity
-    pos: int = 0  # where the next read starts
-    offset: int = 0  # start of the bytes not yet cut into lines (pos - len(buffer))
-    lines: int = 0  # newlines before ``offset``
-    size: int = 0  # at the last fstat
-    buffer: bytearray = field(default_factory=bytearray)
-    # Line start offset -> [events without outcome, newlines before it]; oldest first.
-    outstanding: OrderedDict[int, list[int]] = field(default_factory=OrderedDict)
-    count_until: int | None = None  # counting skipped lines up to here (a start at the end)
-    last_newline: int = -1  # while counting
-    predecessor: _File | None = None  # the file this path named before a rotation
-    at_eof: bool = False
-    last_data: float = 0.0  # monotonic time of the last read that returned bytes
-
-    def position(self) -> tuple[int, int] | None:
-        """``(offset, lines before it)`` to save, or None while its start is not known."""
-        if self.count_until is not None:
-            return None
-        for offset, (_count, lines) in self.outstanding.items():
-            return offset, lines
-        return self.offset, self.lines
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-        self.buffer = bytearray()
-
-
-class FileTailGenerator(EventGenerator):
+class FileTailGenerator(FileFinder, EventGenerator):
     """Follows files (or glob patterns) and makes an event per line and matching rule.
 
     See the module's docstring for rotation, partial lines, start positions and checkpoints.
@@ -231,7 +122,10 @@ class FileTailGenerator(EventGenerator):
         self._files: dict[str, _File] = {}  # path -> the file it names now
         self._draining: dict[Identity, _File] = {}  # rotated away or deleted, read to the end
         self._inflight: dict[int, tuple[Event, OrderedDict[int, list[int]], int]] = {}
-        self._saved_entries = self._load_state()  # from the state file, by path
+        # From the state file, by path.
+        self._saved_entries = (
+            {} if self.state_file is None else load_state(self.state_file, self, start_at)
+        )
         self._stale: dict[str, dict[str, int]] = {}  # last entry of a path no longer open
         self._seen_paths: set[str] = set()
         self._literal = frozenset(p for p in self.patterns if glob.escape(p) == p)
@@ -376,207 +270,6 @@ class FileTailGenerator(EventGenerator):
 
     def __str__(self) -> str:
         return f"tail:{self.name}"
-
-    # == finding files ===========================================================================
-
-    def _rescan(self, now: float, *, initial: bool) -> None:
-        matched: list[str] = []
-        empty: list[str] = []  # patterns that match nothing
-        for pattern in self.patterns:
-            if pattern in self._literal:
-                found = [pattern] if os.path.exists(pattern) else []
-            else:
-                found = sorted(glob.glob(pattern))
-            if not found:
-                empty.append(pattern)
-            matched.extend(found)
-        # The state file may sit in a followed directory: it is never a log.
-        matched = [p for p in dict.fromkeys(matched) if p != self.state_file]
-        if self.once:
-            self._queue(matched)
-            self._report_missing(empty, found_any=bool(self._queued), initial=initial)
-            return
-
-        # A path that no longer names the file we have open: drain that file, then close it.
-        detached: dict[str, _File] = {}
-        for path, f in list(self._files.items()):
-            try:
-                st = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                st = None
-            except OSError as exc:
-                self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
-                continue
-            if st is not None and (st.st_dev, st.st_ino) == f.identity:
-                continue
-            logger.info(
-                "%s: %s was %s; reading the old file to its end",
-                self,
-                path,
-                "deleted" if st is None else "rotated",
-            )
-            del self._files[path]
-            entry = self._entry(f)
-            if entry is not None:
-                self._stale[path] = entry
-            f.last_data = now
-            self._draining[f.identity] = f
-            detached[path] = f
-
-        found_any = False  # a regular file among the matches
-        for path in matched:
-            if path in self._files:
-                found_any = True
-                continue
-            self._seen_paths.add(path)
-            st = self._stat_regular(path)
-            if st is None:
-                continue
-            found_any = True
-            identity = (st.st_dev, st.st_ino)
-            adopted = self._draining.pop(identity, None)
-            if adopted is None and any(f.identity == identity for f in self._files.values()):
-                continue  # the same file under a second name (a link): read it once
-            if adopted is not None:
-                logger.info("%s: %s is %s renamed; following it there", self, path, adopted.path)
-                adopted.path = path
-                self._files[path] = adopted
-                continue
-            opened = self._open(path, now, initial=initial)
-            if opened is not None:
-                opened.predecessor = detached.get(path)
-                self._files[path] = opened
-        self._report_missing(empty, found_any=found_any, initial=initial)
-
-    def _report_missing(self, empty: list[str], *, found_any: bool, initial: bool) -> None:
-        """Log patterns that match nothing, once (at the first scan); track an input without files.
-
-        An input whose patterns match no regular file is one warning naming it (information
-        with ``missing_ok``); in follow mode it goes on looking, silently. A pattern that
-        matches nothing while another matches is a warning in once mode, information otherwise.
-        """
-        if initial:
-            self.matched_no_file = not found_any
-        elif found_any:
-            self.matched_no_file = False  # follow mode: a file appeared
-        if not initial:
-            return
-        if not found_any:
-            level = logging.INFO if self.missing_ok else logging.WARNING
-            waiting = "" if self.once else " (yet); waiting for one to appear"
-            logger.log(level, "%s: no file matches %s%s", self, ", ".join(self.patterns), waiting)
-            return
-        level = logging.WARNING if self.once and not self.missing_ok else logging.INFO
-        for pattern in empty:
-            logger.log(level, "%s: no file matches %s (yet)", self, pattern)
-
-    def _stat_regular(self, path: str) -> os.stat_result | None:
-        """The stat of a regular file at ``path``; None if it is gone, unreadable or not one.
-
-        A glob may match directories and other files that are not logs: they are skipped
-        silently. A path named literally that is not a regular file is a warning (once).
-        """
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._warn_once(path, "stat", "%s: cannot stat %s: %s", self, path, exc)
-            return None
-        if stat.S_ISREG(st.st_mode):
-            return st
-        if path in self._literal:
-            self._warn_not_regular(path, st.st_mode)
-        return None
-
-    def _warn_not_regular(self, path: str, mode: int) -> None:
-        self._warn_once(
-            path,
-            "type",
-            "%s: %s is %s, not a regular file; skipping it",
-            self,
-            path,
-            _file_kind(mode),
-        )
-
-    def _queue(self, matched: list[str]) -> None:
-        """Once mode: note the files to read (and their sizes, for the progress figures)."""
-        for path in matched:
-            st = self._stat_regular(path)
-            if st is not None:
-                self._seen_paths.add(path)
-                self._queued.append((path, st.st_size))
-
-    def _open_queued(self, now: float) -> None:
-        while self._queued and len(self._files) < _ONCE_OPEN_FILES:
-            path, _size = self._queued.popleft()
-            f = self._open(path, now, initial=True)
-            if f is None:
-                continue
-            if f.identity in self._identities:
-                f.close()  # the same file under a second name (a link): read it once
-                continue
-            self._identities.add(f.identity)
-            self._files[path] = f
-
-    def _open(self, path: str, now: float, *, initial: bool) -> _File | None:
-        """Open a regular file; None (with a warning, once) if it is gone or is not one.
-
-        The name was a regular file when it was stat()ed, but it may have been replaced since
-        (a FIFO, a device): the open does not wait (``O_NONBLOCK``, so a FIFO without a writer
-        does not hold the dispatcher thread), and the open descriptor is what is checked.
-        """
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._warn_once(path, "open", "%s: cannot open %s: %s", self, path, exc)
-            return None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode):
-                # No effect on a regular file's reads on Linux (open(2)), but a FUSE or network
-                # file system is told the flags: reads are plain blocking preads, as before.
-                os.set_blocking(fd, True)
-        except OSError as exc:
-            os.close(fd)
-            self._warn_once(path, "open", "%s: cannot stat %s: %s", self, path, exc)
-            return None
-        self._warned.discard((path, "open"))
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            self._warn_not_regular(path, st.st_mode)
-            return None
-        self._warned.discard((path, "type"))
-        f = _File(path, fd, (st.st_dev, st.st_ino), size=st.st_size, last_data=now)
-        entry, how = self._start_entry(path, f.identity, st.st_size, initial=initial)
-        if entry is not None:
-            f.pos = f.offset = entry["offset"]
-            f.lines = entry["line"]
-        elif how == _AT_END:
-            f.count_until = st.st_size
-        logger.info("%s: following %s from %s", self, path, how)
-        return f
-
-    def _start_entry(
-        self, path: str, identity: Identity, size: int, *, initial: bool
-    ) -> tuple[dict[str, int] | None, str]:
-        """Where a newly opened file starts: a saved entry, or how (the module docstring)."""
-        own = self._saved_entries.get(path)
-        if own is not None and _identity(own) == identity and size >= own["offset"]:
-            del self._saved_entries[path]
-            return own, f"its checkpoint (byte {own['offset']}, line {own['line'] + 1})"
-        for other, entry in self._saved_entries.items():
-            if other != path and _identity(entry) == identity and size >= entry["offset"]:
-                del self._saved_entries[other]
-                return entry, f"the checkpoint of {other}, renamed (byte {entry['offset']})"
-        if own is not None:
-            # Kept: the entry's own file may turn up under another path later in this scan.
-            return None, "the beginning (rotated or truncated since its checkpoint)"
-        if initial and self.start_at == "end":
-            return None, _AT_END
-        return None, "the beginning"
 
     # == reading =================================================================================
 
@@ -773,13 +466,6 @@ class FileTailGenerator(EventGenerator):
         self._bytes_read = read
         self._bytes_total = total
 
-    def _warn_once(self, path: str, kind: str, message: str, *args: object) -> None:
-        """Log a failing file once, not at every poll, until it works again."""
-        if (path, kind) in self._warned:
-            return
-        self._warned.add((path, kind))
-        logger.warning(message, *args)
-
     # == checkpoints =============================================================================
 
     def _entry(self, f: _File) -> dict[str, int] | None:
@@ -812,105 +498,11 @@ class FileTailGenerator(EventGenerator):
         entries = self._snapshot()
         if not force and entries == self._last_saved:
             return
-        state = {"version": STATE_VERSION, "files": entries}
         path = self.state_file
-        directory = os.path.dirname(path)
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd, temp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-            )
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    json.dump(state, out, indent=1, sort_keys=True)
-                    out.write("\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-            _fsync_directory(directory)
+            save_state(path, entries)
         except OSError as exc:
             self._warn_once(path, "save", "%s: cannot save the checkpoint %s: %s", self, path, exc)
             return
         self._warned.discard((path, "save"))
         self._last_saved = entries
-
-    def _load_state(self) -> dict[str, dict[str, int]]:
-        path = self.state_file
-        if path is None:
-            return {}
-        try:
-            with open(path, encoding="utf-8") as file:
-                state = json.load(file)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            logger.warning(
-                "%s: cannot read the state file %s (%s); starting at the %s of each file",
-                self,
-                path,
-                exc,
-                self.start_at,
-            )
-            return {}
-        files = state.get("files") if isinstance(state, dict) else None
-        if (
-            not isinstance(state, dict)
-            or state.get("version") != STATE_VERSION
-            or not isinstance(files, dict)
-        ):
-            logger.warning(
-                "%s: the state file %s is not a version %d eventmp tail state; starting at the "
-                "%s of each file",
-                self,
-                path,
-                STATE_VERSION,
-                self.start_at,
-            )
-            return {}
-        entries: dict[str, dict[str, int]] = {}
-        for file_path, entry in files.items():
-            keys = ("inode", "device", "offset", "line")
-            if (
-                isinstance(entry, dict)
-                and all(type(entry.get(k)) is int and entry[k] >= 0 for k in keys)
-                and isinstance(file_path, str)
-            ):
-                entries[file_path] = {k: entry[k] for k in keys}
-            else:
-                logger.warning(
-                    "%s: ignoring a bad entry for %r in the state file %s", self, file_path, path
-                )
-        return entries
-
-
-def _file_kind(mode: int) -> str:
-    """What a file that is not a regular file is, for a message: "a directory", "a FIFO"..."""
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    )
-    for test, kind in kinds:
-        if test(mode):
-            return kind
-    return "a special file"
-
-
-def _identity(entry: dict[str, int]) -> Identity:
-    return (entry["device"], entry["inode"])
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable; some file systems refuse, which costs nothing here."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

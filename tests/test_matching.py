@@ -1,4 +1,4 @@
-"""Tests for eventmp.matching: rules, the line-confined rewrite, and the block search."""
+"""Tests for eventmp.matching: rules, the block search, its statistics, and a tail driving it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from eventmp.matching import Block, LineMatcher, Rule, RuleStats, line_confined, nested_repeat
+from eventmp.matching import Block, LineMatcher, Rule, RuleStats
 from eventmp.tail import FileTailGenerator
 
 # Pieces of patterns: anchors, classes that can match a newline or a \r, empty matches,
@@ -84,49 +83,6 @@ def hits_of(block: Block) -> list[Any]:
         for line in block.lines
         for piece in line.pieces
     ]
-
-
-# == the rewrite ===================================================================================
-
-
-@pytest.mark.parametrize(
-    ("pattern", "line"),
-    [
-        (r"^a$", "a"),
-        (r"\Aab\Z", "ab"),
-        (r"foo$", "foo"),
-        (r"(?<!\s)x", "x"),
-        (r"x(?![^a])", "x"),
-        (r"(?>\s*)$", " "),
-        (r"a*+$", "aa"),
-    ],
-)
-def test_confined_pattern_matches_each_line_of_a_joined_text_as_alone(
-    pattern: str, line: str
-) -> None:
-    """A rewritten pattern finds a line among others exactly as the rule finds it alone."""
-    confined = line_confined(re.compile(pattern))
-    assert confined is not None
-    assert re.search(pattern, line) is not None
-    text = f"zz z\n{line}\nyy\n"
-    found = confined.search(text, 5)
-    assert found is not None and found.start() >= 5 and found.end() <= 5 + len(line)
-
-
-@pytest.mark.parametrize("pattern", [r"a\sb", r"a[^ ]+x", r"(?s)a.b", r"a\nb", r"a\Wb", r"a\Db"])
-def test_confined_pattern_never_crosses_a_newline(pattern: str) -> None:
-    """Classes that take a newline no longer do, so no match spans two lines."""
-    confined = line_confined(re.compile(pattern))
-    assert confined is not None
-    assert all("\n" not in m.group() for m in confined.finditer("xa\nbx\na b\n"))
-    assert re.search(pattern, "xa\nbx\n") is not None
-
-
-def test_nested_repeats_are_told_apart() -> None:
-    """A repeat inside a repeat is the catastrophic shape; a plain repeat is not."""
-    assert nested_repeat(re.compile(r"(\d+)+x"))
-    assert nested_repeat(re.compile(r"(a|ab)*c"))
-    assert not nested_repeat(re.compile(r"Failed password for (invalid user )?([^ ]+) from"))
 
 
 # == the block search ==============================================================================

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from eventmp import Event, EventAbandonedError, EventDispatcher
+from eventmp import Event, EventAbandonedError, EventDispatcher, tail_files
 from eventmp import tail as tail_module
 from eventmp.tail import FileTailGenerator, Rule
 from eventmp.testing import ErrorCollector, RecordingHandler
@@ -1085,15 +1085,15 @@ def test_once_reads_every_file_to_its_end_then_finishes(
 
 def test_once_opens_a_few_files_at_a_time(make_tail: MakeTail, tmp_path: Path) -> None:
     """A batch run over many files holds only a few open at once, and reads every one."""
-    for i in range(tail_module._ONCE_OPEN_FILES * 3):
+    for i in range(tail_files._ONCE_OPEN_FILES * 3):
         (tmp_path / f"{i:02}.log").write_text(f"file {i}\n")
     tail = make_tail(tmp_path / "*.log", start_at="beginning", once=True)
     seen: list[str] = []
     while not tail.finished:
         seen += lines(poll(tail))
         open_logs = [f for f in psutil.Process().open_files() if f.path.endswith(".log")]
-        assert len(open_logs) <= tail_module._ONCE_OPEN_FILES
-    assert sorted(seen) == sorted(f"file {i}" for i in range(tail_module._ONCE_OPEN_FILES * 3))
+        assert len(open_logs) <= tail_files._ONCE_OPEN_FILES
+    assert sorted(seen) == sorted(f"file {i}" for i in range(tail_files._ONCE_OPEN_FILES * 3))
 
 
 def test_rename_to_a_followed_name_keeps_the_order_of_lines(
