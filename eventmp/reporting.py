@@ -35,6 +35,7 @@ __all__ = [
     "stats_record",
     "summary_text",
     "timestamp",
+    "write_final",
 ]
 
 logger = logging.getLogger("eventmp")
@@ -151,6 +152,8 @@ class Progress(Protocol):
     def input_progress(self) -> dict[str, tuple[int, int]]: ...
 
     def slow_lines(self) -> Mapping[str, int]: ...
+
+    def without_files(self) -> list[str]: ...
 
 
 class FailureSummary:
@@ -461,3 +464,41 @@ def summary_text(
         # Said here too: -q hides the warning, and this is why `run --once` exits 1.
         text += f" No file matched input {', '.join(missing)}."
     return text
+
+
+def write_final(
+    stream: TextIO,
+    status: int,
+    *,
+    stats_format: str,
+    stats: DispatcherStats,
+    inputs: Progress,
+    failures: FailureSummary,
+    seconds: float,
+    interrupted: str | None,
+) -> None:
+    """The run's last word on ``stream``: the summary paragraph, or the final JSON object.
+
+    ``interrupted`` names the signal that stopped ``--once`` before the end of its inputs.
+    """
+    missing = inputs.without_files()
+    if stats_format == "json":
+        extra = {
+            "status": status,
+            "interrupted_by": interrupted,
+            "failures": [
+                {"handler": handler, "error": error, "count": count}
+                for (handler, error), count in failures.counts.most_common()
+            ],
+            "inputs_without_files": missing,
+        }
+        record = stats_record("final", stats, inputs, None, seconds, extra)
+        print(json.dumps(record), file=stream)
+        return
+    text = summary_text(stats, inputs, failures, seconds, missing=missing)
+    if interrupted is not None:
+        text += (
+            f" Interrupted by {interrupted} after reading"
+            f" {inputs.bytes_read / 1e6:,.1f} of {inputs.bytes_total / 1e6:,.1f} MB."
+        )
+    print(text, file=stream)

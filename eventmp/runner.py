@@ -12,7 +12,7 @@ command cleanly, without a traceback and without a worker left behind.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import signal
 import sys
@@ -27,7 +27,7 @@ from .errors import WorkerStartError
 from .handlers import ChainEventHandler, EventHandler
 from .inputs import InputSet, StateFiles, make_tails
 from .pipeline import Pipeline, PipelineError, load_pipeline
-from .reporting import FailureSummary, StatusReporter, stats_record, summary_text
+from .reporting import FailureSummary, StatusReporter, write_final
 
 __all__ = ["Interrupted", "Reloader", "RunResult", "Signals", "build", "run"]
 
@@ -380,32 +380,17 @@ def _run(
     if args.once and not result.read_everything and received is not None:
         interrupted = signal.Signals(received).name
 
-    def report(status: int) -> None:
-        if quiet >= 2:
-            return
-        missing = inputs.without_files()
-        if args.stats_format == "json":
-            extra = {
-                "status": status,
-                "interrupted_by": interrupted,
-                "failures": [
-                    {"handler": handler, "error": error, "count": count}
-                    for (handler, error), count in failures.counts.most_common()
-                ],
-                "inputs_without_files": missing,
-            }
-            record = stats_record("final", stats, inputs, None, seconds, extra)
-            print(json.dumps(record), file=stream)
-            return
-        text = summary_text(stats, inputs, failures, seconds, missing=missing)
-        if interrupted is not None:
-            text += (
-                f" Interrupted by {interrupted} after reading"
-                f" {inputs.bytes_read / 1e6:,.1f} of {inputs.bytes_total / 1e6:,.1f} MB."
-            )
-        print(text, file=stream)
-
-    result.report = report
+    if quiet < 2:
+        result.report = functools.partial(
+            write_final,
+            stream,
+            stats_format=args.stats_format,
+            stats=stats,
+            inputs=inputs,
+            failures=failures,
+            seconds=seconds,
+            interrupted=interrupted,
+        )
     return result
 
 

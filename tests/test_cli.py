@@ -84,6 +84,15 @@ handler = { type = "json", file = "seen.jsonl", fields = ["line", "line_number",
 """
 
 
+def started_at_the_end(tmp_path: Path) -> None:
+    """Wait until the tail of FOLLOW has found app.log and taken its end as its start.
+
+    Its first checkpoint, about a second after it starts, comes after its first scan; a line
+    appended before that scan would be skipped as already there.
+    """
+    assert wait_until((tmp_path / "app.state").exists)
+
+
 class Follow:
     """The command in follow mode, in its own process group, as supervisord would run it."""
 
@@ -249,7 +258,7 @@ def test_follow_mode_handles_appended_lines_and_drains_on_sigterm(tmp_path: Path
     append(log, "ERROR before-start (at the end already: skipped)")
     follow = Follow(tmp_path)
     try:
-        time.sleep(1.0)
+        started_at_the_end(tmp_path)
         append(log, "ERROR one", "fine", "ERROR two")
         assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 2)
     finally:
@@ -266,7 +275,7 @@ def test_restart_resumes_from_the_checkpoint_without_loss_or_repeat(tmp_path: Pa
     log.touch()
     follow = Follow(tmp_path)
     try:
-        time.sleep(1.0)
+        started_at_the_end(tmp_path)
         append(log, "ERROR a1", "ERROR a2")
         assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 2)
     finally:
@@ -355,7 +364,7 @@ def test_follow_mode_survives_rotation(tmp_path: Path, rotation: str) -> None:
     log.touch()
     follow = Follow(tmp_path)
     try:
-        time.sleep(1.0)
+        started_at_the_end(tmp_path)
         append(log, "ERROR r1", "ERROR r2")
         assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 2)
         if rotation == "rename":
