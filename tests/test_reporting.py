@@ -20,6 +20,7 @@ poll_interval = "20ms"
 [[inputs]]
 name = "app"
 paths = ["app.log"]
+start_at = "beginning"  # in follow mode too: a line appended early is not skipped
 
 [[inputs]]
 name = "other"
