@@ -153,7 +153,7 @@ def rendered(handler: Any, event: Event) -> list[str]:
 
 def _setting(handler: Any, setting: str, value: Any, event: Event, values: dict[str, Any]) -> str:
     if setting in _FIELD_LISTS:
-        return ", ".join(f"{name}={_value(values[name])}" for name in value)
+        return ", ".join(f"{name}={_cut(_value(values[name]))}" for name in value)
     if isinstance(handler, CommandEventHandler) and setting == "argv":
         return shlex.join(printable(arg) for arg in handler.arguments(values))
     if isinstance(handler, WebhookEventHandler):
@@ -166,19 +166,20 @@ def _setting(handler: Any, setting: str, value: Any, event: Event, values: dict[
         message = handler.message(event)
         text = str(message["Subject"]) if setting == "subject" else message.get_content()
         return _quoted(text.rstrip("\n"))
-    return f"'{render_fields(value, values, escape=printable)}'"
+    return _quoted(render_fields(value, values))
 
 
 def _quoted(text: str) -> str:
-    """Escaped text in quotes (not ``repr()``: a backslash in the text shows once)."""
-    return f"'{printable(text)}'"
+    """Escaped text in quotes, cut if long (not ``repr()``: a backslash shows once)."""
+    return f"'{_cut(text)}'"
 
 
 def _value(value: Any) -> str:
-    return "" if value is None else printable(str(value))
+    return "" if value is None else str(value)
 
 
 def _cut(text: str) -> str:
+    """``text`` escaped (:func:`~eventmp.templates.printable`) and cut to a screen's worth."""
     shown = printable(text)
     return shown if len(shown) <= _SHOWN else shown[:_SHOWN] + "..."
 

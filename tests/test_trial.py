@@ -260,3 +260,21 @@ def test_a_long_sample_line_says_which_piece(
     assert status == 0
     assert "line 1 (piece 1 of 3): session opened yyyyy\n" in out
     assert "line 1 (piece 3 of 3): yyyyy\n" in out
+
+
+def test_templates_show_what_the_handler_would_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mail subject shows an encoded word made harmless; an argv shows a refused option."""
+    pipeline = trial_pipeline(tmp_path)
+    text = pipeline.read_text().replace('argv = ["touch", ', 'argv = ["touch", "{user}", ')
+    pipeline.write_text(text)
+    user = "=?utf-8?q?root=0D=0AReply-To:_a@evil.example?="
+    line = f"Failed password for {user} from 192.0.2.1 port 22 ssh2"
+    status, out, _err = run_test(capsys, str(pipeline), line)
+    assert status == 0
+    assert "subject = 'failed: = ?utf-8?q?root=0D=0AReply-To:_a@evil.example?='" in out
+    line = "Failed password for --output=/tmp/x from 192.0.2.1 port 22 ssh2"
+    status, out, _err = run_test(capsys, str(pipeline), line)
+    assert "handler[3] command: argv: ValueError: argv[1] '{user}' would be the option" in out
+    assert not (tmp_path / "COMMAND_RAN").exists()
