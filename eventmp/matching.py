@@ -182,6 +182,8 @@ class LineMatcher:
             confined = None if nested_repeat(rule.regex) else line_confined(rule.regex)
             self._scanners.append(None if confined is None else confined.search)
         self._counters = [_Counters() for _ in self.rules]
+        # Rules checked line by line (a match of theirs is never known from a block search).
+        self._line_by_line = {n for n, search in enumerate(self._scanners) if search is None}
         self._window_size = max(max_line_bytes * _WINDOW_LINES_BYTES_FACTOR, 4096)
 
     def stats(self) -> dict[str, RuleStats]:
@@ -206,22 +208,47 @@ class LineMatcher:
         self._count_slow([(name, 0) for name in names])
         return hits, names
 
-    def match_text(self, text: str) -> tuple[Hits, list[int]]:
-        """The hits of one line (or piece), in rule order; and the rules (indices) slow on it."""
+    def match_text(
+        self, text: str, known: dict[int, re.Match[str]] | None = None
+    ) -> tuple[Hits, list[int]]:
+        """The hits of one line (or piece), in rule order; and the rules (indices) slow on it.
+
+        ``known``, from a block search, holds the match of each rule searched over the block
+        that matched this line: the same match as the rule's own on the line alone (the same
+        position, the same path through the pattern). A rule searched over the block and
+        absent from it does not match this line (a non-empty one), and is not run again.
+        """
         hits: Hits = []
         slow: list[int] = []
         threshold = self.slow_seconds
         clock = time.perf_counter
+        trusted = known is not None and text  # see the docstring; and below
         for number, rule in enumerate(self.rules):
-            started = clock()
-            match = rule.regex.search(text)
-            if match is not None and rule.exclude is not None and rule.exclude.search(text):
-                match = None
-            spent = clock() - started
             counters = self._counters[number]
-            counters.seconds += spent
-            if spent > threshold:
-                slow.append(number)
+            if trusted and number not in self._line_by_line:
+                assert known is not None
+                match = known.get(number)
+                if match is None:
+                    continue
+                if rule.exclude is not None:
+                    started = clock()
+                    if rule.exclude.search(text):
+                        match = None
+                    spent = clock() - started
+                    counters.seconds += spent
+                    if spent > threshold:
+                        slow.append(number)
+            else:
+                # An empty line is searched again: re's \B never matches an empty string
+                # (before Python 3.14), though it does between two newlines.
+                started = clock()
+                match = rule.regex.search(text)
+                if match is not None and rule.exclude is not None and rule.exclude.search(text):
+                    match = None
+                spent = clock() - started
+                counters.seconds += spent
+                if spent > threshold:
+                    slow.append(number)
             if match is None:
                 continue
             hits.append((rule, match))
@@ -328,10 +355,10 @@ class LineMatcher:
             if stop <= position:
                 stop = text.find("\n", position) + 1
             found, slow, count, complete = self._window(text, position, stop, state.deadline)
-            for line, line_start in found:
+            for line, line_start, known in found:
                 line_end = text.find("\n", line_start)
                 line_text = text[line_start:line_end]
-                hits, slow_here = self.match_text(line_text)
+                hits, slow_here = self.match_text(line_text, known)
                 if slow_here:
                     slow.update((n, line) for n in slow_here)
                 if hits:
@@ -359,19 +386,20 @@ class LineMatcher:
 
     def _window(
         self, text: str, start: int, stop: int, deadline: float
-    ) -> tuple[list[tuple[int, int]], set[tuple[int, int]], int, bool]:
-        """The lines of ``text[start:stop]`` that some rule matches, as ``(index, offset)``.
+    ) -> tuple[list[tuple[int, int, dict[int, re.Match[str]]]], set[tuple[int, int]], int, bool]:
+        """The lines of ``text[start:stop]`` that some rule matches: ``(index, offset, the
+        matches known from the block search by rule)``.
 
         Also the (rule, line) pairs slower than the threshold, the number of lines gone
         through, and whether that is all of them (a rule checked line by line stops at the
         deadline).
         """
-        starts: set[int] = set()
+        starts: dict[int, dict[int, re.Match[str]]] = {}
         slow: set[tuple[int, int]] = set()
         by_line: list[int] = []
         threshold = self.slow_seconds
         clock = time.perf_counter
-        rfind, find, add = text.rfind, text.find, starts.add
+        rfind, find, known = text.rfind, text.find, starts.setdefault
         for number, search in enumerate(self._scanners):
             if search is None:
                 by_line.append(number)
@@ -386,7 +414,7 @@ class LineMatcher:
                 line_start = rfind("\n", start, found) + 1
                 if line_start >= stop:
                     break
-                add(line_start if line_start > start else start)
+                known(line_start if line_start > start else start, {})[number] = match
                 at = find("\n", found) + 1
             spent = clock() - began
             self._counters[number].seconds += spent
@@ -394,13 +422,16 @@ class LineMatcher:
                 # Slow somewhere in these lines: from now on this rule is checked line by line,
                 # starting with this window, so that its slow lines are named.
                 self._scanners[number] = None
+                self._line_by_line.add(number)
                 by_line.append(number)
         lines_found: dict[int, int] = {}
+        matches: dict[int, dict[int, re.Match[str]]] = {}
         index, counted = 0, start
         for line_start in sorted(starts):
             index += text.count("\n", counted, line_start)
             counted = line_start
             lines_found[index] = line_start
+            matches[index] = starts[line_start]
         count = index + text.count("\n", counted, stop)
         complete = True
         if by_line:
@@ -408,7 +439,11 @@ class LineMatcher:
             if last is not None:
                 count, complete = last + 1, False
         return (
-            sorted(item for item in lines_found.items() if item[0] < count),
+            sorted(
+                (line, line_start, matches.get(line, {}))
+                for line, line_start in lines_found.items()
+                if line < count
+            ),
             slow,
             count,
             complete,

@@ -78,7 +78,7 @@ def hits_of(block: Block) -> list[Any]:
             line.line_index,
             piece.offset,
             piece.text,
-            [(r.name, m.span(), m.groups()) for r, m in piece.hits],
+            [(r.name, m.group(), m.groups(), m.groupdict()) for r, m in piece.hits],
         )
         for line in block.lines
         for piece in line.pieces
