@@ -37,7 +37,7 @@ from .suppression import MAX_KEYS as MAX_KEYS
 from .suppression import CountEventHandler, ThrottleEventHandler
 from .webhook import WebhookEventHandler
 
-# eventmp.trial shows the URL a webhook would call with the webhook's own encoding.
+# eventmp.trial (``eventmp test``) shows each field of a webhook URL as the webhook encodes it.
 from .webhook import _quote_component as _quote_component
 
 __all__ = [

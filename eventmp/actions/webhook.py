@@ -2,8 +2,8 @@
 
 The handler is built in the parent, which refuses a URL template whose host a log line could
 choose; each request, and each retry, is made in the worker, which waits through them.
-:func:`_quote_component`, the encoding of a field in the URL, is also what ``eventmp check``
-(:mod:`eventmp.trial`) uses to show the URL an event would make.
+:func:`_quote_component`, the encoding of a field in the URL, is also what ``eventmp test``
+(:mod:`eventmp.trial`) uses to show each field of the URL as the webhook would send it.
 """
 
 from __future__ import annotations
