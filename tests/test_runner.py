@@ -17,7 +17,7 @@ import pytest
 from test_cli import WAIT, append, jsonl, pipeline_file, wait_until
 
 from eventmp.pipeline import load_pipeline
-from eventmp.runner import restart_settings
+from eventmp.runner import restart_settings, same_handler
 
 # No state_file and start_at = "beginning": a reload that built its tails naively would read
 # the whole file again; one that started them at the end would skip what came meanwhile.
@@ -372,3 +372,19 @@ def test_restart_settings_are_the_dispatcher_table_and_the_key(tmp_path: Path) -
         "event_timeout",
     ]
     assert restart_settings(old, old) == []
+
+
+def test_same_handler_compares_every_setting_secrets_included() -> None:
+    """Handlers built alike are the same; a changed password or chain link makes them differ."""
+    from eventmp.actions import CountEventHandler, MailEventHandler
+    from eventmp.handlers import ChainEventHandler
+
+    def mail(password: str) -> MailEventHandler:
+        return MailEventHandler(to="ops@example.com", username="u", password=password)
+
+    assert same_handler(mail("one"), mail("one"))
+    assert not same_handler(mail("one"), mail("two"))  # settings() shows both as ***
+    chain = ChainEventHandler(CountEventHandler(count=2), mail("one"))
+    assert same_handler(chain, ChainEventHandler(CountEventHandler(count=2), mail("one")))
+    assert not same_handler(chain, ChainEventHandler(CountEventHandler(count=3), mail("one")))
+    assert not same_handler(print, print)  # not built from settings: never taken for the same
