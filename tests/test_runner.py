@@ -388,3 +388,43 @@ def test_same_handler_compares_every_setting_secrets_included() -> None:
     assert same_handler(chain, ChainEventHandler(CountEventHandler(count=2), mail("one")))
     assert not same_handler(chain, ChainEventHandler(CountEventHandler(count=3), mail("one")))
     assert not same_handler(print, print)  # not built from settings: never taken for the same
+
+
+FAILING = """
+[dispatcher]
+poll_interval = "20ms"
+
+[error_handler]
+type = "json"
+file = "failures-1.jsonl"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+start_at = "beginning"
+
+[[rules]]
+name = "bad"
+regex = 'BAD'
+handler = { type = "exec", command = "raise ValueError('no')" }
+"""
+
+
+def test_a_reload_brings_the_new_error_handler(tmp_path: Path) -> None:
+    """After a reload, failures go to the [error_handler] of the new file."""
+    pipeline = pipeline_file(tmp_path, FAILING)
+    log = tmp_path / "app.log"
+    append(log, "BAD 1")
+    command = Command(pipeline)
+    try:
+        assert wait_until(lambda: len(jsonl(tmp_path / "failures-1.jsonl")) == 1)
+        pipeline.write_text(textwrap.dedent(FAILING.replace("failures-1", "failures-2")))
+        command.signal(signal.SIGHUP)
+        assert wait_until(lambda: command.saw("reloaded "))
+        append(log, "BAD 2")
+        assert wait_until(lambda: len(jsonl(tmp_path / "failures-2.jsonl")) == 1)
+    finally:
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    assert len(jsonl(tmp_path / "failures-1.jsonl")) == 1
