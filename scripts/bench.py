@@ -1306,7 +1306,9 @@ LOGS = Section(
       match. The same with `[dispatcher] workers = 2`, and with {log_rules} rules: the one,
       plus {log_extra_rules} that match nothing or about one line in a thousand (a `maximum
       authentication attempts` error, a `POSSIBLE BREAK-IN ATTEMPT`), all writing to the same
-      file; the output must then hold one line per match of any rule.
+      file; the output must then hold one line per match of any rule. A reference row replaces
+      the `json` handler by one that writes a newline per event: what reading and matching cost
+      with the handlers' own cost left out.
     - **Follow mode catching up a backlog**: `eventmp run p.toml -q` without `--once`, on a
       file that already holds a backlog of {follow_mb:,.0f} MB ({follow_lines:,} lines, from
       another seed), with `start_at = "beginning"`. The clock runs from starting the command
@@ -1806,8 +1808,34 @@ def toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def log_pipeline(log_file: LogFile, out: Path, workers: int | None, rules: int) -> str:
-    """The pipeline file of an eventmp row: one input, ``rules`` rules, a json handler."""
+# The handler of the reference row that leaves out the json handler's cost: one newline
+# written per event, so that its output is counted like the others'.
+COUNT_HANDLER_MODULE = "bench_count_handler"
+COUNT_HANDLER = """\
+import os
+
+
+class Count:
+    def __init__(self, file):
+        self.file = file
+        self.fd = None
+
+    def __getstate__(self):
+        return {"file": self.file, "fd": None}
+
+    def process_event(self, event):
+        if self.fd is None:
+            self.fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(self.fd, b"\\n")
+        return True
+"""
+
+
+def log_pipeline(
+    log_file: LogFile, out: Path, workers: int | None, rules: int, handler: str = "json"
+) -> str:
+    """The pipeline file of an eventmp row: one input, ``rules`` rules, a json handler (or,
+    with ``handler="count"``, :data:`COUNT_HANDLER`, whose module goes next to the file)."""
     lines = []
     if workers is not None:
         lines += ["[dispatcher]", f"workers = {workers}", ""]
@@ -1817,7 +1845,8 @@ def log_pipeline(log_file: LogFile, out: Path, workers: int | None, rules: int) 
         f"paths = [{toml_string(log_file.path)}]",
         'start_at = "beginning"',
     ]
-    handler = f'{{ type = "json", file = {toml_string(str(out))} }}'
+    kind = "json" if handler == "json" else f"{COUNT_HANDLER_MODULE}:Count"
+    handler = f"{{ type = {toml_string(kind)}, file = {toml_string(str(out))} }}"
     for name, regex, _ in ((LOG_RULE, LOG_PATTERN, None), *LOG_EXTRA_RULES[: rules - 1]):
         lines += [
             "",
@@ -1851,14 +1880,17 @@ def log_eventmp(
     workers: int | None = None,
     rules: int = 1,
     follow: bool = False,
+    handler: str = "json",
 ) -> dict[str, Any]:
     """``eventmp run p.toml`` on ``log_file``: with ``--once`` until it exits, or in follow
     mode until its output holds every match, then SIGTERM.
     """
-    tag = f"{'follow' if follow else 'once'}-{workers}-{rules}"
+    tag = f"{'follow' if follow else 'once'}-{workers}-{rules}-{handler}"
     out, pipeline, errors = (tmp / f"eventmp-{tag}{ext}" for ext in (".jsonl", ".toml", ".err"))
     out.unlink(missing_ok=True)
-    pipeline.write_text(log_pipeline(log_file, out, workers, rules))
+    if handler != "json":
+        (tmp / f"{COUNT_HANDLER_MODULE}.py").write_text(COUNT_HANDLER)
+    pipeline.write_text(log_pipeline(log_file, out, workers, rules, handler))
     expected = log_file.expected(rules)
     command = [sys.executable, "-m", "eventmp", "run", str(pipeline), "-q"]
     if not follow:
@@ -1991,6 +2023,10 @@ def log_cases(
         eventmp_case("log.once", "eventmp `run --once`, default settings"),
         eventmp_case("log.once_workers2", "eventmp `run --once`, `workers = 2`"),
         eventmp_case("log.once_rules10", f"eventmp `run --once`, {1 + len(LOG_EXTRA_RULES)} rules"),
+        eventmp_case(
+            "log.once_count",
+            "eventmp `run --once`, a handler that writes a newline per event (reference)",
+        ),
     ]
     backlog = sizes.follow_backlog_bytes
     free = shutil.disk_usage(directory).free
@@ -2092,13 +2128,16 @@ def eventmp_runner(
     logs = Path(plan.log_dir) if plan.log_dir else tmp
     limit = sizes.log_time_limit_s
 
-    def log_once(workers: int | None = None, rules: int = 1) -> dict[str, Any]:
+    def log_once(
+        workers: int | None = None, rules: int = 1, handler: str = "json"
+    ) -> dict[str, Any]:
         log_file = log_fixture(logs, lines=sizes.log_lines)
-        return log_eventmp(log_file, tmp, limit, workers=workers, rules=rules)
+        return log_eventmp(log_file, tmp, limit, workers=workers, rules=rules, handler=handler)
 
     runners["log.once"] = log_once
     runners["log.once_workers2"] = functools.partial(log_once, workers=2)
     runners["log.once_rules10"] = functools.partial(log_once, rules=1 + len(LOG_EXTRA_RULES))
+    runners["log.once_count"] = functools.partial(log_once, handler="count")
     runners["log.follow"] = lambda: log_eventmp(
         log_fixture(logs, min_bytes=sizes.follow_backlog_bytes), tmp, limit, follow=True
     )
