@@ -12,6 +12,7 @@ The file (read with the standard library's ``tomllib``)::
     start_method = "forkserver"
     event_timeout = "30s"
     max_pending = 10000
+    max_pending_bytes = "128MiB"
     max_events_per_worker = 10000
     max_memory_per_worker = "512MB"
     kill_grace = "1s"
@@ -82,6 +83,7 @@ _DISPATCHER_KEYS = {
     "start_method": "start_method",
     "event_timeout": "timeout",
     "max_pending": "count",
+    "max_pending_bytes": "size",
     "max_events_per_worker": "count",
     "max_memory_per_worker": "size",
     "kill_grace": "duration",
@@ -340,7 +342,10 @@ class _Loader:
             if kind == "template":
                 pipeline.key_template = self.template(value, where)
                 continue
-            pipeline.dispatcher_options[key] = self.convert(value, kind, where)
+            converted = self.convert(value, kind, where)
+            if kind == "size" and converted < 1:
+                raise self.fail(where, "expected a size of at least 1 byte")
+            pipeline.dispatcher_options[key] = converted
 
     def load_input(self, table: dict[str, Any], where: str, number: int) -> InputSpec:
         self.no_unknown(table, _INPUT_KEYS, where)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -54,6 +55,11 @@ _COUNT_BYTES_PER_POLL = 64 << 20
 
 # Outcomes that mean the handler never ran: the line must be read again next time.
 _NEVER_RAN = (EventAbandonedError, WorkerStartError)
+# What an event holds besides copies of its line: the Event, its dict, the file's and rule's
+# names, a short group or two. The line itself is counted four times (the line, the match,
+# the groups and the named groups may each copy it): see event_size() and docs/tailing.md.
+_EVENT_OVERHEAD = 1024
+_LINE_COPIES = 4
 
 
 class FileTailGenerator(FileFinder, EventGenerator):
@@ -166,6 +172,15 @@ class FileTailGenerator(FileFinder, EventGenerator):
     def rule_stats(self) -> dict[str, RuleStats]:
         """Per rule name: events made, lines it spent over ``slow_line_seconds`` on, seconds."""
         return self._matcher.stats()
+
+    def event_size(self, event: Event) -> int:
+        """About what one of this tail's events holds in the parent, for max_pending_bytes.
+
+        An upper estimate from the line's size alone (``sys.getsizeof`` costs nothing): a
+        group that spans the line copies it once more in the match, the groups and the named
+        groups; a rule whose match is the whole line shares the line's string instead.
+        """
+        return _LINE_COPIES * sys.getsizeof(event.data["line"]) + _EVENT_OVERHEAD
 
     def get_events(self) -> list[Event]:
         if self._stopped or self.finished:

@@ -174,6 +174,18 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "expected a size of at least 1 byte",
         ),
         (
+            "[dispatcher]\nmax_pending_bytes=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\n"
+            "handler='print'\n",
+            "dispatcher.max_pending_bytes",
+            "expected a size of at least 1 byte",
+        ),
+        (
+            "[dispatcher]\nmax_pending_bytes='lots'\n[[inputs]]\npath='a.log'\n[[rules]]\n"
+            "regex='x'\nhandler='print'\n",
+            "dispatcher.max_pending_bytes",
+            "expected a number of bytes or a string such as '512MB'",
+        ),
+        (
             "[dispatcher]\nevent_timeout=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "dispatcher.event_timeout",
             "expected a number of seconds > 0",

@@ -1481,3 +1481,40 @@ def poll_until_read(tail: FileTailGenerator, count: int) -> list[Event]:
         if tail.lines_read >= count:
             break
     return events
+
+
+def test_max_pending_bytes_pauses_reading_long_lines_and_loses_none(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """A tail of long lines behind a blocked handler reads about max_pending_bytes' worth.
+
+    Its events are sized by event_size(); once the handler goes on, every line runs once.
+    """
+    log = tmp_path / "long.log"
+    long_lines = [f"{n:04d} " + "x" * 16_000 for n in range(1000)]
+    log.write_text("block\n" + "".join(line + "\n" for line in long_lines))
+    gate, starts = tmp_path / "gate", tmp_path / "starts"
+    recording = GateRecorder(tmp_path / "out.jsonl", gate, starts)
+    tail = FileTailGenerator(
+        [os.fspath(log)],
+        [Rule("all", EVERYTHING, recording)],
+        start_at="beginning",
+        rescan_interval=0.05,
+    )
+    budget = 1 << 20
+    dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=budget)
+    dispatcher.add_event_generator(tail)
+    dispatcher.start()
+    assert wait_until(lambda: dispatcher.stats().pending_bytes >= budget)
+    assert wait_until(starts.exists)
+    time.sleep(0.3)  # thirty poll intervals: without the bound, the whole file would be read
+    per_event = tail.event_size(Event("t", None, {"line": long_lines[0]}))
+    assert per_event > 4 * 16_000
+    # One poll reads at most 2 MiB of a file: past the budget, at most one poll's worth more.
+    assert tail.lines_read <= budget // per_event + 1 + (2 << 20) // 16_000 + 1
+    assert dispatcher.stats().pending_bytes <= (tail.lines_read + 1) * per_event
+    gate.touch()
+    assert wait_until(lambda: len(recording.records()) == 1001)
+    dispatcher.stop()
+    assert recorded_lines(recording) == ["block", *long_lines]
+    assert dispatcher.stats().pending_bytes == 0
