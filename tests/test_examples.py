@@ -347,7 +347,8 @@ def test_systemd_unit_agrees_with_the_pipeline_file_and_the_supervisord_program(
         "Environment": "PYTHONUNBUFFERED=1",
     }.items():
         assert service.get(key) == value, key
-    assert "ExecReload" not in service  # no SIGHUP reload: reload is a restart
+    # `systemctl reload` is eventmp's SIGHUP reload, sent to the main process alone.
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
 
     argv = shlex.split(service["ExecStart"])
