@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from .event import Event, EventGenerator
 from .pipeline import InputSpec, Pipeline
 from .reporting import Counts
-from .tail import FileTailGenerator, Rule
+from .tail import STDIN, FileTailGenerator, Rule
 
 __all__ = ["InputSet", "StateFiles", "make_tails"]
 
@@ -87,7 +87,7 @@ def make_tails(
                 name=spec.name,
                 start_at=spec.start_at or ("beginning" if once else "end"),
                 encoding=spec.encoding,
-                state_file=state_files(spec),
+                state_file=None if spec.paths == [STDIN] else state_files(spec),
                 once=once,
                 rescan_interval=spec.rescan_interval,
                 missing_ok=spec.missing_ok,

@@ -72,7 +72,7 @@ from typing import Any
 from .errors import EventmpError, PipelineError
 from .event import Event
 from .handlers import ChainEventHandler, ExecEventHandler
-from .tail import DEFAULT_MAX_LINE_BYTES, check_encoding
+from .tail import DEFAULT_MAX_LINE_BYTES, STDIN, check_encoding
 from .units import parse_bool, parse_duration, parse_size
 
 __all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
@@ -274,6 +274,11 @@ class _Loader:
         for name in names:
             if names.count(name) > 1:
                 raise self.fail("inputs", f"two inputs are named {name!r}")
+        readers = [spec.name for spec in pipeline.inputs if spec.paths == [STDIN]]
+        if len(readers) > 1:
+            raise self.fail(
+                "inputs", f"inputs {readers[0]!r} and {readers[1]!r} both read standard input ('-')"
+            )
         pipeline.rules = [
             self.load_rule(table, f"rules[{n}]", n, names)
             for n, table in enumerate(self.array(document, "rules"), 1)
@@ -364,8 +369,14 @@ class _Loader:
         else:
             places = [f"{where}.{key}[{n}]" for n in range(1, len(raw_paths) + 1)]
         paths = [
-            self.relative(self.string(p, place)) for p, place in zip(raw_paths, places, strict=True)
+            path if path == STDIN else self.relative(path)
+            for path in (self.string(p, place) for p, place in zip(raw_paths, places, strict=True))
         ]
+        if STDIN in paths and len(paths) > 1:
+            raise self.fail(
+                places[paths.index(STDIN)],
+                "'-' (standard input) must be the only path of its input",
+            )
         for path, place in zip(paths, places, strict=True):
             # A glob may match directories (skipped, as files come and go); a directory named
             # literally is a mistake: it would be followed as nothing.
@@ -384,6 +395,10 @@ class _Loader:
         except ValueError as exc:
             raise self.fail(f"{where}.encoding", str(exc)) from None
         state_file = table.get("state_file")
+        if state_file is not None and paths == [STDIN]:
+            raise self.fail(
+                f"{where}.state_file", "standard input has no checkpoint: remove state_file"
+            )
         if state_file is not None:
             state_file = self.relative(self.string(state_file, f"{where}.state_file"))
         rescan = self.convert(

@@ -28,6 +28,7 @@ from .handlers import ChainEventHandler, EventHandler
 from .inputs import InputSet, StateFiles, make_tails
 from .pipeline import Pipeline, PipelineError, load_pipeline
 from .reporting import FailureSummary, StatusReporter, write_final
+from .tail import STDIN
 
 __all__ = ["Interrupted", "Reloader", "RunResult", "Signals", "build", "run"]
 
@@ -181,6 +182,15 @@ class Reloader:
             new = load_pipeline(self.path)
         except PipelineError as exc:
             logger.error("reload refused, the running pipeline goes on: %s", exc)
+            return False
+        if any(spec.paths == [STDIN] for spec in (*self.current.inputs, *new.inputs)):
+            # A new tail could not take over the old one's partial line, nor its place in the
+            # pipe: what it had read and not yet cut into lines would be lost.
+            logger.error(
+                "reload refused, the running pipeline goes on: %s: an input reads standard "
+                "input, which a reload cannot hand over (restart instead)",
+                self.path,
+            )
             return False
         for key, old, wanted in restart_settings(self.started_with, new):
             logger.warning(
@@ -354,10 +364,11 @@ def _run(
     )
     reporter.start()
     inputs.release()
-    if args.once:
-        threading.Thread(
-            target=_stop_when_done, args=(dispatcher,), name="eventmp-once", daemon=True
-        ).start()
+    # In follow mode too: an input reading standard input ends with it, and a pipeline whose
+    # every input has ended stops once what it read is handled.
+    threading.Thread(
+        target=_stop_when_done, args=(dispatcher,), name="eventmp-done", daemon=True
+    ).start()
     try:
         while dispatcher.is_alive():
             dispatcher.join(0.25)
@@ -395,7 +406,10 @@ def _run(
 
 
 def _stop_when_done(dispatcher: EventDispatcher) -> None:
-    """In --once mode: stop (with a drain) as soon as every input is read and handled."""
+    """Stop (with a drain) as soon as every input has ended and what it read is handled.
+
+    In --once mode every input ends; in follow mode only one that reads standard input does.
+    """
     while dispatcher.is_alive():
         if dispatcher.wait(0.2):
             dispatcher.stop()

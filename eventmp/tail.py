@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import select
 import sys
 import time
 from collections import OrderedDict, deque
@@ -55,6 +56,9 @@ _COUNT_BYTES_PER_POLL = 64 << 20
 
 # Outcomes that mean the handler never ran: the line must be read again next time.
 _NEVER_RAN = (EventAbandonedError, WorkerStartError)
+# The path that names standard input, as in most commands, and its place among the identities.
+STDIN = "-"
+_STDIN_IDENTITY: Identity = (-1, -1)
 # What an event holds besides copies of its line: the Event, its dict, the file's and rule's
 # names, a short group or two. The line itself is counted four times (the line, the match,
 # the groups and the named groups may each copy it): see event_size() and docs/tailing.md.
@@ -93,6 +97,11 @@ class FileTailGenerator(FileFinder, EventGenerator):
             paths = [os.fspath(paths)]
         if not paths:
             raise ValueError("a file tail needs at least one path")
+        stdin = [os.fspath(p) for p in paths] == [STDIN]
+        if not stdin and STDIN in [os.fspath(p) for p in paths]:
+            raise ValueError("'-' (standard input) must be the only path of its input")
+        if stdin and state_file is not None:
+            raise ValueError("standard input has no checkpoint: give it no state_file")
         if start_at not in ("end", "beginning"):
             raise ValueError(f"start_at must be 'end' or 'beginning', got {start_at!r}")
         check_encoding(encoding)
@@ -105,7 +114,11 @@ class FileTailGenerator(FileFinder, EventGenerator):
         if slow_line_seconds <= 0:
             raise ValueError(f"slow_line_seconds must be > 0, got {slow_line_seconds!r}")
         self.name = name
-        self.patterns = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        # Standard input: read to its end, then the input is finished (in follow mode too).
+        self.stdin = stdin
+        self.patterns = (
+            [] if stdin else [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        )
         self.rules = list(rules)
         self.start_at = start_at
         self.encoding = encoding
@@ -190,10 +203,13 @@ class FileTailGenerator(FileFinder, EventGenerator):
         # about that much behind a slow rule here (and one line's match, which nothing stops).
         self._deadline = time.perf_counter() + self.slow_line_seconds
         if not self._scanned:
-            self._rescan(now, initial=True)
+            if self.stdin:
+                self._files[STDIN] = _File(STDIN, os.dup(0), _STDIN_IDENTITY)
+            else:
+                self._rescan(now, initial=True)
             self._scanned = True
             self._next_rescan = now + self.rescan_interval
-        elif not self.once and now >= self._next_rescan:
+        elif not self.once and not self.stdin and now >= self._next_rescan:
             self._rescan(now, initial=False)
             self._next_rescan = now + self.rescan_interval
         events: list[Event] = []
@@ -291,6 +307,9 @@ class FileTailGenerator(FileFinder, EventGenerator):
     def _read(self, f: _File, events: list[Event], now: float) -> None:
         if f.fd < 0:
             return
+        if f.identity == _STDIN_IDENTITY:
+            self._read_stream(f, events, now)
+            return
         try:
             st = os.fstat(f.fd)
             f.size = st.st_size
@@ -308,12 +327,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
             f.at_eof = False  # until a read finds the end with every whole line cut
             while True:
                 self._cut_lines(f, events)
-                if (
-                    len(events) >= _EVENTS_PER_POLL
-                    or budget <= 0
-                    or time.perf_counter() > self._deadline
-                ):
-                    self._cut_short = True
+                if self._stops_here(events, budget):
                     return
                 data = os.pread(f.fd, min(_CHUNK, budget), f.pos)
                 if not data:
@@ -333,6 +347,45 @@ class FileTailGenerator(FileFinder, EventGenerator):
         if self.once:
             self._emit_rest(f, events)
             self._finish(f)
+
+    def _stops_here(self, events: list[Event], budget: int) -> bool:
+        """Whether a file's read ends for this poll: enough events, bytes or time spent."""
+        if len(events) >= _EVENTS_PER_POLL or budget <= 0 or time.perf_counter() > self._deadline:
+            self._cut_short = True
+            return True
+        return False
+
+    def _read_stream(self, f: _File, events: list[Event], now: float) -> None:
+        """Standard input: what the pipe holds now, without blocking; its end ends the input.
+
+        Not O_NONBLOCK: that flag belongs to the open file description, which a terminal or
+        a pipe shares with the shell and the other commands of the pipeline. A poll with no
+        timeout says whether a read would block instead.
+        """
+        readable = select.poll()
+        readable.register(f.fd, select.POLLIN)
+        budget = min(_BYTES_PER_POLL, self._budget)
+        try:
+            while True:
+                self._cut_lines(f, events)
+                if self._stops_here(events, budget):
+                    return
+                if not readable.poll(0):
+                    return  # nothing more for now
+                data = os.read(f.fd, min(_CHUNK, budget))
+                if not data:
+                    break
+                f.last_data = now
+                f.pos += len(data)
+                f.size = f.pos
+                budget -= len(data)
+                self._budget -= len(data)
+                f.buffer += data
+        except OSError as exc:
+            logger.warning("%s: cannot read standard input: %s", self, exc)
+        self._emit_rest(f, events)
+        self._finish(f)
+        self.finished = True
 
     def _finish(self, f: _File) -> None:
         """Once mode: close a file read to its end; it stays known for the checkpoint."""

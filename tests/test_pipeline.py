@@ -174,6 +174,22 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "expected a size of at least 1 byte",
         ),
         (
+            "[[inputs]]\npaths=['a.log', '-']\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].paths[2]",
+            "'-' (standard input) must be the only path of its input",
+        ),
+        (
+            "[[inputs]]\npath='-'\nstate_file='x.state'\n[[rules]]\nregex='x'\nhandler='print'\n",
+            "inputs[1].state_file",
+            "standard input has no checkpoint",
+        ),
+        (
+            "[[inputs]]\nname='a'\npath='-'\n[[inputs]]\nname='b'\npath='-'\n[[rules]]\n"
+            "regex='x'\nhandler='print'\n",
+            "inputs",
+            "inputs 'a' and 'b' both read standard input ('-')",
+        ),
+        (
             "[dispatcher]\nmax_pending_bytes=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\n"
             "handler='print'\n",
             "dispatcher.max_pending_bytes",

@@ -428,3 +428,86 @@ def test_a_reload_brings_the_new_error_handler(tmp_path: Path) -> None:
         status = command.wait()
     assert status == 0, command.err
     assert len(jsonl(tmp_path / "failures-1.jsonl")) == 1
+
+
+# == standard input ==============================================================================
+
+STDIN_PIPELINE = """
+[dispatcher]
+poll_interval = "20ms"
+
+[[inputs]]
+name = "stdin"
+paths = ["-"]
+max_line_bytes = 64
+
+[[rules]]
+name = "error"
+regex = 'ERROR (?P<n>\\d+)'
+handler = { type = "json", file = "seen.jsonl", fields = ["line_number", "n"] }
+"""
+
+
+def _run_on_a_pipe(pipeline: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventmp", "run", str(pipeline), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """Wait for the run (its stdin closed already) and read its stderr (a few lines)."""
+    try:
+        process.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        raise
+    assert process.stderr is not None
+    return process.returncode, process.stderr.read()
+
+
+@pytest.mark.parametrize("mode", [["--once"], []], ids=["once", "follow"])
+def test_standard_input_is_read_to_its_end_then_the_run_ends(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    """paths = ["-"] reads a pipe to its end, a last line without newline and cut lines too."""
+    pipeline = pipeline_file(tmp_path, STDIN_PIPELINE)
+    process = _run_on_a_pipe(pipeline, *mode)
+    assert process.stdin is not None
+    long_line = "ERROR 3 " + "x" * 100  # cut into two pieces at 64 bytes; the first matches
+    process.stdin.write("ERROR 1\nnothing\n")
+    process.stdin.flush()
+    assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 1)  # read as it comes
+    process.stdin.write(f"{long_line}\r\nERROR 4")  # the last line has no newline
+    process.stdin.close()
+    status, err = _finish(process)
+    assert status == 0, err
+    assert [(r["line_number"], r["n"]) for r in jsonl(tmp_path / "seen.jsonl")] == [
+        (1, "1"),
+        (3, "3"),
+        (4, "4"),
+    ]
+    assert "read 4 lines" in err and "3 processed" in err
+    assert not list(tmp_path.glob("*.state*"))
+
+
+def test_standard_input_refuses_a_reload_and_goes_on(tmp_path: Path) -> None:
+    """A SIGHUP to a run reading standard input is refused, and no line is lost for it."""
+    pipeline = pipeline_file(tmp_path, STDIN_PIPELINE)
+    process = _run_on_a_pipe(pipeline)
+    assert process.stdin is not None
+    process.stdin.write("ERROR 1\nERROR 2 partial")  # a reload would lose the partial line
+    process.stdin.flush()
+    assert wait_until(lambda: len(jsonl(tmp_path / "seen.jsonl")) == 1)
+    os.kill(process.pid, signal.SIGHUP)
+    process.stdin.write(" end\nERROR 3\n")
+    process.stdin.close()
+    status, err = _finish(process)
+    assert status == 0, err
+    assert "reload refused" in err and "reads standard input" in err
+    assert [r["n"] for r in jsonl(tmp_path / "seen.jsonl")] == ["1", "2", "3"]

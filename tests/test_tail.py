@@ -1518,3 +1518,13 @@ def test_max_pending_bytes_pauses_reading_long_lines_and_loses_none(
     dispatcher.stop()
     assert recorded_lines(recording) == ["block", *long_lines]
     assert dispatcher.stats().pending_bytes == 0
+
+
+def test_standard_input_must_be_alone_and_without_a_checkpoint(tmp_path: Path) -> None:
+    """'-' is standard input only as an input's one path, and never with a state_file."""
+    rules = [Rule("all", EVERYTHING, "handler")]
+    with pytest.raises(ValueError, match="only path"):
+        FileTailGenerator(["-", os.fspath(tmp_path / "a.log")], rules)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        FileTailGenerator(["-"], rules, state_file=tmp_path / "x.state")
+    assert FileTailGenerator(["-"], rules).stdin
