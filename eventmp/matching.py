@@ -274,8 +274,11 @@ class LineMatcher:
 
     # == a block of lines ==========================================================================
 
-    def block_reference(self, data: bytes | bytearray, max_hits: int) -> Block:
-        """:meth:`block` one line at a time: the definition the fast path must agree with."""
+    def block_reference(
+        self, data: bytes | bytearray, max_hits: int, deadline: float = float("inf")
+    ) -> Block:
+        """:meth:`block` one line at a time: the definition the fast path must agree with,
+        and the path of the encodings a block cannot be decoded in at once."""
         lines: list[LineHits] = []
         slow: list[tuple[str, int]] = []
         total = 0
@@ -291,6 +294,8 @@ class LineMatcher:
                 total += sum(len(p.hits) for p in pieces)
                 if total >= max_hits:
                     break
+            if time.perf_counter() > deadline:
+                break
         slow = list(dict.fromkeys(slow))
         self._count_slow(slow)
         return Block(lines, index, offset, slow)
@@ -304,7 +309,7 @@ class LineMatcher:
         or window boundary past ``deadline`` (``time.perf_counter``), a line at least done.
         """
         if not self._block_safe:
-            return self.block_reference(data, max_hits)
+            return self.block_reference(data, max_hits, deadline)
         state = _BlockState(max_hits, deadline)
         size = len(data)
         limit = self.max_line_bytes

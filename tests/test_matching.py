@@ -264,3 +264,11 @@ def test_a_tail_reading_at_random_boundaries_makes_the_per_line_events(
             tail.stop()
     assert made == per_line(data, rules, limit)
     assert tail.lines_read == data.count(b"\n")
+
+
+def test_an_encoding_decoded_line_by_line_keeps_the_time_budget() -> None:
+    """Shift JIS is matched one line at a time; a passed deadline still stops it after a line."""
+    rules = [Rule("a", re.compile("a"), None)]
+    matcher = LineMatcher(rules, "shift_jis")
+    assert [line.line_index for line in matcher.block(b"a\nb\na\n", 100).lines] == [0, 2]
+    assert matcher.block(b"a\nb\na\n", 100, deadline=0.0).lines_done == 1
