@@ -428,6 +428,7 @@ class EventDispatcher(threading.Thread):
                 failed=ledger.failed,
                 pending=len(ledger.pending),
                 pending_bytes=ledger.bytes_held,
+                handler_counters=self._pool.counters(),
                 abandoned=ledger.abandoned,
                 worker_restarts=self._pool.restarts,
                 worker_recycles=self._pool.recycles,

@@ -41,6 +41,7 @@ __all__ = [
     "EventBatch",
     "EventFailed",
     "FrameReader",
+    "HandlerCounters",
     "HandlerUpdate",
     "WorkerReady",
     "WorkerRetiring",
@@ -99,6 +100,16 @@ class WorkerReady(NamedTuple):
 
     pid: int
     rss: int  # resident set size before any event, in bytes (0 if not measured)
+
+
+class HandlerCounters(NamedTuple):
+    """What the worker's handlers have counted so far (their ``counters()``), summed by name.
+
+    Cumulative for this worker process, sent when it changed, at most about once a second and
+    before the worker leaves: the parent keeps the last one of each worker.
+    """
+
+    counters: dict[str, int]
 
 
 class WorkerRetiring(NamedTuple):

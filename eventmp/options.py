@@ -8,6 +8,7 @@ docs/api.md describes each setting.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .units import parse_size
@@ -100,3 +101,6 @@ class DispatcherStats:
     worker_rss: tuple[int, ...] = field(default=())
     # Estimated bytes of the pending events that generators sized (max_pending_bytes).
     pending_bytes: int = 0
+    # What handlers count in the workers (their counters(): "evicted_keys" for count and
+    # throttle), summed over every worker this dispatcher ran.
+    handler_counters: Mapping[str, int] = field(default_factory=dict)

@@ -45,6 +45,7 @@ from .messages import (
     BatchDone,
     BatchRejected,
     EventFailed,
+    HandlerCounters,
     WorkerReady,
     WorkerRetiring,
     decode_result,
@@ -103,6 +104,7 @@ class WorkerPool:
         )
         self.restarts = 0
         self.recycles = 0
+        self.retired_counters: dict[str, int] = {}  # what exited workers' handlers counted
         self.messages_read = 0
         self.ringing = False  # the workers' RING marks are set (acknowledgements handed off)
         # Set when a worker cannot be started or replaced: the dispatcher then fails everything.
@@ -175,6 +177,14 @@ class WorkerPool:
         if not self.keyed and all(slot.retired for slot in self.slots):
             stranded += ledger.take(0, len(ledger.shared))
         return stranded
+
+    def counters(self) -> dict[str, int]:
+        """What the handlers counted, over every worker this pool ran (lock held)."""
+        totals = dict(self.retired_counters)
+        for worker in self.live_workers():
+            for name, value in worker.counters.items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
 
     def live_workers(self) -> list[WorkerHandle]:
         return [s.worker for s in self.slots if s.worker is not None and not s.worker.exited]
@@ -380,6 +390,8 @@ class WorkerPool:
                     message.rss,
                     limit,
                 )
+        elif kind is HandlerCounters:
+            worker.counters = message.counters
         elif kind is WorkerRetiring:
             worker.retiring = message.reason
             worker.signalled = message.signalled
@@ -519,6 +531,8 @@ class WorkerPool:
         finished = int(slot.view[FINISHED])
         workers.close(worker)
         slot.worker = None
+        for name, value in worker.counters.items():
+            self.retired_counters[name] = self.retired_counters.get(name, 0) + value
         outcome = self.ledger.worker_exited(
             worker.id,
             started,

@@ -41,7 +41,7 @@ from typing import Any
 from . import serialization
 from .errors import SerializationError
 from .event import Event
-from .handlers import StopEventHandler, call_handler
+from .handlers import ChainEventHandler, StopEventHandler, call_handler
 from .ledger import position
 from .messages import (
     ACKED,
@@ -56,6 +56,7 @@ from .messages import (
     EventBatch,
     EventFailed,
     FrameReader,
+    HandlerCounters,
     HandlerUpdate,
     WireEvent,
     WorkerReady,
@@ -80,6 +81,11 @@ EXIT_PARENT_GONE = 75
 
 class _Stop(Exception):
     """Leave the worker loop (SIGTERM while idle)."""
+
+
+# How often, at most, a worker tells the parent what its handlers counted (HandlerCounters):
+# often enough for the stats line, rarely enough to cost nothing per batch.
+COUNTERS_INTERVAL = 1.0
 
 
 class EventProcessor:
@@ -132,6 +138,12 @@ class EventProcessor:
             STOP_HANDLER_ID: (stop, stop.process_event)
         }
         self._broken_handlers: dict[int, str] = {}
+        # Handlers (and links of chains) that count things, by handler id; what the forgotten
+        # ones counted; what was last sent and when the next report may go (HandlerCounters).
+        self._counting: dict[int, list[Any]] = {}
+        self._counted_before: dict[str, int] = {}
+        self._counters_sent: dict[str, int] = {}
+        self._next_counters = 0.0
         self._running = True
         self._sigterm = False
         self._waiting = False
@@ -188,6 +200,7 @@ class EventProcessor:
             for handler_id, blob in message.definitions:
                 self._define_handler(handler_id, blob)
             for handler_id in message.forget:
+                self._forget_counting(handler_id)
                 self._callables.pop(handler_id, None)
                 self._broken_handlers.pop(handler_id, None)
             return True
@@ -313,6 +326,7 @@ class EventProcessor:
             progress[STARTED] = pos
             if handler_id == STOP_HANDLER_ID:
                 progress[FINISHED] = pos
+                self._report_counters(force=True)
                 self._send(BatchDone(batch_no, self._rss()))
                 self._running = False
                 return False
@@ -331,6 +345,8 @@ class EventProcessor:
             progress[FINISHED] = pos
             if recycling and self._retire_after_event():
                 return False
+        if self._counting:
+            self._report_counters(force=False)
         # One write of under PIPE_BUF bytes to a blocking pipe: whole, and atomic.
         os.write(
             self._result_fd, encode_done(batch_no, self._rss(), monotonic_ns() - batch_started)
@@ -350,6 +366,7 @@ class EventProcessor:
                 reason = f"RSS {rss} bytes above max_memory_per_worker={self._max_memory}"
         if reason is None:
             return False
+        self._report_counters(force=True)
         self._send(WorkerRetiring(reason))
         self._running = False
         return True
@@ -379,6 +396,38 @@ class EventProcessor:
             self._broken_handlers[handler_id] = f"{type(exc).__name__}: {exc}"
             return
         self._callables[handler_id] = (handler, _callable_for(handler))
+        counting = _counting_parts(handler)
+        if counting:
+            self._counting[handler_id] = counting
+
+    # -- handler counters -----------------------------------------------------------------------
+
+    def _report_counters(self, *, force: bool) -> None:
+        """Send what the handlers counted, if it changed: at most once a second unless ``force``."""
+        if not self._counting:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_counters:
+            return
+        self._next_counters = now + COUNTERS_INTERVAL
+        totals = self._counter_totals()
+        if totals != self._counters_sent:
+            self._counters_sent = totals
+            self._send(HandlerCounters(totals))
+
+    def _counter_totals(self) -> dict[str, int]:
+        totals = dict(self._counted_before)
+        for parts in self._counting.values():
+            for part in parts:
+                for name, value in _counters_of(part).items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _forget_counting(self, handler_id: int) -> None:
+        """A handler the parent dropped: what it counted stays in the totals."""
+        for part in self._counting.pop(handler_id, ()):
+            for name, value in _counters_of(part).items():
+                self._counted_before[name] = self._counted_before.get(name, 0) + value
 
     def _send(self, message: tuple[Any, ...]) -> None:
         view = memoryview(encode_result(message))
@@ -444,6 +493,27 @@ class EventProcessor:
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     """SIGINT in a worker: nothing to do (see _setup_process)."""
+
+
+def _counting_parts(handler: Any) -> list[Any]:
+    """The handler, and the links of a chain (nested too), that define ``counters()``."""
+    found: list[Any] = []
+    stack = [handler]
+    while stack:
+        part = stack.pop()
+        if callable(getattr(part, "counters", None)):
+            found.append(part)
+        if isinstance(part, ChainEventHandler):
+            stack.extend(part.handlers)
+    return found
+
+
+def _counters_of(part: Any) -> dict[str, int]:
+    """``part.counters()``, or nothing if it fails: a report must not cost an event."""
+    try:
+        return {str(name): int(value) for name, value in part.counters().items()}
+    except Exception:
+        return {}
 
 
 def _callable_for(handler: Any) -> Callable[[Event], Any]:

@@ -400,6 +400,8 @@ def stats_record(
             "recycles": stats.worker_recycles,
             "rss_max_bytes": max(stats.worker_rss, default=0),
         },
+        # What the handlers count in the workers (count and throttle: "evicted_keys").
+        "handlers": dict(stats.handler_counters),
         "rules": {
             name: {**asdict(tally), "slow_lines": slow.get(name, 0)}
             for name, tally in rules.items()
@@ -449,6 +451,11 @@ def summary_text(
     if stats.abandoned:
         text += f" ({stats.abandoned:,} abandoned)"
     text += f"; {stats.worker_restarts} worker restarts."
+    evicted = stats.handler_counters.get("evicted_keys", 0)
+    if evicted:
+        text += (
+            f" count/throttle evicted {evicted:,} least recently seen keys to stay within max_keys."
+        )
     rules, _inputs = inputs.counts.snapshot()
     if rules:
         text += f" Rules {_rules_text(rules)}."

@@ -91,6 +91,7 @@ class WorkerHandle:
         self.timed_out: int | None = None  # position of the event it was killed for
         self.kill_at: float | None = None
         self.rss = 0
+        self.counters: dict[str, int] = {}  # the last HandlerCounters it sent (cumulative)
         self.retiring: str | None = None  # why it is leaving for a fresh worker, if it is
         # Under forkserver the sentinel reports the server's death as the worker's: once it
         # fired for a worker still alive, the worker is watched by its result pipe and pid.

@@ -890,6 +890,38 @@ def test_event_size_that_raises_is_logged_and_the_events_still_run(
     assert "failed in event_size(): RuntimeError('cannot size it')" in caplog.text
 
 
+class CountingLink:
+    """Counts the events it saw in its worker (``counters()``) and lets the chain go on."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def process_event(self, event: Event) -> bool:
+        self.seen += 1
+        return True
+
+    def counters(self) -> dict[str, int]:
+        return {"seen": self.seen}
+
+
+def test_handler_counters_add_up_over_recycled_workers_and_chains(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """What a chained handler counts in each worker reaches stats(), recycled workers' included."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    chain = ChainEventHandler([CountingLink(), recording])
+    dispatcher = make_dispatcher(max_events_per_worker=3)
+    dispatcher.start()
+    for i in range(10):
+        dispatcher.submit(Event("test", chain, i))
+    assert dispatcher.wait(WAIT)
+    dispatcher.stop()
+    assert sorted(data_of(recording.records())) == list(range(10))
+    stats = dispatcher.stats()
+    assert stats.worker_recycles >= 3
+    assert stats.handler_counters == {"seen": 10}
+
+
 def noop_handler(event: Event) -> bool:
     """Does nothing: for tests that count outcomes, not what handlers do."""
     return True

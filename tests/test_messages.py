@@ -18,6 +18,7 @@ from eventmp.messages import (
     EventBatch,
     EventFailed,
     FrameReader,
+    HandlerCounters,
     HandlerUpdate,
     WorkerReady,
     WorkerRetiring,
@@ -206,6 +207,7 @@ def test_frame_reader_handles_a_large_frame_in_chunks() -> None:
         BatchRejected(3, "UnpicklingError: truncated"),
         WorkerRetiring("processed max_events_per_worker=3 events"),
         BatchDone(4, 1 << 20),
+        HandlerCounters({"evicted_keys": 7}),
     ],
     ids=lambda m: type(m).__name__,
 )

@@ -77,6 +77,7 @@ def test_json_final_object_follows_the_documented_schema(tmp_path: Path) -> None
         "events",
         "rates",
         "workers",
+        "handlers",
         "rules",
         "inputs",
         "status",
@@ -106,6 +107,7 @@ def test_json_final_object_follows_the_documented_schema(tmp_path: Path) -> None
     }
     assert final["inputs"]["other"]["lines"] == 0
     assert set(final["rates"]) == {"lines_per_s", "bytes_per_s", "events_per_s"}
+    assert final["handlers"] == {}  # no handler here counts anything
     assert [f["error"] for f in final["failures"]] == ["AssertionError"]
     assert "eventmp: read" not in result.stderr  # no human summary besides
 
@@ -179,3 +181,31 @@ def test_json_final_object_says_which_signal_interrupted_a_batch_run(tmp_path: P
     (final,) = stats_objects(command.err)
     assert final["interrupted_by"] == "SIGTERM" and final["status"] == 143
     assert final["rules"]["slow"] == {"matches": 1, "processed": 1, "failed": 0, "slow_lines": 0}
+
+
+EVICTING = """
+[[inputs]]
+name = "auth"
+paths = ["auth.log"]
+start_at = "beginning"
+
+[[rules]]
+name = "fail"
+regex = 'FAIL (?P<ip>\\S+)'
+handlers = [
+  { type = "count", count = 2, window = "10m", key = "{ip}", max_keys = 3 },
+  { type = "print", format = "again {ip}" },
+]
+"""
+
+
+def test_keys_evicted_by_count_are_in_the_summary_and_the_json(tmp_path: Path) -> None:
+    """A count handler over its max_keys: the keys it evicted in the worker reach the stats."""
+    pipeline = pipeline_file(tmp_path, EVICTING)
+    append(tmp_path / "auth.log", *(f"FAIL 192.0.2.{n}" for n in range(10)))
+    human = eventmp_command("run", "--once", str(pipeline))
+    assert human.returncode == 0, human.stderr
+    assert "count/throttle evicted 7 least recently seen keys" in human.stderr
+    machine = eventmp_command("run", "--once", "--stats-format", "json", str(pipeline))
+    (final,) = stats_objects(machine.stderr)
+    assert final["handlers"] == {"evicted_keys": 7}

@@ -47,6 +47,10 @@ class _KeyedWindow(EventHandler):
         self._reported = 0
         self._reported_at: float | None = None
 
+    def counters(self) -> dict[str, int]:
+        """What this copy counts for the command's stats: the keys it evicted."""
+        return {"evicted_keys": self._evicted}
+
     @property
     def evictions(self) -> int:
         """How many keys this copy of the handler evicted to stay within ``max_keys``."""
