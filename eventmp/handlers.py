@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from .event import Event
 from .redact import redact_settings
-from .templates import check, fields, printable, render_fields
+from .templates import Fields, check, printable, render_fields
 
 __all__ = [
     "OUTPUT_MODE",
@@ -246,7 +246,7 @@ class PrintEventHandler(EventHandler):
         if self.format is None:
             text = str(event)
         else:
-            text = render_fields(self.format, fields(event), escape=printable)
+            text = render_fields(self.format, Fields(event), escape=printable)
         out = self._target()
         out.write(f"{text}\n")
         out.flush()

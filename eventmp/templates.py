@@ -23,8 +23,10 @@ line of its own to the output or move a terminal's cursor.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -33,9 +35,11 @@ from .errors import TemplateError
 from .event import Event, describe_originator
 
 __all__ = [
+    "Fields",
     "check",
     "fields",
     "literal_prefix",
+    "local_time",
     "names",
     "printable",
     "render",
@@ -67,10 +71,7 @@ def fields(event: Event) -> dict[str, Any]:
     values: dict[str, Any] = {
         "originator": describe_originator(event.originator),
         "timestamp": event.timestamp,
-        # From UTC: a naive local time is ambiguous in the hour a DST change repeats.
-        "time": datetime.fromtimestamp(event.timestamp, UTC)
-        .astimezone()
-        .isoformat(timespec="milliseconds"),
+        "time": local_time(event.timestamp),
     }
     data = event.data
     if not isinstance(data, dict):
@@ -86,6 +87,113 @@ def fields(event: Event) -> dict[str, Any]:
     if isinstance(named, Mapping):
         values.update((key, value) for key, value in named.items() if isinstance(key, str))
     return values
+
+
+_FAR = 1e11  # seconds from the epoch within which local_time() takes its short way
+# The last whole second local_time() formatted: (second, time.tzname then, its local date and
+# time, its UTC offset).
+_last_second: tuple[float, tuple[str, str], str, str] | None = None
+
+
+def local_time(timestamp: float) -> str:
+    """``timestamp`` as the ``time`` field shows it: ISO 8601 local time with milliseconds and
+    the UTC offset, ``2026-11-29T17:03:57.123+01:00``.
+
+    The same text as ``datetime.fromtimestamp(timestamp, UTC).astimezone()`` gives with
+    ``isoformat(timespec="milliseconds")`` (from UTC: a naive local time is ambiguous in the
+    hour a DST change repeats), but the local date, time and offset of a whole second are
+    worked out once for all the events of that second: a worker formats many events a second,
+    and the conversion to local time is most of the cost. They are worked out again after
+    ``time.tzset()``, which is how a process takes a new ``TZ``.
+    """
+    global _last_second
+    if not -_FAR < timestamp < _FAR:  # NaN too: the errors, if any, of the long way
+        return (
+            datetime.fromtimestamp(timestamp, UTC).astimezone().isoformat(timespec="milliseconds")
+        )
+    # The rounding of datetime.fromtimestamp(): to the microsecond, half to even, so that the
+    # whole second and the milliseconds are those it would give.
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1.0
+    # time.tzset() (how a process takes a new TZ; datetime's local time does not look at TZ
+    # before it) makes a new tzname tuple.
+    zone = time.tzname
+    last = _last_second
+    if last is None or last[0] != whole or last[1] is not zone:
+        text = datetime.fromtimestamp(whole, UTC).astimezone().isoformat(timespec="seconds")
+        last = _last_second = (whole, zone, text[:19], text[19:])
+    return f"{last[2]}.{micros // 1000:03d}{last[3]}"
+
+
+class Fields(Mapping[str, Any]):
+    """:func:`fields` of an event, each worked out when it is asked for.
+
+    A handler uses a few of the fields, often the line and a group or two; building all of
+    them (the local time above all) for every event would cost more than the handler's own
+    work. A field has the value :func:`fields` gives it, the same precedence included; listing
+    the names (iteration, ``len()``, an error's list of the fields there are) builds them all
+    once.
+    """
+
+    __slots__ = ("_all", "_event")
+
+    def __init__(self, event: Event) -> None:
+        self._event = event
+        self._all: dict[str, Any] | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        data = self._event.data
+        if type(name) is not str:
+            return self._whole()[name]
+        if isinstance(data, dict):
+            # Latest first, as fields() lets later ones win: named groups, groups, the match,
+            # the data's own keys.
+            named = data.get("named")
+            if named and (type(named) is dict or isinstance(named, Mapping)) and name in named:
+                return named[name]
+            if name.isdecimal() and name.isascii() and len(name) < 19:
+                if name == "0":
+                    if "match" in data:
+                        return data["match"]
+                elif name[0] != "0":
+                    groups = data.get("groups")
+                    if isinstance(groups, (list, tuple)) and int(name) <= len(groups):
+                        return groups[int(name) - 1]
+            if name in data:
+                return data[name]
+        elif name == "data":
+            return data
+        if name == "time":
+            return local_time(self._event.timestamp)
+        if name == "timestamp":
+            return self._event.timestamp
+        if name == "originator":
+            return describe_originator(self._event.originator)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def _whole(self) -> dict[str, Any]:
+        if self._all is None:
+            self._all = fields(self._event)
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._whole())
+
+    def __len__(self) -> int:
+        return len(self._whole())
 
 
 # A parsed template: literal text, and fields as (name, conversion or "", format spec).

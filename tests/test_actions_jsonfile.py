@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,10 +22,13 @@ from typing import Any
 import dill
 import pytest
 from conftest import STAMP, WAIT, read_lines, tail_data, tail_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventmp import Event, PrintEventHandler
-from eventmp.actions.jsonfile import JsonEventHandler, event_record
+from eventmp.actions.jsonfile import JsonEventHandler, _jsonable, event_record
 from eventmp.errors import TemplateError
+from eventmp.templates import fields
 from eventmp.testing import run_events
 
 # == event_record ================================================================================
@@ -219,3 +223,135 @@ def test_json_lines_from_several_workers_do_not_interleave(tmp_path: Path) -> No
     assert run_events(events, timeout=WAIT, workers=2, poll_interval=0.05) == []
     lines = read_lines(out)
     assert sorted(line["data"]["n"] for line in lines) == list(range(200))
+
+
+# == the bytes written, pinned against the straightforward encoding ==============================
+
+
+def _reference_line(record: dict[str, Any]) -> bytes:
+    # The rule for what is written: _jsonable()'s copy of every value, then json.dumps().
+    text = json.dumps(_jsonable(dict(record), set()), ensure_ascii=False, allow_nan=False)
+    text = text.translate({0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+    return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
+def _reference_record(event: Event, names: list[str] | None) -> dict[str, Any]:
+    values = fields(event)
+    record = {name: values[name] for name in names or ("timestamp", "time", "originator")}
+    return record if names else {**record, "data": event.data}
+
+
+class _Text(str):
+    pass
+
+
+class _Number(int):
+    pass
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    pass
+
+
+class _Listing(list):  # type: ignore[type-arg]
+    pass
+
+
+_odd_text = st.text(
+    alphabet=st.characters(codec="utf-8")
+    | st.sampled_from(["\u2028", "\u2029", "\x85", "\udcff", "\x00", '"', "\\", "\u00e9"]),
+    max_size=12,
+)
+_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _odd_text
+    | st.builds(_Text, _odd_text)
+    | st.builds(_Number, st.integers())
+    | st.binary(max_size=4)
+    | st.frozensets(st.integers(), max_size=2)
+)
+_key = (
+    _odd_text | st.integers() | st.booleans() | st.none() | st.floats() | st.tuples(st.integers())
+)
+_odd_value = st.recursive(
+    _scalar,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.builds(_Listing, st.lists(inner, max_size=3))
+        | st.dictionaries(_odd_text, inner, max_size=4)
+        | st.dictionaries(_key, inner, max_size=3)
+        | st.builds(_Map, st.dictionaries(_odd_text, inner, max_size=3))
+    ),
+    max_leaves=12,
+)
+
+
+def _written(handler: JsonEventHandler, event: Event, path: Path) -> bytes:
+    path.unlink(missing_ok=True)
+    handler.process_event(event)
+    handler.close()
+    return path.read_bytes()
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=_odd_value, timestamp=st.floats(min_value=-1e10, max_value=1e10))
+def test_json_writes_the_bytes_of_the_straightforward_encoding(
+    tmp_path_factory: pytest.TempPathFactory, data: Any, timestamp: float
+) -> None:
+    """Any data, odd values included (NaN, bytes, sets, subclasses, keys that are not strings,
+    lone surrogates, line separators), is written byte for byte as the copy-then-dumps way
+    writes it, in the default record and with fields."""
+    path = tmp_path_factory.mktemp("json") / "out.jsonl"
+    event = Event("tail", None, data, timestamp=timestamp)
+    assert _written(JsonEventHandler(path), event, path) == _reference_line(
+        _reference_record(event, None)
+    )
+    names = [name for name in fields(event) if name and name != "time"][:4]
+    if names:
+        assert _written(JsonEventHandler(path, fields=names), event, path) == _reference_line(
+            _reference_record(event, names)
+        )
+
+
+def test_json_writes_circular_and_deep_values_as_the_copy_does(tmp_path: Path) -> None:
+    """Values deeper than the shortcut looks, and values that contain themselves."""
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    looped: dict[str, Any] = {"a": 1}
+    looped["self"] = looped
+    shared = [1, 2]
+    deep: Any = "bottom"
+    for _ in range(8):
+        deep = {"down": [deep]}
+    data = tail_data(groups=[cyclic, shared, shared], named={"loop": looped, "deep": deep})
+    for event in [tail_event(**data), Event("app", None, deep, timestamp=STAMP)]:
+        path = tmp_path / "out.jsonl"
+        assert _written(JsonEventHandler(path), event, path) == _reference_line(
+            _reference_record(event, None)
+        )
+
+
+@pytest.mark.parametrize("names", [None, ["time", "file", "line", "ip", "2"], ["0", "rule"]])
+def test_json_writes_a_tail_event_as_the_straightforward_encoding(
+    tmp_path: Path, names: list[str] | None
+) -> None:
+    path = tmp_path / "out.jsonl"
+    line = "Failed password for caf\u00e9\u2028 from 203.0.113.9 port 22 \udcff"
+    event = tail_event(line=line)
+    assert _written(JsonEventHandler(path, fields=names), event, path) == _reference_line(
+        _reference_record(event, names)
+    )
+
+
+def test_json_too_big_an_integer_fails_as_json_does(tmp_path: Path) -> None:
+    """An integer json cannot write (more digits than int's limit) fails the event the same
+    way, whichever way the record is encoded."""
+    event = tail_event(line_number=10**5000)
+    with pytest.raises(ValueError) as expected:
+        _reference_line(_reference_record(event, None))
+    with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+        JsonEventHandler(tmp_path / "out.jsonl").process_event(event)

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import pickle
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import dill
 import pytest
 from conftest import time_zone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventmp import Event, EventmpError
 from eventmp.errors import TemplateError
-from eventmp.templates import check, fields, names, printable, render, render_fields
+from eventmp.templates import (
+    Fields,
+    check,
+    fields,
+    local_time,
+    names,
+    printable,
+    render,
+    render_fields,
+)
 
 STAMP = 1_700_000_000.5
 
@@ -301,3 +313,130 @@ def test_time_field_is_unambiguous_across_a_dst_change() -> None:
             for s in (1_792_888_200.0, 1_792_891_800.0)
         ]
     assert shown == ["2026-10-25T02:30:00.000+02:00", "2026-10-25T02:30:00.000+01:00"]
+
+
+# == Fields and local_time: the lazy mapping gives what fields() gives ===========================
+
+# Names that mean something to fields(), so that their precedence is exercised.
+_NAMES = [
+    "time",
+    "timestamp",
+    "originator",
+    "data",
+    "0",
+    "1",
+    "2",
+    "01",
+    "line",
+    "ip",
+    "match",
+    "groups",
+    "named",
+]
+_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=8) | st.sampled_from(_NAMES)
+_value = st.none() | st.integers() | _text | st.floats(allow_nan=True)
+_data = st.one_of(
+    _value,
+    st.lists(_value, max_size=3),
+    st.dictionaries(
+        _text,
+        _value
+        | st.lists(_value, max_size=4)
+        | st.tuples(_value, _value)
+        | st.dictionaries(_text, _value, max_size=4),
+        max_size=8,
+    ),
+)
+
+
+def _assert_same_fields(event: Event) -> None:
+    eager = fields(event)
+    lazy = Fields(event)
+    assert list(lazy) == list(eager)
+    assert len(lazy) == len(eager)
+    for name, value in eager.items():
+        assert name in lazy
+        assert repr(lazy[name]) == repr(value), name
+    for name in ["nope", "4", "00", "-1", "1.0", "\uff11", "9" * 30]:
+        if name not in eager:
+            assert name not in lazy
+            with pytest.raises(KeyError):
+                lazy[name]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=_data, timestamp=st.floats(min_value=-1e10, max_value=1e10))
+def test_lazy_fields_are_the_fields_of_any_event(data: Any, timestamp: float) -> None:
+    """Each field the lazy mapping gives, its names and their order are those of fields()."""
+    _assert_same_fields(Event(("host", 1), None, data, timestamp=timestamp))
+
+
+def test_lazy_fields_keep_the_precedence_of_fields() -> None:
+    """Named groups over groups over the match over the data's keys over the event's own."""
+    data = {
+        "time": "data's time",
+        "0": "data's 0",
+        "1": "data's 1",
+        "5": "data's 5",
+        "match": "m",
+        "groups": ("g1", "g2"),
+        "named": {"2": "named 2", "originator": "named originator"},
+        3: "not a name",
+    }
+    event = Event("tail", None, data, timestamp=STAMP)
+    _assert_same_fields(event)
+    lazy = Fields(event)
+    assert (lazy["time"], lazy["0"], lazy["1"], lazy["2"], lazy["5"]) == (
+        "data's time",
+        "m",
+        "g1",
+        "named 2",
+        "data's 5",
+    )
+    assert lazy["originator"] == "named originator"
+    assert 3 not in lazy
+
+
+def _reference_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+_times = st.one_of(
+    st.floats(min_value=-2e9, max_value=4e9),
+    # Fractions next to a millisecond and to a second, where the rounding to microseconds
+    # that datetime does could carry into the next one.
+    st.builds(
+        lambda whole, fraction: whole + fraction,
+        st.integers(min_value=-(10**9), max_value=4 * 10**9),
+        st.sampled_from(
+            [0.0, 0.0005, 0.0009995, 0.9994999, 0.9995, 0.9999994, 0.9999995, 0.99999995]
+        ),
+    ),
+)
+
+
+@pytest.mark.parametrize("zone", ["UTC0", "IST-5:30", "CET-1CEST,M3.5.0,M10.5.0/3", "XYZ+3:25:17"])
+@settings(max_examples=200, deadline=None, database=None)
+@given(timestamps=st.lists(_times, min_size=1, max_size=6))
+def test_local_time_is_the_iso_text_datetime_gives(zone: str, timestamps: list[float]) -> None:
+    """Whatever the zone, DST changes and offsets with seconds included, and the rounding."""
+    with time_zone(zone):
+        for timestamp in timestamps:
+            assert local_time(timestamp) == _reference_time(timestamp)
+            assert local_time(timestamp + 1800.25) == _reference_time(timestamp + 1800.25)
+
+
+def test_local_time_follows_a_new_time_zone() -> None:
+    """The same second formatted again after a TZ change has the new zone's offset."""
+    with time_zone("UTC0"):
+        first = local_time(STAMP)
+    with time_zone("IST-5:30"):
+        assert local_time(STAMP) == _reference_time(STAMP) != first
+
+
+@pytest.mark.parametrize("timestamp", [float("nan"), float("inf"), -float("inf"), 1e300])
+def test_local_time_of_an_impossible_timestamp_fails_as_datetime_does(timestamp: float) -> None:
+    with pytest.raises(Exception) as expected:
+        _reference_time(timestamp)
+    with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+        local_time(timestamp)

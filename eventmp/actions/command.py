@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import CommandFailedError, CommandTimeoutError, TemplateError
 from ..event import Event
 from ..handlers import EventHandler
-from ..templates import fields, literal_prefix, names, printable, render_fields
+from ..templates import Fields, literal_prefix, names, printable, render_fields
 from .jsonfile import _jsonable
 from .settings import _bad, _boolean, _duration, _environment, _names, _template, _text
 
@@ -205,7 +205,7 @@ class CommandEventHandler(EventHandler):
         return argv
 
     def process_event(self, event: Event) -> bool:
-        values = fields(event)
+        values = Fields(event)
         argv = self.arguments(values)
         env = dict(os.environ)
         env.update(_exported(self.env_fields, values))

@@ -19,7 +19,7 @@ from typing import IO, Any
 from ..errors import TemplateError
 from ..event import Event
 from ..handlers import EventHandler, file_mode, open_output
-from ..templates import fields
+from ..templates import Fields
 from .settings import _names, _text
 
 
@@ -30,7 +30,8 @@ def event_record(event: Event, names: list[str] | None = None) -> dict[str, Any]
     fields of :func:`eventmp.templates.fields` only, in that order (a field the event lacks
     raises :class:`~eventmp.errors.TemplateError`, as in a template).
     """
-    values = fields(event)
+    # Only the fields the record holds are worked out (the local time only if it is one).
+    values = Fields(event)
     if names is None:
         return {
             "timestamp": values["timestamp"],
@@ -40,9 +41,10 @@ def event_record(event: Event, names: list[str] | None = None) -> dict[str, Any]
         }
     record: dict[str, Any] = {}
     for name in names:
-        if name not in values:
-            raise TemplateError(name, sorted(values))
-        record[name] = values[name]
+        try:
+            record[name] = values[name]
+        except KeyError:
+            raise TemplateError(name, sorted(values)) from None
     return record
 
 
@@ -78,8 +80,64 @@ def _json_key(key: Any) -> str:
 _LINE_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def _json_bytes(record: Mapping[str, Any]) -> bytes:
-    text = json.dumps(_jsonable(dict(record), set()), ensure_ascii=False, allow_nan=False)
+# The types that _jsonable() returns as they are, and json.dumps() writes as they are.
+_SCALARS = frozenset({str, int, bool, type(None)})
+# How deep _plain() looks: a tail's record is the record, its data, and the data's groups.
+_PLAIN_DEPTH = 4
+# json.dumps(value, ensure_ascii=False, allow_nan=False) for a value that _plain() accepts:
+# the C encoder itself, made once rather than for each dumps(), and without the check for
+# circular references, which _plain() does (it refuses what is deeper than it looks).
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode_plain: Any = (
+    _make_encoder(None, None, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
+    if _make_encoder is not None
+    else None
+)
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def _encode_plain_text(value: Any) -> str:
+    if _encode_plain is None:
+        return str(_encode(value))
+    return "".join(_encode_plain(value, 0))
+
+
+def _plain(value: Any, depth: int = _PLAIN_DEPTH) -> bool:
+    """Whether ``json.dumps()`` writes ``value`` just as it writes ``_jsonable(value)``.
+
+    True for plain JSON values of the built-in types themselves: strings, numbers (finite
+    floats), None, and dicts with string keys, lists and tuples of them, up to ``depth``
+    levels down. Anything else (a subclass, another key, NaN, a deeper or circular value)
+    takes the copy, which is the rule for what is written; this only spares it when it would
+    change nothing.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return bool(value - value == 0.0)  # false for NaN and the infinities
+    if depth == 0:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item, depth - 1)):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) not in _SCALARS and not _plain(item, depth - 1):
+                return False
+        return True
+    return False
+
+
+def _json_bytes(record: Mapping[str, Any], end: str = "") -> bytes:
+    if type(record) is dict and _plain(record):
+        text = _encode_plain_text(record) + end
+    else:
+        text = _encode(_jsonable(dict(record), set())) + end
+    if text.isascii():
+        return text.encode("ascii")  # none of the characters below, no surrogate
     # Outside strings JSON has none of these characters, so each one escaped is still the
     # same string, and a record is one line for every line splitter.
     text = text.translate(_LINE_SEPARATORS)
@@ -143,18 +201,20 @@ class JsonEventHandler(EventHandler):
         return shown
 
     def process_event(self, event: Event) -> bool:
-        data = _json_bytes(event_record(event, self.fields)) + b"\n"
+        data = _json_bytes(event_record(event, self.fields), "\n")
         if self.file in _STREAMS:
             _write_stream(getattr(sys, self.file), data)
             return True
         if self._fd is None:
             self._fd = open_output(self.file, self.mode)
-        view = memoryview(data)
-        while view:
-            # O_APPEND makes each write() land at the end, whole; a short write (a full disk)
-            # is finished by a second one.
-            written = os.write(self._fd, view)
-            view = view[written:]
+        # O_APPEND makes each write() land at the end, whole; a short write (a full disk) is
+        # finished by a second one.
+        written = os.write(self._fd, data)
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         return True
 
     def close(self) -> None:

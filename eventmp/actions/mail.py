@@ -19,7 +19,7 @@ from typing import Any
 from ..event import Event
 from ..handlers import EventHandler
 from ..redact import SECRET
-from ..templates import fields, printable, render_fields
+from ..templates import Fields, printable, render_fields
 from .settings import _bad, _boolean, _duration, _integer, _template, _text
 
 # What the mail handler's message holds, in this order, and nothing else.
@@ -151,7 +151,7 @@ class MailEventHandler(EventHandler):
         Raises ``ValueError`` when a header would not be one line once parsed back, or when
         the message would not hold exactly the handler's headers and one text/plain part.
         """
-        values = fields(event)
+        values = Fields(event)
         message = EmailMessage()
         message["From"] = self.sender
         message["To"] = ", ".join(self.to)

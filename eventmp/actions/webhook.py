@@ -23,7 +23,7 @@ from ..errors import WebhookError
 from ..event import Event
 from ..handlers import EventHandler
 from ..redact import SECRET, redact_settings, redact_url
-from ..templates import fields, literal_prefix, names, printable, render_encoded
+from ..templates import Fields, literal_prefix, names, printable, render_encoded
 from .jsonfile import _json_bytes, event_record
 from .settings import _bad, _duration, _function, _headers, _integer, _template
 
@@ -139,7 +139,7 @@ class WebhookEventHandler(EventHandler):
 
     def process_event(self, event: Event) -> bool:
         # Each field percent-encoded: a value stays one path segment or query value.
-        url = render_encoded(self.url, fields(event), _quote_component)
+        url = render_encoded(self.url, Fields(event), _quote_component)
         shown = printable(redact_url(url))
         parts = urllib.parse.urlsplit(url)
         if (parts.scheme.lower(), parts.netloc) != self._origin:
