@@ -80,6 +80,14 @@ class Tally:
     failed: int = 0
 
 
+_ABSENT: Any = object()  # a key missing from an event's data
+
+# An event's data["rule"] and data["input"] as they are (_ABSENT when missing), and the
+# tallies they count into (None for a missing one).
+_Key = tuple[Any, Any]
+_Pair = tuple[Tally | None, Tally | None]
+
+
 class Counts:
     """Per rule and per input, the events accepted and their outcomes.
 
@@ -87,12 +95,19 @@ class Counts:
     the command counts them where it sees them go by (the events a poll returns, the outcomes
     the dispatcher reports), without the dispatcher's help. Called from the dispatcher thread,
     read from the status thread: a lock keeps the snapshots whole.
+
+    Both calls come for every event, in the dispatcher thread that also reads the files: a
+    poll's events are counted per rule and input at once, and each rule and input's tallies
+    are looked up once, by the names as the events carry them, not made anew per event.
     """
 
     def __init__(self) -> None:
         self.rules: dict[str, Tally] = {}
         self.inputs: dict[str, Tally] = {}
         self._lock = threading.Lock()
+        # By the names as events carry them, the tallies they count into: strings only, as
+        # 1 and True are one key but two names.
+        self._pairs: dict[_Key, _Pair] = {}
 
     def declare(self, rules: Iterable[str], inputs: Iterable[str]) -> None:
         """Show these rules and inputs even while they match nothing (a dead rule is news)."""
@@ -103,18 +118,65 @@ class Counts:
                 self.inputs.setdefault(name, Tally())
 
     def matched(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        keys: list[_Key] = []
+        for event in events:
+            data = event.data
+            if type(data) is not dict:
+                if isinstance(data, dict):
+                    break  # a dict of another type: the long way, for every event
+                continue
+            rule = data.get("rule", _ABSENT)
+            name = data.get("input", _ABSENT)
+            if (type(rule) is not str and rule is not _ABSENT) or (
+                type(name) is not str and name is not _ABSENT
+            ):
+                break  # names that are not strings (1 and True are one key): the long way
+            keys.append((rule, name))
+        else:
+            with self._lock:
+                for key, number in Counter(keys).items():
+                    for tally in self._pair(key):
+                        if tally is not None:
+                            tally.matches += number
+            return
         with self._lock:
             for event in events:
                 for tally in self._tallies(event):
                     tally.matches += 1
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
+        data = event.data
         with self._lock:
-            for tally in self._tallies(event):
+            if type(data) is dict:
+                key = (data.get("rule", _ABSENT), data.get("input", _ABSENT))
+                try:
+                    tallies: Iterable[Tally | None] = self._pair(key)
+                except TypeError:  # a name that cannot be a key
+                    tallies = self._tallies(event)
+            else:
+                tallies = self._tallies(event)
+            for tally in tallies:
+                if tally is None:
+                    continue
                 if exception is None:
                     tally.processed += 1
                 else:
                     tally.failed += 1
+
+    def _pair(self, key: _Key) -> _Pair:
+        """The tallies of the names ``key`` holds as events carry them; TypeError if one
+        cannot be a key."""
+        pair = self._pairs.get(key)
+        if pair is None:
+            rule, name = key
+            pair = (
+                None if rule is _ABSENT else self.rules.setdefault(str(rule), Tally()),
+                None if name is _ABSENT else self.inputs.setdefault(str(name), Tally()),
+            )
+            if (type(rule) is str or rule is _ABSENT) and (type(name) is str or name is _ABSENT):
+                self._pairs[key] = pair
+        return pair
 
     def _tallies(self, event: Event) -> list[Tally]:
         data = event.data

@@ -7,6 +7,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli import append, eventmp_command, interruptible_batch, pipeline_file, wait_until
 from test_runner import Command
 
@@ -152,6 +154,69 @@ def test_counts_follow_each_event_by_rule_and_input() -> None:
     rules, inputs = counts.snapshot()
     assert rules == {"a": Tally(2, 1, 1), "quiet": Tally()}
     assert inputs == {"in": Tally(2, 1, 1)}
+
+
+class _Data(dict):  # type: ignore[type-arg]
+    pass
+
+
+_name = st.sampled_from(["a", "b", "in", "1", "True"]) | st.sampled_from([1, True, 1.0, ("a",)])
+_names = st.fixed_dictionaries({}, optional={"rule": _name, "input": _name})
+_event_data = st.one_of(
+    _names,
+    st.builds(_Data, _names),
+    st.just({"rule": ["unhashable"], "input": "in"}),
+    st.just(42),
+)
+
+
+def _expected_counts(
+    declared: tuple[list[str], list[str]], batches: list[list[Event]], outcomes: list[Any]
+) -> tuple[dict[str, Tally], dict[str, Tally]]:
+    """The counts event by event, as the docstring of Counts says they go."""
+    tables: tuple[dict[str, Tally], dict[str, Tally]] = ({}, {})
+    for names, table in zip(declared, tables, strict=True):
+        for name in names:
+            table.setdefault(name, Tally())
+    steps = [(event, "matches") for batch in batches for event in batch]
+    steps += [(event, "processed" if error is None else "failed") for event, error in outcomes]
+    for event, figure in steps:
+        if not isinstance(event.data, dict):
+            continue
+        for key, table in zip(("rule", "input"), tables, strict=True):
+            if key in event.data:
+                tally = table.setdefault(str(event.data[key]), Tally())
+                setattr(tally, figure, getattr(tally, figure) + 1)
+    return tables
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    batches=st.lists(st.lists(_event_data, max_size=6), max_size=4),
+    declared=st.tuples(st.lists(_name.filter(lambda n: isinstance(n, str))), st.just(["in"])),
+    choices=st.data(),
+)
+def test_counts_are_those_of_each_event_in_turn(
+    batches: list[list[Any]], declared: tuple[list[str], list[str]], choices: st.DataObject
+) -> None:
+    """Per batch and per event, whatever the names (equal keys that are different names,
+    unhashable ones, dicts of other types), the same figures and the same order of names."""
+    events = [[Event("t", None, data) for data in batch] for batch in batches]
+    every = [event for batch in events for event in batch]
+    settled = choices.draw(st.permutations(every))
+    outcomes = [
+        (event, choices.draw(st.sampled_from([None, ValueError("x")]))) for event in settled
+    ]
+    counts = Counts()
+    counts.declare(*declared)
+    for batch in events:
+        counts.matched(batch)
+    for event, error in outcomes:
+        counts.settled(event, error)
+    rules, inputs = counts.snapshot()
+    expected_rules, expected_inputs = _expected_counts(declared, events, outcomes)
+    assert list(rules.items()) == list(expected_rules.items())
+    assert list(inputs.items()) == list(expected_inputs.items())
 
 
 def test_json_with_quiet_gives_only_the_final_object(tmp_path: Path) -> None:
