@@ -109,7 +109,10 @@ class InputSet(EventGenerator):
     def __init__(self, tails: Iterable[FileTailGenerator], counts: Counts | None = None) -> None:
         self.tails = list(tails)
         self.counts = Counts() if counts is None else counts
-        self._lock = threading.Condition()
+        # The condition's own lock, taken as it is in settled(), which runs for every event:
+        # entering a Condition is a call in Python, entering its lock is not.
+        self._mutex = threading.RLock()
+        self._lock = threading.Condition(self._mutex)
         self._held = True
         self._stopped = False
         self._outstanding = 0  # events of these tails without an outcome yet
@@ -149,7 +152,7 @@ class InputSet(EventGenerator):
             return events
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
-        with self._lock:
+        with self._mutex:
             try:
                 tail = event.originator
                 if isinstance(tail, FileTailGenerator):

@@ -496,13 +496,15 @@ class FileTailGenerator(FileFinder, EventGenerator):
             return
         offset = f.offset + start
         line_number = before + 1
+        name, path = self.name, f.path
+        inflight = self._inflight if self.track_outcomes else None
         for rule, match in hits:
             event = Event(
                 self,
                 rule.handler,
                 {
-                    "input": self.name,
-                    "file": f.path,
+                    "input": name,
+                    "file": path,
                     "line_number": line_number,
                     "line": text,
                     "rule": rule.name,
@@ -512,9 +514,9 @@ class FileTailGenerator(FileFinder, EventGenerator):
                 },
             )
             events.append(event)
-            if self.track_outcomes:
-                self._inflight[id(event)] = (event, f.outstanding, offset)
-        if self.track_outcomes:
+            if inflight is not None:
+                inflight[id(event)] = (event, f.outstanding, offset)
+        if inflight is not None:
             f.outstanding[offset] = [len(hits), before]
 
     def _retire(self, f: _File, events: list[Event]) -> None:
