@@ -89,6 +89,7 @@ def fields(event: Event) -> dict[str, Any]:
     return values
 
 
+_MILLIS = tuple(f".{n:03d}" for n in range(1000))  # made once, not formatted per event
 _FAR = 1e11  # seconds from the epoch within which local_time() takes its short way
 # The last whole second local_time() formatted: (second, time.tzname then, its local date and
 # time, its UTC offset).
@@ -128,7 +129,7 @@ def local_time(timestamp: float) -> str:
     if last is None or last[0] != whole or last[1] is not zone:
         text = datetime.fromtimestamp(whole, UTC).astimezone().isoformat(timespec="seconds")
         last = _last_second = (whole, zone, text[:19], text[19:])
-    return f"{last[2]}.{micros // 1000:03d}{last[3]}"
+    return last[2] + _MILLIS[micros // 1000] + last[3]
 
 
 class Fields(Mapping[str, Any]):
