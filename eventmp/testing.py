@@ -106,12 +106,17 @@ class RecordingHandler(EventHandler):
         return True
 
     def records(self) -> list[dict[str, Any]]:
-        """Every line written so far, parsed."""
+        """Every record written so far, parsed.
+
+        A record is read only once its newline is there: a worker may be writing the last one
+        as the file is read (a write of a big record is not atomic for a reader).
+        """
         try:
             text = Path(self.path).read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.split("\n") if line.strip()]
 
     def wait_for(self, count: int, timeout: float) -> list[dict[str, Any]]:
         """Poll the file until ``count`` records are there (or ``timeout``); return them."""

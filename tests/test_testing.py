@@ -155,6 +155,16 @@ def test_recording_handler_writes_one_json_line_per_event(tmp_path: Path) -> Non
     assert handler.records()[1]["data"] == "two"
 
 
+def test_recording_handler_records_skip_a_record_still_being_written(tmp_path: Path) -> None:
+    """records() leaves out a last line without its newline: a worker is still writing it."""
+    path = tmp_path / "seen.jsonl"
+    handler = RecordingHandler(path)
+    handler.process_event(Event("gen", handler, "whole", timestamp=1.0))
+    with open(path, "a") as file:
+        file.write('{"data": "half wri')
+    assert [record["data"] for record in handler.records()] == ["whole"]
+
+
 def test_recording_handler_appends_to_existing_file(tmp_path: Path) -> None:
     """Records are appended: lines already in the file are kept."""
     path = tmp_path / "seen.jsonl"
