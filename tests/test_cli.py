@@ -394,13 +394,27 @@ def test_follow_mode_survives_rotation(tmp_path: Path, rotation: str) -> None:
 
 def test_stats_line_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     """Under a supervisor (stderr not a terminal) a plain stats line is logged periodically."""
-    pipeline_file(tmp_path, FOLLOW)
+    pipeline = pipeline_file(tmp_path, FOLLOW)
     (tmp_path / "app.log").touch()
-    follow = Follow(tmp_path, "--stats-interval", "0.2")
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "w") as err_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventmp", "run", "--stats-interval", "0.2", str(pipeline)],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            start_new_session=True,
+        )
     try:
-        time.sleep(1.5)
+        # However long the start takes on a loaded machine: until two lines have come.
+        assert wait_until(lambda: stderr.read_text().count("eventmp stats:") >= 2)
     finally:
-        status, _out, err = follow.stop()
+        process.send_signal(signal.SIGTERM)
+        try:
+            status = process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    err = stderr.read_text()
     assert status == 0
     stats_lines = [line for line in err.splitlines() if "eventmp stats:" in line]
     assert len(stats_lines) >= 2
