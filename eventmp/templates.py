@@ -9,7 +9,8 @@ pipeline file can read an event but never run code:
 - attribute access (``{a.b}``), indexing (``{a[0]}``), positional fields (``{}``) and nested
   fields in a format spec (``{a:{width}}``) are rejected when the template is checked.
 
-The fields an event offers are listed by :func:`fields`. A field the event lacks raises
+The fields an event offers are listed by :func:`fields`; :class:`Fields` gives the same ones
+one at a time, for the handlers, which use a few per event. A field the event lacks raises
 :class:`~eventmp.errors.TemplateError`, naming it and the fields that are there; a field whose
 value is ``None`` (a regex group that did not take part in the match) renders as ``""``.
 :func:`names` lists the fields a template uses, so a pipeline can compare them with the fields
