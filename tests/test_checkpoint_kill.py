@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_until
 
 PROGRAM = "eventmp-slow"
 LINES = 48
@@ -105,12 +106,8 @@ def _eventmp_command() -> str:
     return str(script) if script.exists() else f"{sys.executable} -m eventmp"
 
 
-def _wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+def _wait(what: str, condition: Callable[[], object]) -> None:
+    assert wait_until(lambda: bool(condition()), WAIT), f"timed out waiting for {what}"
 
 
 @pytest.fixture
@@ -186,7 +183,7 @@ def supervised(tmp_path: Path) -> Iterator[Supervised]:
         )
     service = Supervised(root, conf, log, handled, state)
     try:
-        _wait_for("supervisord", lambda: service.ctl("status").returncode in (0, 3))
+        _wait("supervisord", lambda: service.ctl("status").returncode in (0, 3))
         yield service
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
@@ -238,7 +235,7 @@ def test_sigkill_repeats_only_lines_finished_just_before_it(
     """After a SIGKILL, reading or draining, no line is skipped and the lines handled again
     are only those finished within a checkpoint interval (plus margins) before the kill."""
     assert supervised.ctl("start", PROGRAM).returncode == 0
-    _wait_for("ten lines handled", lambda: len(supervised.finished()) >= 10)
+    _wait("ten lines handled", lambda: len(supervised.finished()) >= 10)
     before_kill = len(supervised.finished())
     # No later than the kill: a line finished before ``late`` below really was that old.
     killed_at = kill(supervised)
@@ -251,7 +248,7 @@ def test_sigkill_repeats_only_lines_finished_just_before_it(
         assert saved > before_kill
 
     assert supervised.ctl("start", PROGRAM).returncode == 0
-    _wait_for(
+    _wait(
         "every line handled",
         lambda: {n for n, _ in supervised.finished()} >= set(range(1, LINES + 1)),
     )

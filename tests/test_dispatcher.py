@@ -16,7 +16,15 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import WAIT, GatedRecorder, HangOn, LineRecorder, child_pids, data_of
+from conftest import (
+    WAIT,
+    GatedRecorder,
+    HangOn,
+    LineRecorder,
+    child_pids,
+    data_of,
+    wait_until,
+)
 
 from eventmp import (
     ChainEventHandler,
@@ -839,9 +847,7 @@ def test_max_pending_bytes_pauses_polling_until_outcomes_free_room(
     dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=10_000)
     dispatcher.add_event_generator(generator)
     dispatcher.start()
-    deadline = time.monotonic() + WAIT
-    while dispatcher.stats().pending_bytes < 10_000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: dispatcher.stats().pending_bytes >= 10_000)
     time.sleep(0.3)  # thirty poll intervals: polling would have made every event by now
     # Polled while under the budget: at most one poll past it.
     assert 10 <= generator.made <= 10 + generator.per_poll
@@ -866,10 +872,10 @@ def test_max_pending_bytes_none_and_unsized_generators_are_not_bounded(
     second.add_event_generator(unsized)
     first.start()
     second.start()
-    deadline = time.monotonic() + WAIT
-    while (first.stats().accepted, second.stats().accepted) != (30, 30):
-        assert time.monotonic() < deadline, (first.stats(), second.stats())
-        time.sleep(0.01)
+    assert wait_until(lambda: (first.stats().accepted, second.stats().accepted) == (30, 30)), (
+        first.stats(),
+        second.stats(),
+    )
     assert first.stats().pending_bytes == second.stats().pending_bytes == 0
     gate.touch()
     assert first.wait(WAIT) and second.wait(WAIT)
