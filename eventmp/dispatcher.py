@@ -226,6 +226,18 @@ class EventDispatcher(threading.Thread):
             self._generators.add(generator)
         self._waker.wake()
 
+    def poll_now(self) -> None:
+        """Poll the generators as soon as the dispatcher thread can, not at the next
+        ``poll_interval``.
+
+        For a generator that learns from elsewhere that it has something to give (an input
+        released, a file-change notification). Any thread may call it, before or after
+        ``start()``; ``max_pending`` still holds the poll back while the pipeline is full.
+        """
+        with self._lock:
+            self._poll_again = True
+        self._waker.wake_from_elsewhere()
+
     def start(self) -> None:
         """Start the worker processes, wait until they are ready, then the dispatcher thread.
 

@@ -114,6 +114,9 @@ class InputSet(EventGenerator):
         self._mutex = threading.RLock()
         self._lock = threading.Condition(self._mutex)
         self._held = True
+        # Called once reading may start again (released, or reloaded): the runner sets it to
+        # the dispatcher's poll_now(), so that the first poll does not wait for poll_interval.
+        self.on_ready: Callable[[], None] | None = None
         self._stopped = False
         self._outstanding = 0  # events of these tails without an outcome yet
         self._error: Exception | None = None  # a tail's get_events() failed: said next poll
@@ -190,6 +193,11 @@ class InputSet(EventGenerator):
         """Start reading (the workers are up)."""
         with self._lock:
             self._held = False
+        self._ready()
+
+    def _ready(self) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
 
     def replace(
         self,
@@ -206,6 +214,19 @@ class InputSet(EventGenerator):
         ``make`` raises, ``restore`` builds the old pipeline's tails again (from the same
         checkpoints) and the exception propagates. False too when the set was stopped.
         """
+        try:
+            return self._swap(make, restore=restore, timeout=timeout)
+        finally:
+            if not self._stopped:
+                self._ready()
+
+    def _swap(
+        self,
+        make: Callable[[], list[FileTailGenerator]],
+        *,
+        restore: Callable[[], list[FileTailGenerator]],
+        timeout: float,
+    ) -> bool:
         with self._lock:
             if self._stopped:
                 return False

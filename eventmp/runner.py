@@ -294,6 +294,7 @@ def build(
     )
     files = state_files if state_files is not None else StateFiles(private=False)
     inputs = InputSet(make_tails(pipeline, once=once, state_files=files))
+    inputs.on_ready = dispatcher.poll_now
     inputs.counts.declare(
         (rule.name for rule in pipeline.rules), (spec.name for spec in pipeline.inputs)
     )

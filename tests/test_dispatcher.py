@@ -469,6 +469,23 @@ def test_generator_events_run(make_dispatcher: MakeDispatcher, tmp_path: Path) -
     assert generator.stopped
 
 
+def test_poll_now_polls_at_once_whatever_the_poll_interval(
+    make_dispatcher: MakeDispatcher, tmp_path: Path
+) -> None:
+    """poll_now() from another thread has the generators polled at once, not an hour later."""
+    recording = RecordingHandler(tmp_path / "out.jsonl")
+    generator = ListEventGenerator([Event("gen", recording, i) for i in range(3)], per_poll=1)
+    dispatcher = make_dispatcher(poll_interval=3600)
+    dispatcher.add_event_generator(generator)
+    dispatcher.start()
+    assert wait_until(lambda: generator.polls == 1)  # the first poll comes when the loop starts
+    for polls in (2, 3):
+        dispatcher.poll_now()
+        assert wait_until(lambda: generator.polls == polls)  # noqa: B023 (called at once)
+    assert dispatcher.wait(WAIT)
+    assert data_of(recording.records()) == [0, 1, 2]
+
+
 def test_generator_that_raises_gives_error_event_and_is_polled_again(
     make_dispatcher: MakeDispatcher, errors: ErrorCollector, tmp_path: Path
 ) -> None:

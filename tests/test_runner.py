@@ -511,3 +511,48 @@ def test_standard_input_refuses_a_reload_and_goes_on(tmp_path: Path) -> None:
     assert status == 0, err
     assert "reload refused" in err and "reads standard input" in err
     assert [r["n"] for r in jsonl(tmp_path / "seen.jsonl")] == ["1", "2", "3"]
+
+
+# poll_interval of an hour: a read that waited for it would outlast every bound of these tests.
+HOURLY_POLLS = """
+[dispatcher]
+poll_interval = "1h"
+
+[[inputs]]
+name = "app"
+paths = ["app.log"]
+start_at = "beginning"
+
+[[rules]]
+name = "error"
+regex = 'ERROR (?P<n>\\d+)'
+handler = { type = "json", file = "seen.jsonl", fields = ["n"] }
+"""
+
+
+def test_a_once_run_reads_at_once_whatever_its_poll_interval(tmp_path: Path) -> None:
+    """`--once` starts reading as soon as its workers are up, not one poll_interval later."""
+    pipeline = pipeline_file(tmp_path, HOURLY_POLLS)
+    append(tmp_path / "app.log", *(f"ERROR {n}" for n in range(1, 101)))
+    command = Command(pipeline, "--once", "-q")
+    assert command.wait() == 0, command.err
+    assert [r["n"] for r in jsonl(tmp_path / "seen.jsonl")] == [str(n) for n in range(1, 101)]
+
+
+def test_a_reload_reads_at_once_whatever_its_poll_interval(tmp_path: Path) -> None:
+    """The tails a SIGHUP builds read the lines written meanwhile at once, not at the next poll."""
+    pipeline = pipeline_file(tmp_path, HOURLY_POLLS)
+    log = tmp_path / "app.log"
+    append(log, "ERROR 1")
+    seen = tmp_path / "seen.jsonl"
+    command = Command(pipeline, "-q")
+    try:
+        assert wait_until(lambda: len(jsonl(seen)) == 1), command.err
+        append(log, "ERROR 2", "ERROR 3")  # the next poll is an hour away
+        command.signal(signal.SIGHUP)
+        assert wait_until(lambda: len(jsonl(seen)) == 3), command.err
+    finally:
+        command.signal(signal.SIGTERM)
+        status = command.wait()
+    assert status == 0, command.err
+    assert [r["n"] for r in jsonl(seen)] == ["1", "2", "3"]
