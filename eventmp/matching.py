@@ -1,7 +1,7 @@
 """Rules and the line matcher: which lines of a block of log text match which rules.
 
 Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail`); pure:
-no I/O, no clock but ``time.perf_counter`` for the per-rule statistics.
+no I/O, no clock but ``time.perf_counter`` and ``time.thread_time`` for the per-rule statistics.
 
 A line matches a :class:`Rule` when its regex search-matches the line's text (decoded, without
 its ``\\n`` or ``\\r\\n``) and its ``exclude`` does not; rules are checked in order and a
@@ -403,13 +403,14 @@ class LineMatcher:
         slow: set[tuple[int, int]] = set()
         by_line: list[int] = []
         threshold = self.slow_seconds
-        clock = time.perf_counter
+        clock, cpu_clock = time.perf_counter, time.thread_time
         rfind, find, known = text.rfind, text.find, starts.setdefault
         for number, search in enumerate(self._scanners):
             if search is None:
                 by_line.append(number)
                 continue
             began = clock()
+            began_cpu = cpu_clock()
             at = start
             while at < stop:
                 match = search(text, at, stop)
@@ -421,9 +422,10 @@ class LineMatcher:
                     break
                 known(line_start if line_start > start else start, {})[number] = match
                 at = find("\n", found) + 1
-            spent = clock() - began
-            self._counters[number].seconds += spent
-            if spent > threshold:
+            self._counters[number].seconds += clock() - began
+            # The thread's CPU time, not the wall clock's: a pause of the whole process (the
+            # machine busy, a VM's stolen time) must not turn a rule to line by line for good.
+            if cpu_clock() - began_cpu > threshold:
                 # Slow somewhere in these lines: from now on this rule is checked line by line,
                 # starting with this window, so that its slow lines are named.
                 self._scanners[number] = None

@@ -193,6 +193,18 @@ def test_a_slow_rule_is_counted_on_its_line() -> None:
     assert matcher.stats()["nested"].slow_lines == len([s for s in block.slow if s[0] == "nested"])
 
 
+def test_a_pause_of_the_process_does_not_make_a_rule_slow(monkeypatch: Any) -> None:
+    """A wall clock that leaps (the process paused) sets no rule to line by line: CPU time does."""
+    wall = iter(range(0, 10**9, 10))  # ten seconds pass between any two readings
+    monkeypatch.setattr("eventmp.matching.time.perf_counter", lambda: float(next(wall)))
+    matcher = LineMatcher([Rule("failed", re.compile(r"Failed (\w+)"), None)])
+    data = b"".join(b"Failed %d\nok\n" % n for n in range(1000))
+    for _ in range(2):
+        block = matcher.block(data, 10_000)
+        assert len(block.lines) == 1000 and not block.slow
+    assert matcher.stats()["failed"].slow_lines == 0
+
+
 # == through a tail ================================================================================
 
 
