@@ -29,7 +29,7 @@ from .actions import (
     CommandEventHandler,
     MailEventHandler,
     WebhookEventHandler,
-    _quote_component,
+    quote_component,
 )
 from .event import Event
 from .handlers import ChainEventHandler, ExecEventHandler, describe_handler
@@ -161,7 +161,7 @@ def _setting(handler: Any, setting: str, value: Any, event: Event, values: dict[
     if isinstance(handler, WebhookEventHandler):
         # The URL's own text may hold a secret: shown redacted, and each field as sent.
         encoded = ", ".join(
-            f"{name}={_quote_component(str(values[name] or ''))}" for name in names(value)
+            f"{name}={quote_component(str(values[name] or ''))}" for name in names(value)
         )
         return f"{redact_url(value)} with {encoded or 'no fields'}"
     if isinstance(handler, MailEventHandler):
