@@ -2,7 +2,9 @@
 
 Everything here runs in the parent process, before the dispatcher starts. A pipeline file that
 is wrong in any way gives one :class:`PipelineError` naming the file, the table and key, and
-what was expected; the command prints it and exits with status 2, never a traceback.
+what was expected; the command prints it and exits with status 2, never a traceback. Handler
+tables are built and checked in :mod:`eventmp.pipeline_handlers`, single values in
+:mod:`eventmp.pipeline_values`.
 
 The file (read with the standard library's ``tomllib``)::
 
@@ -58,22 +60,20 @@ may name only fields its events have (the rule's groups, the tail's fields; see
 from __future__ import annotations
 
 import glob
-import importlib
-import inspect
 import os
 import re
-import sys
 import tomllib
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EventmpError, PipelineError
+from .errors import PipelineError
 from .event import Event
-from .handlers import ChainEventHandler, ExecEventHandler
+from .handlers import ChainEventHandler
+from .pipeline_handlers import TEMPLATE_SETTINGS, HandlerLoader, error_fields, tail_fields
+from .pipeline_values import kind_of, literal
 from .tail import DEFAULT_MAX_LINE_BYTES, STDIN, check_encoding
-from .units import parse_bool, parse_duration, parse_size
 
 __all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
 
@@ -104,33 +104,8 @@ _INPUT_KEYS = {
 }
 _RULE_KEYS = {"name", "inputs", "input", "regex", "exclude", "quick", "handler", "handlers"}
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# The settings of the built-in handlers (and the dispatcher) that are templates: a value
-# substituted from ${NAME} into one has its braces doubled, so it is text, never a field.
-_TEMPLATE_SETTINGS = {
-    "print": {"format"},
-    "command": {"argv"},
-    "webhook": {"url"},
-    "mail": {"subject", "body"},
-    "count": {"key"},
-    "throttle": {"key"},
-}
-# The settings of the built-in handlers that name event fields, checked against the fields a
-# rule's events have: templates, lists of templates (argv), and lists of names (_FIELD_LISTS).
-_FIELD_SETTINGS = {
-    "print": ("format",),
-    "json": ("fields",),
-    "command": ("argv", "env_fields"),
-    "webhook": ("url",),
-    "mail": ("subject", "body"),
-    "count": ("key",),
-    "throttle": ("key",),
-}
-_FIELD_LISTS = {"fields", "env_fields"}
 # Where a handler table stands in the document, as substitute() names places.
 _HANDLER_PLACE = re.compile(r"error_handler|rules\[\d+\]\.(?:handler|handlers\[\d+\])")
-# A substituted value shorter than this is not looked for in error messages (it would match
-# ordinary text: a digit, a word).
-_SECRET_MIN = 4
 
 
 @dataclass
@@ -203,41 +178,17 @@ def load_pipeline(
     return loader.load()
 
 
-class _Loader:
+class _Loader(HandlerLoader):
+    """Reads a pipeline file: its tables in turn, with ``${NAME}`` substituted.
+
+    The checks of handler tables come from :class:`~eventmp.pipeline_handlers.HandlerLoader`,
+    those of single values and the errors that name their place from
+    :class:`~eventmp.pipeline_values.ValueChecker`.
+    """
+
     def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
-        self.path = path
+        super().__init__(path)
         self.environ = environ
-        # The variables substituted so far, and their values: never printed in an error.
-        self.substituted: dict[str, str] = {}
-
-    def fail(self, where: str, message: str) -> PipelineError:
-        location = f"{self.path}: {where}: " if where else f"{self.path}: "
-        return PipelineError(self.hide_values(location + message))
-
-    def hide_values(self, message: str) -> str:
-        """``message`` with each substituted value, as any error may quote it, replaced by the
-        ``${NAME}`` it came from, and a note naming those variables."""
-        from .templates import printable
-
-        found = []
-        by_length = sorted(self.substituted.items(), key=lambda item: -len(item[1]))
-        for name, value in by_length:
-            if len(value) < _SECRET_MIN:
-                continue
-            forms: set[str] = set()
-            for text in (value, _literal(value)):
-                for shown in (text, printable(text)):
-                    forms.update((shown, repr(shown)[1:-1]))
-            hit = False
-            for form in sorted(forms, key=len, reverse=True):
-                if form in message:
-                    message = message.replace(form, f"${{{name}}}")
-                    hit = True
-            if hit:
-                found.append(f"${{{name}}}")
-        if found:
-            message += f" (after substituting {', '.join(found)})"
-        return message
 
     # -- the file -------------------------------------------------------------------------------
 
@@ -263,7 +214,7 @@ class _Loader:
         self.load_dispatcher(pipeline, self.table(document, "dispatcher", "dispatcher"))
         if "error_handler" in document:
             pipeline.error_handler = self.handler(document["error_handler"], "error_handler")
-            self.check_fields([pipeline.error_handler], ["error_handler"], _error_fields())
+            self.check_fields([pipeline.error_handler], ["error_handler"], error_fields())
         pipeline.inputs = [
             self.load_input(table, f"inputs[{n}]", n)
             for n, table in enumerate(self.array(document, "inputs"), 1)
@@ -303,7 +254,7 @@ class _Loader:
                     raise self.fail(where, f"environment variable {name} is not set")
                 text = self.environ[name]
                 self.substituted[name] = text
-                return _literal(text) if template else text
+                return literal(text) if template else text
 
             return _ENV.sub(replace, value)
         if isinstance(value, dict):
@@ -311,7 +262,7 @@ class _Loader:
             if where == "dispatcher":
                 templates = {"key"}
             elif _HANDLER_PLACE.fullmatch(where) and isinstance(value.get("type"), str):
-                templates = _TEMPLATE_SETTINGS.get(value["type"], set())
+                templates = TEMPLATE_SETTINGS.get(value["type"], set())
             return {
                 k: self.substitute(v, _join(where, k), template or k in templates)
                 for k, v in value.items()
@@ -323,7 +274,7 @@ class _Loader:
     def table(self, document: dict[str, Any], key: str, where: str) -> dict[str, Any]:
         value = document.get(key, {})
         if not isinstance(value, dict):
-            raise self.fail(where, f"expected a table, got {_kind(value)}")
+            raise self.fail(where, f"expected a table, got {kind_of(value)}")
         return value
 
     def array(self, document: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -331,7 +282,7 @@ class _Loader:
         if isinstance(value, dict):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self.fail(key, f"expected an array of tables ([[{key}]]), got {_kind(value)}")
+            raise self.fail(key, f"expected an array of tables ([[{key}]]), got {kind_of(value)}")
         return value
 
     # -- sections -------------------------------------------------------------------------------
@@ -451,265 +402,9 @@ class _Loader:
             raise self.fail(f"{where}.{key}", "expected at least one handler")
         places = [f"{where}.{key}[{n}]" for n in range(1, len(specs) + 1)]
         handlers = [self.handler(spec, place) for spec, place in zip(specs, places, strict=True)]
-        self.check_fields(handlers, places, _tail_fields(regex))
+        self.check_fields(handlers, places, tail_fields(regex))
         handler = handlers[0] if len(handlers) == 1 else ChainEventHandler(*handlers)
         return RuleSpec(name, list(wanted), regex, exclude, quick, handler)
-
-    # -- handlers -------------------------------------------------------------------------------
-
-    def handler(self, spec: Any, where: str) -> Any:
-        if isinstance(spec, str):
-            spec = {"type": spec}
-        if not isinstance(spec, dict):
-            raise self.fail(where, f"expected a handler name or table, got {_kind(spec)}")
-        settings = dict(spec)
-        type_name = settings.pop("type", None)
-        if not isinstance(type_name, str):
-            raise self.fail(
-                where, "missing required setting 'type' (a handler name or module:Class)"
-            )
-        cls = self.handler_class(type_name, f"{where}.type")
-        if ":" not in type_name:
-            # Built-in handlers use `file` and `cwd` in the worker, whose working directory is
-            # not the pipeline's: a relative path means next to the pipeline file, like inputs.
-            for key in ("file", "cwd"):
-                value = settings.get(key)
-                if isinstance(value, str) and value not in ("stdout", "stderr"):
-                    settings[key] = self.relative(value)
-        try:
-            signature = inspect.signature(cls)
-        except (TypeError, ValueError):
-            signature = None
-        if signature is not None:
-            accepts_any = any(
-                p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
-            )
-            # Keyword-only parameters are for code (a test's clock, say), not pipeline files.
-            accepted = [
-                p.name
-                for p in signature.parameters.values()
-                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-            ]
-            for key in settings:
-                if not accepts_any and key not in accepted:
-                    raise self.fail(
-                        f"{where}.{key}",
-                        f"unknown setting for handler {type_name!r} "
-                        f"(accepted: {', '.join(accepted) or 'none'})",
-                    )
-            try:
-                signature.bind(**settings)
-            except TypeError as exc:
-                missing = re.search(r"missing a required argument: '(\w+)'", str(exc))
-                if missing:
-                    raise self.fail(
-                        where, f"missing required setting {missing.group(1)!r} for {type_name!r}"
-                    ) from None
-                raise self.fail(where, f"bad settings for {type_name!r}: {exc}") from None
-        try:
-            return cls(**settings)
-        except SyntaxError as exc:
-            # Only code has syntax: exec's command (the one setting that holds code).
-            key = f"{where}.command" if "command" in settings else where
-            raise self.fail(key, f"handler {type_name!r}: {exc}") from None
-        except (TypeError, ValueError, re.error, EventmpError) as exc:
-            raise self.fail(where, f"handler {type_name!r}: {exc}") from None
-
-    def handler_class(self, type_name: str, where: str) -> Any:
-        if ":" in type_name:
-            module_name, _, attribute = type_name.partition(":")
-            # A module next to the pipeline file can hold the user's handlers; the workers
-            # inherit this sys.path. At its end, never in front of installed packages: a
-            # psutil.py or json.py left beside the pipeline must not replace the real one in
-            # eventmp's own process or its workers.
-            directory = str(self.path.parent.resolve())
-            if directory not in sys.path:
-                sys.path.append(directory)
-            try:
-                module = importlib.import_module(module_name)
-            except Exception as exc:
-                raise self.fail(where, f"cannot import {module_name!r}: {exc}") from None
-            cls = getattr(module, attribute, None)
-            if cls is None:
-                raise self.fail(where, f"module {module_name!r} has no {attribute!r}")
-            if not callable(cls):
-                raise self.fail(where, f"{type_name!r} is not a class or callable")
-            return cls
-        builtins = _builtin_handlers()
-        if type_name not in builtins:
-            raise self.fail(
-                where,
-                f"unknown handler type {type_name!r} (built-in: {', '.join(sorted(builtins))}; "
-                "or module:Class)",
-            )
-        return builtins[type_name]
-
-    def check_fields(self, handlers: list[Any], places: list[str], available: list[str]) -> None:
-        """Every field a built-in handler's templates and field lists name must exist.
-
-        The fields are known before anything runs: those of a rule's events follow from its
-        regex, those of an error event are fixed. A template naming another field would fail
-        every event at run time. An ``exec`` handler or one of the user's own earlier in a
-        chain may add fields to the event it is given, so the check stops there.
-        """
-        from .templates import names
-
-        builtins = {cls: type_name for type_name, cls in _builtin_handlers().items()}
-        for handler, place in zip(handlers, places, strict=True):
-            type_name = builtins.get(type(handler))
-            if type_name is None or isinstance(handler, ExecEventHandler):
-                return
-            for setting in _FIELD_SETTINGS.get(type_name, ()):
-                value = getattr(handler, setting, None)
-                if value is None:
-                    continue
-                # (where, the field named, the template naming it or None for a list of names)
-                used: list[tuple[str, str, str | None]]
-                if setting in _FIELD_LISTS:
-                    used = [(f"{place}.{setting}", name, None) for name in value]
-                elif isinstance(value, str):
-                    used = [(f"{place}.{setting}", name, value) for name in names(value)]
-                else:  # a list of templates: command's argv
-                    used = [
-                        (f"{place}.{setting}[{n}]", name, template)
-                        for n, template in enumerate(value, 1)
-                        for name in names(template)
-                    ]
-                for where, name, template in used:
-                    if name not in available:
-                        named = "names" if template is None else f"{template!r} names"
-                        what = "the list" if template is None else "the template"
-                        raise self.fail(
-                            where,
-                            f"{what} {named} {{{name}}}, a field these events do not have; "
-                            f"available: {', '.join(available)}",
-                        )
-
-    # -- values ---------------------------------------------------------------------------------
-
-    def no_unknown(self, table: dict[str, Any], known: set[str], where: str) -> None:
-        for key in table:
-            if key not in known:
-                raise self.fail(
-                    f"{where}.{key}",
-                    f"unknown setting (expected one of {', '.join(sorted(known))})",
-                )
-
-    def string(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def regex(self, value: Any, where: str) -> re.Pattern[str]:
-        pattern = self.string(value, where)
-        try:
-            return re.compile(pattern)
-        except re.error as exc:
-            position = f" at position {exc.pos}" if exc.pos is not None else ""
-            raise self.fail(where, f"bad regular expression{position}: {exc.msg}") from None
-
-    def template(self, value: Any, where: str) -> str:
-        from .templates import check
-
-        text = self.string(value, where)
-        try:
-            check(text)
-        except ValueError as exc:
-            raise self.fail(where, str(exc)) from None
-        return text
-
-    def relative(self, path: str) -> str:
-        expanded = os.path.expanduser(path)
-        if os.path.isabs(expanded):
-            return expanded
-        return str(self.path.parent / expanded)
-
-    def convert(self, value: Any, kind: str, where: str) -> Any:
-        try:
-            if kind == "duration":
-                return parse_duration(value)
-            if kind == "timeout":
-                seconds = parse_duration(value)
-                if seconds <= 0:
-                    raise ValueError
-                return seconds
-            if kind == "spin":
-                seconds = parse_duration(value)
-                if seconds > 0.01:
-                    raise ValueError
-                return seconds
-            if kind == "size":
-                return parse_size(value)
-            if kind == "bool":
-                return parse_bool(value)
-            if kind == "count":
-                number = int(value) if not isinstance(value, bool) else None
-                if number is None or number < 1 or (isinstance(value, float) and value != number):
-                    raise ValueError
-                return number
-            if kind == "start_method":
-                if value not in ("fork", "spawn", "forkserver"):
-                    raise ValueError
-                return value
-        except (TypeError, ValueError):
-            expected = {
-                "duration": "a number of seconds or a string such as '250ms', '30s', '5m'",
-                "timeout": "a number of seconds > 0 or a string such as '250ms', '30s', '5m'",
-                "spin": "a number of seconds up to 0.01, or a string such as '0.2ms'",
-                "size": "a number of bytes or a string such as '512MB'",
-                "bool": "true or false",
-                "count": "a whole number >= 1",
-                "start_method": '"fork", "spawn" or "forkserver"',
-            }[kind]
-            raise self.fail(where, f"expected {expected}, got {value!r}") from None
-        raise AssertionError(kind)
-
-
-def _builtin_handlers() -> dict[str, Any]:
-    from .actions import BUILTIN_HANDLERS
-
-    return dict(BUILTIN_HANDLERS)
-
-
-def _tail_fields(regex: re.Pattern[str]) -> list[str]:
-    """The template fields of the events a log tail makes for a rule with ``regex``.
-
-    The data's keys are those :class:`~eventmp.tail.FileTailGenerator` gives its events (a test
-    holds the two together); :func:`~eventmp.templates.fields` adds the rest.
-    """
-    from .templates import fields
-
-    data = {
-        "input": "",
-        "file": "",
-        "line_number": 0,
-        "line": "",
-        "rule": "",
-        "match": "",
-        "groups": [None] * regex.groups,
-        "named": dict.fromkeys(regex.groupindex),
-    }
-    return _in_order(fields(Event("", None, data)))
-
-
-def _in_order(names: Mapping[str, Any]) -> list[str]:
-    """Field names sorted for a message: words first, then group numbers in numeric order."""
-
-    def key(name: str) -> tuple[bool, int, str]:
-        return (name.isdigit(), len(name) if name.isdigit() else 0, name)
-
-    return sorted(names, key=key)
-
-
-def _error_fields() -> list[str]:
-    from .templates import fields
-
-    return _in_order(fields(Event("", None, (None, None))))
-
-
-def _literal(text: str) -> str:
-    """``text`` as a template that renders to itself: each brace doubled."""
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _join(where: str, key: str) -> str:
@@ -718,13 +413,3 @@ def _join(where: str, key: str) -> str:
 
 def _first(keys: set[str]) -> str:
     return sorted(keys)[0]
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"{type(value).__name__} {value!r}"

@@ -29,11 +29,12 @@ from .actions import (
     CommandEventHandler,
     MailEventHandler,
     WebhookEventHandler,
-    _quote_component,
+    quote_component,
 )
 from .event import Event
 from .handlers import ChainEventHandler, ExecEventHandler, describe_handler
-from .pipeline import _FIELD_LISTS, _FIELD_SETTINGS, InputSpec, Pipeline, RuleSpec
+from .pipeline import InputSpec, Pipeline, RuleSpec
+from .pipeline_handlers import FIELD_LISTS, FIELD_SETTINGS
 from .redact import redact_url
 from .templates import fields, names, printable, render_fields
 
@@ -107,7 +108,8 @@ def pieces(raw: bytes, spec: InputSpec | None) -> list[str]:
 def event_for(
     rule: RuleSpec, match: re.Match[str], text: str, *, input_name: str, file: str, number: int
 ) -> Event:
-    """The event the tail would make: the same data keys (``_tail_fields`` lists them too)."""
+    """The event the tail would make: the same data keys
+    (:func:`~eventmp.pipeline_handlers.tail_fields` lists them too)."""
     data = {
         "input": input_name,
         "file": file,
@@ -139,9 +141,9 @@ def rendered(handler: Any, event: Event) -> list[str]:
             out.append(f"{place}: runs code, not run here")
             continue
         shown = []
-        for setting in _FIELD_SETTINGS.get(type_name, ()):
+        for setting in FIELD_SETTINGS.get(type_name, ()):
             value = getattr(link, setting, None)
-            if value is None or (setting in _FIELD_LISTS and not value):
+            if value is None or (setting in FIELD_LISTS and not value):
                 continue
             try:
                 shown.append(f"{setting} = {_setting(link, setting, value, event, values)}")
@@ -152,14 +154,14 @@ def rendered(handler: Any, event: Event) -> list[str]:
 
 
 def _setting(handler: Any, setting: str, value: Any, event: Event, values: dict[str, Any]) -> str:
-    if setting in _FIELD_LISTS:
+    if setting in FIELD_LISTS:
         return ", ".join(f"{name}={_cut(_value(values[name]))}" for name in value)
     if isinstance(handler, CommandEventHandler) and setting == "argv":
         return shlex.join(printable(arg) for arg in handler.arguments(values))
     if isinstance(handler, WebhookEventHandler):
         # The URL's own text may hold a secret: shown redacted, and each field as sent.
         encoded = ", ".join(
-            f"{name}={_quote_component(str(values[name] or ''))}" for name in names(value)
+            f"{name}={quote_component(str(values[name] or ''))}" for name in names(value)
         )
         return f"{redact_url(value)} with {encoded or 'no fields'}"
     if isinstance(handler, MailEventHandler):

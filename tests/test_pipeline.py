@@ -109,44 +109,9 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
         ("[[inputs]]\npath='a.log'\n", "rules", "at least one [[rules]]"),
         ("[[inputs]]\nname='a'\n[[rules]]\nregex='x'\nhandler='print'\n", "inputs[1]", "'paths'"),
         (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='nope'\n",
-            "rules[1].handler[1].type",
-            "unknown handler type 'nope'",
-        ),
-        (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='webhook'}\n",
-            "rules[1].handler[1]",
-            "missing required setting 'url'",
-        ),
-        (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='json', colour='red'}\n",
-            "rules[1].handler[1].colour",
-            "unknown setting for handler 'json'",
-        ),
-        (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nname='r'\nregex='(ab'\nhandler='print'\n",
-            'rules[1] ("r").regex',
-            "bad regular expression at position 0: missing ), unterminated subpattern",
-        ),
-        (
-            "[dispatcher]\nworkers='many'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-            "dispatcher.workers",
-            "expected a whole number >= 1, got 'many'",
-        ),
-        (
-            "[dispatcher]\nevent_timeout='soon'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-            "dispatcher.event_timeout",
-            "expected a number of seconds",
-        ),
-        (
             "[dispatcher]\nspeed=3\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "dispatcher.speed",
             "unknown setting",
-        ),
-        (
-            "[dispatcher]\nidle_spin='50ms'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-            "dispatcher.idle_spin",
-            "expected a number of seconds up to 0.01",
         ),
         (
             "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\ninputs=['b']\nhandler='print'\n",
@@ -196,35 +161,9 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
             "expected a size of at least 1 byte",
         ),
         (
-            "[dispatcher]\nmax_pending_bytes='lots'\n[[inputs]]\npath='a.log'\n[[rules]]\n"
-            "regex='x'\nhandler='print'\n",
-            "dispatcher.max_pending_bytes",
-            "expected a number of bytes or a string such as '512MB'",
-        ),
-        (
-            "[dispatcher]\nevent_timeout=0\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-            "dispatcher.event_timeout",
-            "expected a number of seconds > 0",
-        ),
-        (
-            "[dispatcher]\nstart_timeout='0s'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-            "dispatcher.start_timeout",
-            "expected a number of seconds > 0",
-        ),
-        (
             "[[inputs]]\npath='${NOPE}/a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
             "inputs[1].path",
             "environment variable NOPE is not set",
-        ),
-        (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='exec', command='if'}\n",
-            "rules[1].handler[1].command",
-            "handler 'exec'",
-        ),
-        (
-            "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={type='nosuchmodule:Thing'}\n",
-            "rules[1].handler[1].type",
-            "cannot import 'nosuchmodule'",
         ),
         ("[[inputs]\npath='a.log'\n", "", "not valid TOML"),
         ("[colours]\nred=1\n", "colours", "unknown table or key"),
@@ -296,168 +235,6 @@ def test_environment_substitution_and_dollar_escape(tmp_path: Path) -> None:
     assert pipeline.rules[0].regex.pattern == "cost: $5"
 
 
-def test_module_class_handlers_load_from_the_pipeline_directory(tmp_path: Path) -> None:
-    """A module:Class handler is imported with the pipeline file's directory on sys.path."""
-    (tmp_path / "my_pipeline_handlers.py").write_text(
-        "class Shout:\n"
-        "    def __init__(self, word='hey'):\n"
-        "        self.word = word\n"
-        "    def process_event(self, event):\n"
-        "        return True\n"
-    )
-    pipeline = load(
-        tmp_path,
-        "[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\n"
-        "handler={type='my_pipeline_handlers:Shout', word='ho'}\n",
-    )
-    assert type(pipeline.rules[0].handler).__name__ == "Shout"
-    assert pipeline.rules[0].handler.word == "ho"
-
-
-@pytest.mark.parametrize(
-    ("handler", "where", "what"),
-    [
-        (
-            "{type='mail', to='a@b', subject='alert {ip.__class__}'}",
-            "rules[1].handler[1]",
-            "attribute access in {ip.__class__} is not allowed",
-        ),
-        ("{type='count', count='three'}", "rules[1].handler[1]", "expected a whole number"),
-    ],
-)
-def test_bad_handler_settings_name_the_setting(
-    tmp_path: Path, handler: str, where: str, what: str
-) -> None:
-    """A template that tries to run code, or a setting that is not a number, is named."""
-    message = error_of(
-        tmp_path, f"[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler={handler}\n"
-    )
-    assert f": {where}: " in message and what in message, message
-
-
-def test_bad_routing_key_template(tmp_path: Path) -> None:
-    """A routing key template with an unclosed brace gives its position."""
-    message = error_of(
-        tmp_path,
-        "[dispatcher]\nkey='{file'\n[[inputs]]\npath='a.log'\n[[rules]]\nregex='x'\nhandler='print'\n",
-    )
-    assert ": dispatcher.key: bad template '{file' at position 0" in message
-
-
-# == print's format: its fields are checked against the events' =================================
-
-SSH = (
-    "[[inputs]]\npath='a.log'\n"
-    "[[rules]]\nname='ssh'\nregex='for (?P<user>\\S+) from (?P<ip>\\S+)'\n"
-)
-
-
-def test_print_format_with_known_fields_loads(tmp_path: Path) -> None:
-    """A print format naming the rule's groups and the tail's fields loads as written."""
-    pipeline = load(
-        tmp_path,
-        SSH + "handler={type='print', format='{time} {ip} {user} {file}:{line_number} {2}'}\n",
-    )
-    handler = pipeline.rules[0].handler
-    assert isinstance(handler, PrintEventHandler)
-    assert handler.format == "{time} {ip} {user} {file}:{line_number} {2}"
-
-
-@pytest.mark.parametrize(
-    ("handler", "where", "what"),
-    [
-        (
-            "{type='print', format='{time} {ipaddr}'}",
-            'rules[1] ("ssh").handler[1].format',
-            "names {ipaddr}, a field these events do not have; available: file, groups, "
-            "input, ip, line, line_number, match, named, originator, rule, time, timestamp, "
-            "user, 0, 1, 2",
-        ),
-        (
-            "{type='print', format='{3}'}",
-            'rules[1] ("ssh").handler[1].format',
-            "names {3}, a field these events do not have",
-        ),
-        (
-            "[{type='count', count=2}, {type='print', format='{data}'}]",
-            'rules[1] ("ssh").handlers[2].format',
-            "names {data}, a field these events do not have",
-        ),
-        (
-            "{type='print', format='{time} {ip'}",
-            'rules[1] ("ssh").handler[1]',
-            "handler 'print': PrintEventHandler: setting 'format': bad template '{time} {ip' "
-            "at position 7: '{' is never closed",
-        ),
-        (
-            "{type='print', format='{ip.__class__}'}",
-            'rules[1] ("ssh").handler[1]',
-            "attribute access in {ip.__class__} is not allowed",
-        ),
-    ],
-)
-def test_bad_print_format_names_file_key_and_problem(
-    tmp_path: Path, handler: str, where: str, what: str
-) -> None:
-    """A print format with a field the rule's events lack, or a bad template, is one clear error."""
-    key = "handlers" if handler.startswith("[") else "handler"
-    message = error_of(tmp_path, SSH + f"{key}={handler}\n")
-    assert f": {where}: " in message and what in message, message
-
-
-def test_error_handler_print_format_is_checked_against_error_events(tmp_path: Path) -> None:
-    """An error handler's print format may use the error event's fields, and only those."""
-    good = "[error_handler]\ntype='print'\nformat='{time} {originator}: {data!r}'\n"
-    assert load(tmp_path, good + SSH + "handler='print'\n").error_handler is not None
-    message = error_of(
-        tmp_path, "[error_handler]\ntype='print'\nformat='{ip}'\n" + SSH + "handler='print'\n"
-    )
-    assert ": error_handler.format: " in message
-    assert "available: data, originator, time, timestamp" in message
-
-
-@pytest.mark.parametrize(
-    "first",
-    [
-        "'my_enricher:Enrich'",
-        '{type=\'exec\', command=\'event.data["named"]["country"] = "NL"\'}',
-    ],
-    ids=["module:Class", "exec"],
-)
-def test_a_handler_that_may_add_fields_stops_the_field_check(tmp_path: Path, first: str) -> None:
-    """An exec or module:Class handler may add fields to the event: later formats pass."""
-    (tmp_path / "my_enricher.py").write_text(
-        "class Enrich:\n"
-        "    def process_event(self, event):\n"
-        "        event.data['named']['country'] = 'NL'\n"
-        "        return True\n"
-    )
-    pipeline = load(
-        tmp_path, SSH + f"handlers=[{first}, {{type='print', format='{{ip}} {{country}}'}}]\n"
-    )
-    assert isinstance(pipeline.rules[0].handler, ChainEventHandler)
-
-
-def test_checked_fields_are_those_of_a_real_tail_event(tmp_path: Path) -> None:
-    """The fields the check allows are exactly those a FileTailGenerator's event offers."""
-    from eventmp.pipeline import _tail_fields
-    from eventmp.tail import FileTailGenerator, Rule
-    from eventmp.templates import fields
-
-    regex = re.compile(r"for (?P<user>\S+) from (?P<ip>\S+)( port (\d+))?")
-    log = tmp_path / "auth.log"
-    log.write_text("Failed password for root from 203.0.113.9 port 22\n")
-    tail = FileTailGenerator(
-        [str(log)], [Rule("ssh", regex, "print")], start_at="beginning", once=True
-    )
-    try:
-        events = tail.get_events()
-    finally:
-        tail.stop()
-    assert len(events) == 1
-    assert sorted(_tail_fields(regex)) == sorted(fields(events[0]))
-
-
 SECRET_FORMAT = """
 [[inputs]]
 path = "a.log"
@@ -490,52 +267,3 @@ def test_a_substituted_value_stays_as_it_is_outside_templates(tmp_path: Path) ->
     handler = load(tmp_path, text, TOKEN="p{w}").rules[0].handler
     assert handler.env == {"T": "p{w}"}
     assert handler.arguments({}) == ["echo", "p{w}"]
-
-
-def test_an_error_names_the_variable_never_its_value(tmp_path: Path) -> None:
-    """A value that still makes loading fail is named as ${TOKEN} in the error, never shown."""
-    text = """
-    [[inputs]]
-    path = "a.log"
-    [[rules]]
-    name = "r-${TOKEN}"
-    regex = 'x'
-    handler = { type = "webhook", url = "https://hooks.example.com/${TOKEN}" }
-    """
-    message = error_of(tmp_path, text, TOKEN="sec ret{\x1b")
-    assert "sec ret" not in message and "sec\\x20ret" not in message and "ret{" not in message
-    assert "url" in message and "after substituting ${TOKEN}" in message
-
-
-RULE_WITH_USER = "[[inputs]]\npath='a.log'\n[[rules]]\nregex='for (?P<user>\\S+)'\n"
-
-
-@pytest.mark.parametrize(
-    ("handler", "where", "names"),
-    [
-        ("{type='webhook', url='http://h.example/ban?u={usr}'}", "handler[1].url", "{usr}"),
-        ("{type='mail', to='ops@example.com', subject='{usr}'}", "handler[1].subject", "{usr}"),
-        ("{type='mail', to='ops@example.com', body='x {ip}'}", "handler[1].body", "{ip}"),
-        ("{type='command', argv=['ban', '{usr}']}", "handler[1].argv[2]", "{usr}"),
-        ("{type='command', argv=['ban'], env_fields=['ip']}", "handler[1].env_fields", "{ip}"),
-        ("{type='json', fields=['user', 'ip']}", "handler[1].fields", "{ip}"),
-        ("{type='count', count=3, window='1m', key='{ip}'}", "handler[1].key", "{ip}"),
-        ("{type='throttle', limit=1, key='{usr}'}", "handler[1].key", "{usr}"),
-    ],
-)
-def test_check_refuses_a_field_the_rule_cannot_produce(
-    tmp_path: Path, handler: str, where: str, names: str
-) -> None:
-    """Any built-in handler's template or field list naming a missing field is a load error."""
-    message = error_of(tmp_path, RULE_WITH_USER + f"handler={handler}\n")
-    assert f": rules[1].{where}: " in message, message
-    assert names in message and "available: " in message and "user" in message, message
-
-
-def test_fields_after_an_exec_link_are_not_checked(tmp_path: Path) -> None:
-    """An exec handler earlier in a chain may add fields, so the links after it load."""
-    text = RULE_WITH_USER + (
-        'handlers=[{type=\'exec\', command=\'event.data["named"]["ip"] = "1"\'},'
-        " {type='json', fields=['ip']}]\n"
-    )
-    assert len(load(tmp_path, text).rules) == 1

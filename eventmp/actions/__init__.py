@@ -38,7 +38,7 @@ from .suppression import CountEventHandler, ThrottleEventHandler
 from .webhook import WebhookEventHandler
 
 # eventmp.trial (``eventmp test``) shows each field of a webhook URL as the webhook encodes it.
-from .webhook import _quote_component as _quote_component
+from .webhook import quote_component as quote_component
 
 __all__ = [
     "BUILTIN_HANDLERS",

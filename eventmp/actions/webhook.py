@@ -2,7 +2,7 @@
 
 The handler is built in the parent, which refuses a URL template whose host a log line could
 choose; each request, and each retry, is made in the worker, which waits through them.
-:func:`_quote_component`, the encoding of a field in the URL, is also what ``eventmp test``
+:func:`quote_component`, the encoding of a field in the URL, is also what ``eventmp test``
 (:mod:`eventmp.trial`) uses to show each field of the URL as the webhook would send it.
 """
 
@@ -31,7 +31,7 @@ from .settings import _bad, _duration, _function, _headers, _integer, _template
 _ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE)
 
 
-def _quote_component(text: str) -> str:
+def quote_component(text: str) -> str:
     """A field's text percent-encoded as one URL path segment or query value.
 
     Nothing is left as it is but letters, digits and ``_.-~``: ``&``, ``=``, ``#``, ``/``, ``?``,
@@ -139,7 +139,7 @@ class WebhookEventHandler(EventHandler):
 
     def process_event(self, event: Event) -> bool:
         # Each field percent-encoded: a value stays one path segment or query value.
-        url = render_encoded(self.url, Fields(event), _quote_component)
+        url = render_encoded(self.url, Fields(event), quote_component)
         shown = printable(redact_url(url))
         parts = urllib.parse.urlsplit(url)
         if (parts.scheme.lower(), parts.netloc) != self._origin:
