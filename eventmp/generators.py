@@ -68,13 +68,14 @@ class Generators:
             logger.warning("generator %s failed in get_events(): %r", generator, exc)
             return Polled(errors=[exc])
         polled = Polled(tracks=bool(getattr(generator, "track_outcomes", False)))
-        for item in items:
-            if isinstance(item, Event):
-                polled.events.append(item)
-            else:
-                polled.errors.append(
-                    TypeError(f"get_events() returned a {type(item).__qualname__}, not an Event")
-                )
+        # A comprehension: this runs for every event a generator makes.
+        polled.events = [item for item in items if isinstance(item, Event)]
+        if len(polled.events) < len(items):
+            polled.errors = [
+                TypeError(f"get_events() returned a {type(item).__qualname__}, not an Event")
+                for item in items
+                if not isinstance(item, Event)
+            ]
         if sized and polled.events:
             polled.sizes = _sizes(generator, polled.events)
         if getattr(generator, "finished", False):
