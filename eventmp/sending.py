@@ -167,9 +167,14 @@ class Sender:
             )
         except Exception:
             return False  # feed() knows what to do with data plain pickle refuses
-        ledger.accept_one(event)
-        self.write_batch(worker, [], blob, [seq])
+        # Written first, recorded after: the lock, held throughout, keeps every reader of the
+        # worker's answers out until the ledger knows the batch; what runs before the write
+        # is what the event waits for.
+        batch_no = next(self._batch_no)
+        worker.outbuf += encode_batch(batch_no, blob)
         self.flush(worker)
+        ledger.accept_one(event)
+        self._record_batch(worker, batch_no, [seq], False)
         if len(self.slots) == 1:
             self.idle_worker = None
             self.sendable = False
@@ -285,6 +290,12 @@ class Sender:
         if worker.forget:
             worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
             worker.forget = []
+        self._record_batch(worker, batch_no, seqs, stop)
+
+    def _record_batch(
+        self, worker: WorkerHandle, batch_no: int, seqs: list[int], stop: bool
+    ) -> None:
+        """Give ``worker`` the batch in the ledger (lock held, before anyone reads its answers)."""
         if not worker.batches:
             worker.progressed_at = _monotonic()
         self.ledger.assign(worker.id, batch_no, seqs, stop)
