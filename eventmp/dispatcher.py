@@ -1,13 +1,15 @@
 """The parent side: :class:`EventDispatcher` polls generators and feeds the worker processes.
 
 Everything in this module runs in the parent process (the worker side is
-:mod:`eventmp.processor`). This module holds the public API, ``submit()``'s inbox and the
+:mod:`eventmp.processor`). This module holds the public API, ``submit()``'s fast path and the
 dispatcher thread's loop; the rest of the parent side is one room per module, called with the
 dispatcher's lock held unless they say otherwise (``docs/design.md`` has the table):
 :mod:`eventmp.ledger` (every accepted event until its one outcome), :mod:`eventmp.sending`
 and :mod:`eventmp.batching` (what goes to which worker now), :mod:`eventmp.pool` and
 :mod:`eventmp.workers` (the worker processes), :mod:`eventmp.generators` (polling),
-:mod:`eventmp.outcomes` (the user's error handler), :mod:`eventmp.shared` (the wake-up pipe
+:mod:`eventmp.outcomes` (the user's error handler), :mod:`eventmp.acceptance` (the inbox,
+into the ledger), :mod:`eventmp.handoff` (who reads the acknowledgements),
+:mod:`eventmp.stopping` (deadlines and abandoning), :mod:`eventmp.shared` (the wake-up pipe
 and the mode).
 
 Data flow::
@@ -30,7 +32,7 @@ Actors:
   the ledger, so the lock and the bookkeeping cost once per batch. When a worker is idle a
   submitter writes the event itself, so an event on an idle pipeline pays for no thread
   hand-off. Under load it sends full batches and reads the acknowledgements itself (see
-  :meth:`EventDispatcher._collect_acks`), and the dispatcher thread leaves them to it.
+  :mod:`eventmp.handoff`), and the dispatcher thread leaves them to it.
 - The dispatcher thread (``run()``): one loop that waits with ``poll()`` on every worker's
   result pipe (unless a busy submitter reads them) and sentinel, the wake-up pipe, and (while a
   write is unfinished) the task pipes. It polls generators every ``poll_interval``, enforces
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -56,15 +57,15 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from . import batching
-from .batching import MAX_BATCH_EVENTS
+from .acceptance import Acceptance
 from .errors import (
     DispatcherStoppedError,
-    EventAbandonedError,
     EventmpError,
     SubmitTimeoutError,
 )
 from .event import Event, EventGenerator
 from .generators import Generators
+from .handoff import AckHandoff
 from .ledger import Ledger
 from .options import (
     DEFAULT_MAX_PENDING_BYTES,
@@ -74,20 +75,14 @@ from .options import (
 )
 from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
-from .shared import Mode, Waker
+from .shared import NEW, RUNNING, STOPPED, STOPPING, Mode, Waker
+from .stopping import Stopping
 from .units import parse_size
 
 __all__ = ["DispatcherStats", "EventDispatcher", "default_start_method"]
 
 logger = logging.getLogger("eventmp")
 
-_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
-
-_ACK_CHECK_INTERVAL = 0.0001
-# While a submitter read acknowledgements this recently, the dispatcher thread leaves them to it
-# and sleeps until a worker rings (see _wait_for_io).
-_ACK_HANDOFF = 0.02
-_BUSY_SUBMITTER = 0.001  # a submitter reading acknowledgements again this soon is busy
 _monotonic = time.monotonic
 
 
@@ -199,18 +194,19 @@ class EventDispatcher(threading.Thread):
         )
         self._sender = self._pool.sender
         self._outcomes = OutcomeDelivery(self._ledger, self._changed)
-        # submit()'s fast path appends here without the lock (a list append is atomic under
-        # the GIL); whoever holds the lock next accepts the events into the ledger, in order.
-        # _inbox_room is how many events it may take before the lock is needed: 0 closes the
-        # fast path (not running, or max_pending reached).
-        self._inbox: list[Event] = []
-        self._inbox_room = 0
-        self._stop_deadline: float | None = None
-        self._broken: EventmpError | None = None
+        self._acceptance = Acceptance(
+            self._ledger,
+            self._mode,
+            self._changed,
+            self._waker,
+            key=key,
+            workers=workers,
+            max_pending=max_pending,
+        )
+        self._inbox = self._acceptance.inbox  # submit()'s fast path, without the lock
+        self._stopping = Stopping(self._ledger, self._pool, self._mode, self.name)
         self._poll_again = False  # a generator said it has more right now (has_more)
-        self._next_ack_check = 0.0
-        self._submitter_read_acks_at = -math.inf
-        self._submitter_collected_at = -math.inf
+        self._handoff = AckHandoff()
 
     # == public API ==============================================================================
 
@@ -221,7 +217,7 @@ class EventDispatcher(threading.Thread):
     def add_event_generator(self, generator: EventGenerator) -> None:
         """Add a generator to poll; allowed before and after ``start()``."""
         with self._lock:
-            if self._mode.state in (_STOPPING, _STOPPED):
+            if self._mode.state in (STOPPING, STOPPED):
                 raise DispatcherStoppedError("cannot add a generator to a stopped dispatcher")
             self._generators.add(generator)
         self._waker.wake()
@@ -255,17 +251,17 @@ class EventDispatcher(threading.Thread):
         """
         if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"submit() takes an Event, not {type(event).__qualname__}")
-        if self._inbox_room:
+        inbox = self._inbox
+        if inbox.room:
             # The common case, without the lock: one append, and the lock once per batch (an
             # uncontended lock costs more than the rest of this path). CPython 3.11 does not
             # switch threads between the check above and the append, but nothing promises it:
             # the second check catches a stop() that came in between.
-            inbox = self._inbox
             inbox.append(event)
             queued = len(inbox)
-            if not self._inbox_room:
+            if not inbox.room:
                 self._submit_raced(event)
-            elif self._sender.sendable or queued >= self._inbox_room:
+            elif self._sender.sendable or queued >= inbox.room:
                 with self._lock:
                     if not self._send_alone():
                         self._pump()
@@ -273,21 +269,21 @@ class EventDispatcher(threading.Thread):
             # at a modest rate sees its worker free sooner, a flood pays for few reads (and
             # does not look for a free worker, which would keep its batches small).
             elif (queued <= 8 or not queued & 7) and (
-                _monotonic() >= self._next_ack_check
+                _monotonic() >= self._handoff.next_check
                 or (not self._sender.flood.flooded and batching.caught_up(self._pool.slots))
             ):
                 with self._lock:
                     self._collect_acks()
             return
         with self._lock:
-            self._take_inbox()
+            self._acceptance.take_inbox()
             self._check_open()
             pending = self._ledger.pending
             if len(pending) >= self.max_pending and not self._in_loop_thread():
                 self._take_back_acks()  # a blocked submitter reads nothing
                 if not self._changed.wait_for(
                     lambda: (
-                        self._mode.state not in (_NEW, _RUNNING) or len(pending) < self.max_pending
+                        self._mode.state not in (NEW, RUNNING) or len(pending) < self.max_pending
                     ),
                     timeout,
                 ):
@@ -296,8 +292,8 @@ class EventDispatcher(threading.Thread):
                         f"{len(pending)} events pending (max_pending={self.max_pending})"
                     )
                 self._check_open()
-            self._enqueue([event])
-            if self._mode.state == _RUNNING:
+            self._acceptance.enqueue([event])
+            if self._mode.state == RUNNING:
                 self._pump()
 
     def _submit_raced(self, event: Event) -> None:
@@ -308,16 +304,13 @@ class EventDispatcher(threading.Thread):
         either took the event (accepted) or not: then it is taken back and refused.
         """
         with self._lock:
-            if self._mode.state == _RUNNING:
+            if self._mode.state == RUNNING:
                 self._pump()
                 return
-            inbox = self._inbox
-            for index in range(len(inbox) - 1, -1, -1):
-                if inbox[index] is event:
-                    del inbox[index]
-                    raise DispatcherStoppedError(
-                        "the dispatcher is stopped; it accepts no more events"
-                    ) from self._broken
+            if self._acceptance.take_back(event):
+                raise DispatcherStoppedError(
+                    "the dispatcher is stopped; it accepts no more events"
+                ) from self._stopping.broken
 
     def stop(self, timeout: float | None = None, *, drain: bool = True) -> None:
         """Stop the pipeline and return once it has ended.
@@ -341,34 +334,21 @@ class EventDispatcher(threading.Thread):
             self.join()
         else:
             with self._lock:
-                self._changed.wait_for(lambda: self._mode.state == _STOPPED)
+                self._changed.wait_for(lambda: self._mode.state == STOPPED)
 
     def _begin_stop(self, timeout: float | None, drain: bool) -> bool:
         """Ask the loop to stop, without waiting; true if it never started (nothing to wait)."""
         with self._lock:
-            if self._mode.state == _NEW:
-                self._mode.state = _STOPPED
-                # Events submitted before start() were accepted: they get their outcome too.
-                self._mode.abandoning = "the dispatcher was stopped before it was started"
-                self._abandon_all()
-                self._log_abandoned()
+            if self._mode.state == NEW:
+                self._stopping.never_started()
+                self._changed.notify_all()
                 return True
-            if self._mode.state == _STOPPED:
+            if self._mode.state == STOPPED:
                 return False
-            if self._mode.state == _RUNNING:
-                self._close_inbox()
+            if self._mode.state == RUNNING:
+                self._acceptance.close()
                 self._take_back_acks()
-                self._mode.state = _STOPPING
-                if timeout is not None:
-                    self._stop_deadline = time.monotonic() + timeout
-            elif timeout is not None:
-                deadline = time.monotonic() + timeout
-                if self._stop_deadline is None or deadline < self._stop_deadline:
-                    self._stop_deadline = deadline
-            if not drain:
-                self._mode.drain = False
-                if self._mode.abandoning is None:
-                    self._mode.abandoning = "stop(drain=False) was called"
+            self._stopping.begin(timeout, drain, time.monotonic())
             self._changed.notify_all()
         self._waker.wake()
         return False
@@ -385,7 +365,7 @@ class EventDispatcher(threading.Thread):
         are restored on return. Call it from the main thread: only there can Python install
         signal handlers.
         """
-        if self._mode.state == _NEW:
+        if self._mode.state == NEW:
             self.start()
         received: list[int] = []
 
@@ -426,12 +406,12 @@ class EventDispatcher(threading.Thread):
         pending event failed with it) or the dispatcher thread itself failed. A service that
         ends in ``serve_forever()`` checks it to exit with a failure status.
         """
-        return self._broken
+        return self._stopping.broken
 
     def stats(self) -> DispatcherStats:
         """A consistent snapshot of the dispatcher's counters."""
         with self._lock:
-            self._take_inbox()
+            self._acceptance.take_inbox()
             ledger = self._ledger
             live = self._pool.live_workers()
             return DispatcherStats(
@@ -464,9 +444,9 @@ class EventDispatcher(threading.Thread):
         the loop in the calling thread until another thread (or a signal handler) calls
         ``stop()``.
         """
-        if self._mode.state == _NEW:
+        if self._mode.state == NEW:
             self._start_workers()
-        elif self._mode.state == _STOPPED:
+        elif self._mode.state == STOPPED:
             return
         self._waker.loop_ident = threading.get_ident()
         try:
@@ -474,12 +454,9 @@ class EventDispatcher(threading.Thread):
         except BaseException as exc:
             logger.exception("eventmp dispatcher thread failed; stopping its workers")
             with self._lock:
-                if self._broken is None:
-                    self._broken = EventmpError(f"the dispatcher thread failed: {exc!r}")
-                    self._broken.__cause__ = exc
-                self._close_inbox()
-                self._mode.abandoning = self._mode.abandoning or "the dispatcher thread failed"
-                self._abandon_all()
+                self._acceptance.close()
+                self._stopping.thread_failed(exc)
+                self._changed.notify_all()
         finally:
             self._shutdown()
 
@@ -490,11 +467,11 @@ class EventDispatcher(threading.Thread):
             now = time.monotonic()
             with self._lock:
                 self._maintain(now)
-                if self._mode.state == _STOPPING and self._all_workers_gone():
+                if self._stopping.ended():
                     break
                 self._pump()
                 poll_due = (
-                    self._mode.state == _RUNNING
+                    self._mode.state == RUNNING
                     and (now >= next_poll or self._poll_again)
                     and self._room_to_poll()
                 )
@@ -511,22 +488,25 @@ class EventDispatcher(threading.Thread):
     def _wait_for_io(self, timeout: float | None) -> None:
         """Wait for the pool's I/O (the one place the dispatcher thread blocks)."""
         # A float read: no lock needed (a stale answer costs one wake-up, or one read).
-        leave_acks = _monotonic() - self._submitter_read_acks_at < _ACK_HANDOFF
+        leave_acks = self._handoff.loop_leaves_acks(_monotonic())
         self._pool.wait_for_io(timeout, leave_acks)
-        self._check_pool()
+        if self._pool.start_error is not None:
+            with self._lock:
+                self._check_pool()
 
     def _next_timer(self, now: float, next_poll: float) -> float | None:
         """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
         with self._lock:
             timers = self._pool.timers(now)
             if (
-                self._mode.state == _RUNNING
+                self._mode.state == RUNNING
                 and self._generators.wants_polling()
                 and self._room_to_poll()
             ):
                 timers.append(now if self._poll_again else next_poll)
-            if self._stop_deadline is not None and self._mode.abandoning is None:
-                timers.append(self._stop_deadline)
+            deadline = self._stopping.timer()
+            if deadline is not None:
+                timers.append(deadline)
         if not timers:
             return None
         return max(0.0, min(timers) - now)
@@ -549,8 +529,11 @@ class EventDispatcher(threading.Thread):
                 for error in polled.errors:
                     self._outcomes.generator_failed(generator, error)
                 if polled.events:
-                    self._take_inbox()
-                    self._enqueue(polled.events, generator if polled.tracks else None, polled.sizes)
+                    acceptance = self._acceptance
+                    acceptance.take_inbox()
+                    acceptance.enqueue(
+                        polled.events, generator if polled.tracks else None, polled.sizes
+                    )
                 if polled.finished:
                     self._generators.mark_finished(generator)
                 elif polled.has_more:
@@ -559,60 +542,18 @@ class EventDispatcher(threading.Thread):
                 self._changed.notify_all()
         self._outcomes.deliver_all()
 
-    # -- acceptance (lock held, any thread) -----------------------------------------------------
+    # -- acceptance (lock held, any thread; see eventmp.acceptance) ------------------------------
 
     def _take_back_acks(self) -> None:
         """A submitter that stops to wait: the dispatcher thread reads acknowledgements again."""
-        if self._submitter_read_acks_at != -math.inf:
-            self._submitter_read_acks_at = -math.inf
+        if self._handoff.take_back():
             self._waker.wake()
 
     def _check_open(self) -> None:
-        if self._mode.state in (_STOPPING, _STOPPED):
+        if self._mode.state in (STOPPING, STOPPED):
             raise DispatcherStoppedError(
                 "the dispatcher is stopped; it accepts no more events"
-            ) from self._broken
-
-    def _take_inbox(self) -> None:
-        """Accept what submit()'s fast path queued, in order (only while running).
-
-        After stop() the inbox is left alone: an event still there was appended after stop()
-        took its last look, and its submitter takes it back and refuses it.
-        """
-        inbox = self._inbox
-        if not inbox or self._mode.state != _RUNNING:
-            return
-        count = len(inbox)
-        events = inbox[:count]
-        del inbox[:count]
-        self._enqueue(events)
-
-    def _enqueue(
-        self, events: list[Event], tracker: Any = None, sizes: list[int] | None = None
-    ) -> None:
-        """Accept ``events`` into the ledger and queue them: all at once, or each by its key.
-
-        ``tracker`` (a generator that hears of each outcome) is noted first: routing may fail
-        an event at once. ``sizes`` are their estimated bytes, if a generator sized them.
-        """
-        seqs = self._ledger.accept(events, tracker, sizes)
-        if self.key is None:
-            self._ledger.queue(seqs)
-            return
-        for seq, event in zip(seqs, events, strict=True):
-            try:
-                slot = hash(self.key(event)) % self.workers
-            except Exception as exc:
-                error = EventmpError(f"the key function raised {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-                self._fail(seq, "EventDispatcher", error)
-                continue
-            self._ledger.queue((seq,), slot)
-
-    def _close_inbox(self) -> None:
-        """Close submit()'s fast path and accept what it queued (before a stop)."""
-        self._inbox_room = 0
-        self._take_inbox()
+            ) from self._stopping.broken
 
     # -- sending (lock held, any thread) --------------------------------------------------------
 
@@ -620,59 +561,37 @@ class EventDispatcher(threading.Thread):
         """Send queued events to every worker that has room, then the poison pills if draining."""
         while True:
             self._pump_once()
-            if not (self._sender.sendable and self._inbox and self._mode.state == _RUNNING):
+            if not (self._sender.sendable and self._inbox and self._mode.state == RUNNING):
                 return
             # Appended after _pump_once took the inbox, by a submitter that saw sendable
             # still false: it counts on this pump to send it.
 
     def _pump_once(self) -> None:
-        ledger = self._ledger
-        arrived = ledger.accepted + len(self._inbox)
-        self._take_inbox()
+        acceptance = self._acceptance
+        arrived = self._ledger.accepted + len(self._inbox)
+        acceptance.take_inbox()
         self._sender.feed(arrived)
-        self._inbox_room = (
-            max(0, min(MAX_BATCH_EVENTS, self.max_pending - len(ledger.pending) - len(self._inbox)))
-            if self._mode.state == _RUNNING
-            else 0
-        )
+        acceptance.reopen()
 
     def _send_alone(self) -> bool:
         """Write the inbox's only event to an idle worker at once (see Sender.send_alone)."""
         inbox = self._inbox
-        if len(inbox) != 1 or self._mode.state != _RUNNING:
+        if len(inbox) != 1 or self._mode.state != RUNNING:
             return False
         if not self._sender.send_alone(inbox[0]):
             return False
         inbox.clear()
-        self._inbox_room = max(
-            0, min(MAX_BATCH_EVENTS, self.max_pending - len(self._ledger.pending))
-        )
+        self._acceptance.reopen()
         return True
 
     # -- results (lock held) ----------------------------------------------------------------------
 
     def _collect_acks(self) -> None:
-        """Read the workers' acknowledgements from a submitting thread.
+        """Read the workers' acknowledgements from a submitting thread (see eventmp.handoff).
 
-        A thread that submits without pause holds the GIL; the dispatcher thread, woken by an
-        acknowledgement, may wait a whole switch interval (5 ms) for it while the worker sits
-        idle. So every _ACK_CHECK_INTERVAL the submitter reads the acknowledgements itself and
-        sends the next batch: it bounds how long an event waits under a busy producer, for a
-        non-blocking read now and then. A worker's death is left to the dispatcher thread.
-
-        Meanwhile the dispatcher thread stops watching the result pipes (see _wait_for_io):
-        woken by every acknowledgement only to queue for the GIL, it would cost the parent
-        CPU per event, and the worker a wake-up per batch.
+        A worker's death is left to the dispatcher thread.
         """
-        now = _monotonic()
-        self._next_ack_check = now + _ACK_CHECK_INTERVAL
-        if not self._in_loop_thread():
-            # A submitter that comes back within a millisecond is busy: it takes the
-            # acknowledgements over. One that submits now and then (an idle pipeline) leaves
-            # them to the dispatcher thread, so that its next event finds the worker free.
-            if now - self._submitter_collected_at < _BUSY_SUBMITTER:
-                self._submitter_read_acks_at = now
-            self._submitter_collected_at = now
+        self._handoff.collecting(_monotonic(), by_submitter=not self._in_loop_thread())
         # At a modest rate (few events queued), send first: a worker with room (one small
         # batch in hand) gets the events before the reads, which they would otherwise wait for.
         if len(self._inbox) <= 8:
@@ -685,37 +604,29 @@ class EventDispatcher(threading.Thread):
 
     def _maintain(self, now: float) -> None:
         """Timers: the stop deadline, abandoning, and the pool's (restarts, timeouts, kills)."""
-        if (
-            self._mode.state == _STOPPING
-            and self._stop_deadline is not None
-            and now >= self._stop_deadline
-            and self._mode.abandoning is None
-        ):
-            self._mode.abandoning = "stop(timeout=...) expired before the event had run"
-        if self._mode.state == _STOPPING and self._mode.abandoning is None:
-            self._abandon_stranded()
-        if self._mode.abandoning is not None:
-            self._abandon_all()
+        self._stopping.maintain(now)
         self._pool.maintain(now)
         self._check_pool()
+        self._changed.notify_all()
 
     def _check_pool(self) -> None:
         """A worker could not be started or replaced: fail everything rather than loop."""
         error = self._pool.start_error
-        if error is not None and self._broken is None:
-            with self._lock:
-                self._break(error)
+        if error is not None and self._stopping.broken is None:
+            self._acceptance.close()
+            self._stopping.break_down(error)
+            self._changed.notify_all()
 
     def _start_workers(self) -> None:
         with self._lock:
-            if self._mode.state != _NEW:
+            if self._mode.state != NEW:
                 raise RuntimeError(f"dispatcher already {self._mode.state}")
-            self._mode.state = _RUNNING
+            self._mode.state = RUNNING
         try:
             self._pool.start_all()
         except BaseException:
             with self._lock:
-                self._mode.state = _STOPPED
+                self._mode.state = STOPPED
             self._generators.stop_all()
             self._waker.close()
             raise
@@ -723,54 +634,7 @@ class EventDispatcher(threading.Thread):
         with self._lock:
             self._pump()
 
-    def _all_workers_gone(self) -> bool:
-        return self._pool.all_gone() and (
-            self._mode.abandoning is not None or not self._ledger.queued()
-        )
-
-    # -- outcomes -------------------------------------------------------------------------------
-
-    def _fail(self, seq: int, originator: Any, exc: BaseException) -> None:
-        """Fail an event no worker holds; the dispatcher thread delivers the error event."""
-        if self._ledger.fail(seq, originator, exc):
-            self._changed.notify_all()
-            if not self._in_loop_thread():
-                self._waker.wake()
-
-    def _abandon_stranded(self) -> None:
-        """While stopping: abandon queued events that no worker is left to run."""
-        for seq in self._pool.take_stranded():
-            self._fail(
-                seq,
-                self.name,
-                EventAbandonedError("its worker left on SIGTERM while the dispatcher was stopping"),
-            )
-
-    def _abandon_all(self) -> None:
-        """Abandon everything queued; make every worker finish its event in hand and leave."""
-        reason = self._mode.abandoning or "abandoned"
-        self._ledger.fail_queued(self.name, lambda: EventAbandonedError(reason))
-        self._pool.terminate_all()
-        self._changed.notify_all()
-
-    def _log_abandoned(self) -> None:
-        """One line with the total, once the dispatcher has stopped."""
-        if self._ledger.abandoned:
-            logger.warning(
-                "%d events abandoned: %s",
-                self._ledger.abandoned,
-                self._mode.abandoning or "stopped",
-            )
-
-    def _break(self, error: EventmpError) -> None:
-        """A replacement worker cannot start: fail everything rather than loop."""
-        logger.error("%s", error)
-        self._broken = error
-        self._close_inbox()
-        self._mode.state = _STOPPING
-        self._mode.abandoning = str(error)
-        self._ledger.fail_unheld(self.name, error)
-        self._changed.notify_all()
+    # -- idle ------------------------------------------------------------------------------------
 
     def _idle(self) -> bool:
         ledger = self._ledger
@@ -778,7 +642,7 @@ class EventDispatcher(threading.Thread):
             not ledger.pending
             # After stop() the inbox holds only events that were never accepted (their
             # submitters take them back), even one whose submit() a KeyboardInterrupt cut short.
-            and (not self._inbox or self._mode.state != _RUNNING)
+            and (not self._inbox or self._mode.state != RUNNING)
             and not self._outcomes.undelivered()
             and self._generators.all_finished()
         )
@@ -789,14 +653,13 @@ class EventDispatcher(threading.Thread):
         """End of the dispatcher thread: reap every worker, stop generators, last outcomes."""
         self._pool.kill_all()
         with self._lock:
-            self._close_inbox()
-            self._ledger.fail_unheld(self.name, EventAbandonedError("the dispatcher stopped"))
-            self._log_abandoned()
+            self._acceptance.close()
+            self._stopping.abandon_unheld()
         self._outcomes.deliver_all()  # before the generators stop: a tail's last checkpoint
         self._generators.stop_all()
         self._outcomes.deliver_all()
         with self._lock:
-            self._mode.state = _STOPPED
+            self._mode.state = STOPPED
             self._changed.notify_all()
         _live_dispatchers.discard(self)
         self._waker.close()

@@ -12,9 +12,10 @@ import contextlib
 import os
 import threading
 
-__all__ = ["Mode", "Waker"]
+__all__ = ["NEW", "RUNNING", "STOPPED", "STOPPING", "Mode", "Waker"]
 
-RUNNING, STOPPING = "running", "stopping"
+# The dispatcher's states, in order: set by the dispatcher (and its stopping room), lock held.
+NEW, RUNNING, STOPPING, STOPPED = "new", "running", "stopping", "stopped"
 
 
 class Mode:
@@ -23,7 +24,7 @@ class Mode:
     __slots__ = ("abandoning", "drain", "state")
 
     def __init__(self) -> None:
-        self.state = "new"  # new, running, stopping, stopped
+        self.state = NEW
         self.drain = True  # stop() sends poison pills behind the queued events
         self.abandoning: str | None = None  # why queued events are abandoned, once they are
 

@@ -843,6 +843,61 @@ def test_parent_sigkill_leaves_no_orphans(
     ]
 
 
+REPLACEMENT_NEVER_STARTS_SCRIPT = textwrap.dedent(
+    """
+    import os, resource, threading, time
+
+    from eventmp import Event, EventDispatcher
+    from eventmp.testing import ErrorCollector
+
+    def crash(event):
+        os._exit(1)
+
+    def hoard():
+        # Every descriptor the process may open, taken as soon as one is free: a replacement
+        # worker needs several at once and never gets them.
+        while True:
+            try:
+                os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                time.sleep(0.001)
+
+    if __name__ == "__main__":
+        errors = ErrorCollector()
+        d = EventDispatcher(1.0, start_method="spawn")
+        d.error_handler(errors)
+        d.start()
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, highest + 32))
+        threading.Thread(target=hoard, daemon=True).start()
+        time.sleep(0.5)
+        d.submit(Event("x", crash, 1))
+        print("waited", d.wait(30), flush=True)
+        d.stop(timeout=10)
+        print("errors", sorted(type(e).__name__ for e in errors.exceptions))
+        print("failure", type(d.failure).__name__)
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_replacements_that_never_start_break_the_pipeline_without_a_hang(tmp_path: Path) -> None:
+    """Restarts that keep failing (retried with back-off) end in WorkerStartError, not a hang."""
+    script = tmp_path / "never_starts.py"
+    script.write_text(REPLACEMENT_NEVER_STARTS_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines == {
+        "waited": "True",
+        "errors": "['WorkerCrashedError']",
+        "failure": "WorkerStartError",
+    }, result.stderr
+    assert "could not start a replacement worker" in result.stderr
+
+
 REPLACEMENT_FAILS_SCRIPT = textwrap.dedent(
     """
     import os, sys
