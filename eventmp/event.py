@@ -117,5 +117,15 @@ class EventGenerator:
     def settled(self, event: Event, exception: BaseException | None) -> None:
         """Called for each of this generator's events once it has its outcome (if tracked)."""
 
+    def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+        """Several of this generator's outcomes at once, in order, as ``(event, exception)``.
+
+        The dispatcher calls it, when a generator overrides it, instead of ``settled()`` for
+        each: a generator that keeps books per event may take a lock once per batch. This
+        default calls ``settled()`` for each (the dispatcher never calls it then).
+        """
+        for event, exception in outcomes:
+            self.settled(event, exception)
+
     def __str__(self) -> str:
         return type(self).__qualname__

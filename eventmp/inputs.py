@@ -155,14 +155,23 @@ class InputSet(EventGenerator):
             return events
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
+        self.settled_batch([(event, exception)])
+
+    def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+        """:meth:`settled` for a run of outcomes, the lock taken once; each counted even if
+        its tail failed (logged)."""
         with self._mutex:
             try:
-                tail = event.originator
-                if isinstance(tail, FileTailGenerator):
-                    tail.settled(event, exception)
-            finally:  # counted even if the tail failed (the dispatcher logs that)
-                self.counts.settled(event, exception)
-                self._outstanding -= 1
+                for event, exception in outcomes:
+                    tail = event.originator
+                    if isinstance(tail, FileTailGenerator):
+                        try:
+                            tail.settled(event, exception)
+                        except Exception:  # one tail's failure leaves the others their outcomes
+                            logger.exception("%s failed in settled()", tail)
+            finally:
+                self.counts.settled_batch(outcomes)
+                self._outstanding -= len(outcomes)
                 if self._outstanding <= 0:
                     self._lock.notify_all()
 

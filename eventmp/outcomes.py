@@ -22,6 +22,8 @@ __all__ = ["OutcomeDelivery"]
 
 logger = logging.getLogger("eventmp")
 
+_DEFAULT_BATCH = EventGenerator.settled_batch  # settled() for each: called so here, each alone
+
 
 class OutcomeDelivery:
     """Calls the error handler and ``settled()`` for each outcome the ledger queued."""
@@ -44,18 +46,22 @@ class OutcomeDelivery:
         return bool(self._generator_errors or ledger.failures or ledger.settled or self._delivering)
 
     def deliver_all(self) -> None:
-        """Deliver every queued outcome, one at a time, each without the lock."""
+        """Deliver every queued outcome, each without the lock: failures one at a time, and
+        the events that were processed all those queued at once (a tracking generator hears
+        of a run of its own with one ``settled_batch()`` call)."""
         ledger = self._ledger
         while True:
             with self._changed:
                 error: tuple[EventGenerator, BaseException] | None = None
                 outcome: Outcome | None = None
+                processed: list[Outcome] = []
                 if self._generator_errors:
                     error = self._generator_errors.popleft()
                 elif ledger.failures:
                     outcome = ledger.failures.popleft()
                 elif ledger.settled:
-                    outcome = ledger.settled.popleft()
+                    processed = list(ledger.settled)
+                    ledger.settled.clear()
                 else:
                     self._changed.notify_all()
                     return
@@ -67,17 +73,38 @@ class OutcomeDelivery:
                     if outcome.exception is not None:
                         self._deliver_error(outcome.originator, outcome.exception, outcome.event)
                     if outcome.tracker is not None:
-                        self._notify_settled(outcome.tracker, outcome.event, outcome.exception)
+                        self._notify_settled(outcome.tracker, [(outcome.event, outcome.exception)])
+                else:
+                    self._notify_processed(processed)
             finally:
                 with self._changed:
                     self._delivering -= 1
 
+    def _notify_processed(self, outcomes: list[Outcome]) -> None:
+        """``settled()`` for processed events, in order, by runs of the same generator."""
+        start = 0
+        while start < len(outcomes):
+            tracker = outcomes[start].tracker
+            end = start + 1
+            while end < len(outcomes) and outcomes[end].tracker is tracker:
+                end += 1
+            if tracker is not None:
+                self._notify_settled(tracker, [(o.event, None) for o in outcomes[start:end]])
+            start = end
+
     @staticmethod
-    def _notify_settled(tracker: Any, event: Event, exc: BaseException | None) -> None:
-        try:
-            tracker.settled(event, exc)
-        except Exception:
-            logger.exception("generator %s failed in settled()", tracker)
+    def _notify_settled(tracker: Any, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+        if getattr(type(tracker), "settled_batch", None) not in (None, _DEFAULT_BATCH):
+            try:
+                tracker.settled_batch(outcomes)
+            except Exception:
+                logger.exception("generator %s failed in settled_batch()", tracker)
+            return
+        for event, exception in outcomes:  # one that raises does not keep the others from it
+            try:
+                tracker.settled(event, exception)
+            except Exception:
+                logger.exception("generator %s failed in settled()", tracker)
 
     def _deliver_error(
         self, originator: Any, exception: BaseException, event: Event | None

@@ -116,23 +116,37 @@ class Counts:
                     tally.matches += 1
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
-        data = event.data
+        self.settled_batch([(event, exception)])
+
+    def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+        """:meth:`settled` for each, the lock taken once, and the tallies of a run of events
+        with the same names (a rule's, the usual case) looked up once."""
         with self._lock:
-            if type(data) is dict:
-                key = (data.get("rule", _ABSENT), data.get("input", _ABSENT))
-                try:
-                    tallies: Iterable[Tally | None] = self._pair(key)
-                except TypeError:  # a name that cannot be a key
-                    tallies = self._tallies(event)
-            else:
-                tallies = self._tallies(event)
-            for tally in tallies:
-                if tally is None:
-                    continue
-                if exception is None:
-                    tally.processed += 1
+            last: Any = None  # the names of the run, when they are strings (or absent)
+            tallies: Iterable[Tally | None] = ()
+            for event, exception in outcomes:
+                data = event.data
+                if type(data) is dict:
+                    rule, name = key = (data.get("rule", _ABSENT), data.get("input", _ABSENT))
+                    if key != last:
+                        try:
+                            tallies = self._pair(key)
+                        except TypeError:  # a name that cannot be a key
+                            tallies = self._tallies(event)
+                        # 1 and True are equal keys but different names: only strings carry on.
+                        plain = (type(rule) is str or rule is _ABSENT) and (
+                            type(name) is str or name is _ABSENT
+                        )
+                        last = key if plain else None
                 else:
-                    tally.failed += 1
+                    tallies, last = self._tallies(event), None
+                for tally in tallies:
+                    if tally is None:
+                        continue
+                    if exception is None:
+                        tally.processed += 1
+                    else:
+                        tally.failed += 1
 
     def _pair(self, key: _Key) -> _Pair:
         """The tallies of the names ``key`` holds as events carry them; TypeError if one

@@ -109,3 +109,65 @@ def test_undelivered_while_a_callback_runs() -> None:
     delivery.deliver_all()
     assert seen == [True]
     assert not delivery.undelivered()
+
+
+def processed_by_two_trackers(first: Any, second: Any) -> tuple[Ledger, OutcomeDelivery]:
+    """A ledger whose six events (first's, then second's, then first's again) were processed."""
+    ledger = Ledger(1)
+    seqs: list[int] = []
+    for tracker, data in ((first, [0, 1]), (second, [2, 3]), (first, [4, 5])):
+        seqs += ledger.accept([Event("test", None, n) for n in data], tracker)
+    ledger.queue(seqs)
+    ledger.worker_started(1, 0)
+    ledger.assign(1, 1, ledger.take(0, len(seqs)))
+    assert ledger.batch_done(1, 1) == len(seqs)
+    return ledger, OutcomeDelivery(ledger, threading.Condition())
+
+
+def test_a_generator_with_settled_batch_hears_its_runs_in_order() -> None:
+    """settled_batch() gets each run of its own processed events, in order; settled() none."""
+
+    class Batched(EventGenerator):
+        def __init__(self) -> None:
+            self.runs: list[list[tuple[object, object]]] = []
+
+        def get_events(self) -> list[Event]:
+            return []
+
+        def settled(self, event: Event, exc: BaseException | None) -> None:
+            raise AssertionError("settled_batch() should have been called")
+
+        def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+            self.runs.append([(event.data, exc) for event, exc in outcomes])
+
+    first, second = Batched(), Batched()
+    _ledger, delivery = processed_by_two_trackers(first, second)
+    delivery.deliver_all()
+    assert first.runs == [[(0, None), (1, None)], [(4, None), (5, None)]]
+    assert second.runs == [[(2, None), (3, None)]]
+    assert not delivery.undelivered()
+
+
+def test_a_settled_that_raises_does_not_keep_the_next_events_from_theirs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without settled_batch(), settled() runs for each event; one raising is logged alone."""
+
+    class Fussy(EventGenerator):
+        def __init__(self) -> None:
+            self.heard: list[object] = []
+
+        def get_events(self) -> list[Event]:
+            return []
+
+        def settled(self, event: Event, exc: BaseException | None) -> None:
+            self.heard.append(event.data)
+            if event.data == 1:
+                raise RuntimeError("settled broke")
+
+    first, second = Fussy(), Fussy()
+    _ledger, delivery = processed_by_two_trackers(first, second)
+    with caplog.at_level(logging.ERROR, logger="eventmp"):
+        delivery.deliver_all()
+    assert first.heard == [0, 1, 4, 5] and second.heard == [2, 3]
+    assert [r.getMessage().endswith("failed in settled()") for r in caplog.records] == [True]

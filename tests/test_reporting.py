@@ -135,8 +135,9 @@ def _expected_counts(
 def test_counts_are_those_of_each_event_in_turn(
     batches: list[list[Any]], declared: tuple[list[str], list[str]], choices: st.DataObject
 ) -> None:
-    """Per batch and per event, whatever the names (equal keys that are different names,
-    unhashable ones, dicts of other types), the same figures and the same order of names."""
+    """Per batch and per event, settled one by one or in runs, whatever the names (equal keys
+    that are different names, unhashable ones, dicts of other types), the same figures and the
+    same order of names."""
     events = [[Event("t", None, data) for data in batch] for batch in batches]
     every = [event for batch in events for event in batch]
     settled = choices.draw(st.permutations(every))
@@ -147,8 +148,15 @@ def test_counts_are_those_of_each_event_in_turn(
     counts.declare(*declared)
     for batch in events:
         counts.matched(batch)
-    for event, error in outcomes:
-        counts.settled(event, error)
+    # One at a time, or in runs of random length: the same figures either way.
+    at = 0
+    while at < len(outcomes):
+        size = choices.draw(st.integers(1, 4))
+        if size == 1:
+            counts.settled(*outcomes[at])
+        else:
+            counts.settled_batch(outcomes[at : at + size])
+        at += size
     rules, inputs = counts.snapshot()
     expected_rules, expected_inputs = _expected_counts(declared, events, outcomes)
     assert list(rules.items()) == list(expected_rules.items())
