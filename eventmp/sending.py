@@ -219,6 +219,8 @@ class Sender:
         pending = ledger.pending
         last_handler: Any = None
         handler_id = -1
+        last_originator: Any = None  # and its wire form: a generator's events come in runs
+        wire: Any = None
         for seq in seqs:
             event = pending[seq]
             handler = event.handler
@@ -232,7 +234,9 @@ class Sender:
                 last_handler = handler
             originator = event.originator
             if type(originator) is not str:
-                originator = serialization.wire_originator(originator)
+                if originator is not last_originator:
+                    last_originator, wire = originator, serialization.wire_originator(originator)
+                originator = wire
             items.append((seq, handler_id, originator, event.data, event.timestamp))
         if not items and not definitions:
             return
