@@ -2,9 +2,10 @@
 
 Everything here runs in the parent process, in the dispatcher thread. Each ``get_events()``
 reads what was appended to the followed files since the last poll, has the input's rules
-matched against its complete lines (:mod:`eventmp.matching`), and returns one event per line
-and matching rule; the rules' handlers run in the workers as usual. Finding and opening the
-files is :mod:`eventmp.tail_files`, the state file :mod:`eventmp.checkpoint`.
+matched against its complete lines (:mod:`eventmp.block_search`, :mod:`eventmp.matching`), and
+returns one event per line and matching rule; the rules' handlers run in the workers as usual.
+Finding and opening the files is :mod:`eventmp.tail_files`, the state file
+:mod:`eventmp.checkpoint`.
 
 This module reads: rotation by rename (the old file is read to its end before its successor),
 copy-truncate (a file shorter than the read position is read again from 0), partial lines
@@ -26,6 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
+from .block_search import BlockSearch
 from .checkpoint import load_state, save_state
 from .errors import EventAbandonedError, WorkerStartError
 from .event import Event, EventGenerator
@@ -132,6 +134,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
         self._matcher = LineMatcher(
             self.rules, encoding, self.max_line_bytes, slow_seconds=self.slow_line_seconds
         )
+        self._block_search = BlockSearch(self._matcher)
         self._slow_reported: set[str] = set()  # rules already logged as slow
         self._deadline = 0.0  # perf_counter: when this poll yields to the other inputs
         # True while the patterns match no regular file (from the first scan until one appears;
@@ -432,7 +435,9 @@ class FileTailGenerator(FileFinder, EventGenerator):
         consumed = 0
         whole = buf.rfind(b"\n") + 1
         if whole and len(events) < _EVENTS_PER_POLL:
-            block = self._matcher.block(buf[:whole], _EVENTS_PER_POLL - len(events), self._deadline)
+            block = self._block_search.block(
+                buf[:whole], _EVENTS_PER_POLL - len(events), self._deadline
+            )
             for line in block.lines:
                 for piece in line.pieces:
                     self._emit(
