@@ -1,6 +1,6 @@
 """The block search: which lines of a block of log text a rule may match, one search per rule.
 
-Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail`); pure:
+Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail_lines`); pure:
 no I/O, no clock but ``time.perf_counter`` and ``time.thread_time`` for the per-rule statistics
 and the poll's deadline.
 

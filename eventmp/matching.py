@@ -1,6 +1,6 @@
 """Rules and the line matcher: which lines of log text match which rules, by definition.
 
-Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail` and
+Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail_lines` and
 :mod:`eventmp.block_search`); pure: no I/O, no clock but ``time.perf_counter`` for the per-rule
 statistics and the poll's deadline.
 

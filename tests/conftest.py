@@ -26,6 +26,7 @@ os.environ["EVENTMP_STRICT_LEDGER"] = "1"
 from eventmp import Event, EventDispatcher
 from eventmp.ledger import Ledger
 from eventmp.matching import Rule
+from eventmp.tail import FileTailGenerator
 from eventmp.testing import ErrorCollector, RecordingHandler
 
 Ledger.strict = True
@@ -232,7 +233,7 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-# == rules and log text drawn by hypothesis, for the matching's and the tail's property tests =====
+# == rules and log text drawn by hypothesis, for the matching's and the tail's property tests ====
 
 # Pieces of patterns: anchors, classes that can match a newline or a \r, empty matches,
 # lookarounds, atomic groups, backreferences, flags.
@@ -291,3 +292,70 @@ def rule_sets(draw: st.DrawFn) -> list[Rule]:
 log_texts = st.lists(
     st.one_of(st.sampled_from([b"a", b"b", b"\n", b"x"]), st.sampled_from(TOKENS)), max_size=60
 ).map(b"".join)
+
+
+# == tails on real files, shared by the tests of eventmp.tail and eventmp.tail_lines =============
+
+MakeTail = Callable[..., FileTailGenerator]
+
+EVERYTHING = re.compile("")
+
+
+@pytest.fixture
+def make_tail() -> Iterator[MakeTail]:
+    """Build tails (a catch-all rule unless given rules); stop them all after the test."""
+    made: list[FileTailGenerator] = []
+
+    def make(
+        *paths: Path | str, rules: list[Rule] | None = None, **options: Any
+    ) -> FileTailGenerator:
+        options.setdefault("rescan_interval", 0)
+        options.setdefault("checkpoint_interval", 0)
+        if rules is None:
+            rules = [Rule("all", EVERYTHING, "handler")]
+        tail = FileTailGenerator([os.fspath(p) for p in paths], rules, **options)
+        made.append(tail)
+        return tail
+
+    yield make
+    for tail in made:
+        tail.stop()
+
+
+def append(path: Path, data: str | bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+
+
+def poll(tail: FileTailGenerator, *, settle: bool = True) -> list[Event]:
+    """One poll, settling each event as the dispatcher would once its handler returned."""
+    events = tail.get_events()
+    if settle:
+        for event in events:
+            tail.settled(event, None)
+    return events
+
+
+def lines(events: list[Event]) -> list[str]:
+    return [event.data["line"] for event in events]
+
+
+def numbered(events: list[Event]) -> list[tuple[int, str]]:
+    return [(event.data["line_number"], event.data["line"]) for event in events]
+
+
+def poll_until_read(tail: FileTailGenerator, count: int) -> list[Event]:
+    """Poll until ``count`` lines were read (each poll reads at least one); the events."""
+    events: list[Event] = []
+    for _ in range(count + 5):
+        events += poll(tail)
+        if tail.lines_read >= count:
+            break
+    return events
+
+
+# Exponential backtracking: each run of digits (no "x" follows) costs 2**len steps, far more
+# than SLOWEST below on any machine, and still well under max_line_bytes.
+CATASTROPHIC = re.compile(r"(\d+)+x")
+DIGITS = "1" * 20
+SLOWEST = 0.002  # slow_line_seconds of these tests: far below what one such line costs
