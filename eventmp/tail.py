@@ -132,6 +132,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
         self._matcher = LineMatcher(
             self.rules, encoding, self.max_line_bytes, slow_seconds=self.slow_line_seconds
         )
+        # Filled as the lines' events are made, emptied by settled(): the checkpoint's source.
         self._inflight: Inflight = {}
         self._lines = LineEvents(
             self, name, self._matcher, max_events=_EVENTS_PER_POLL, inflight=self._inflight
