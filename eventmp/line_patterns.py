@@ -1,7 +1,7 @@
 """Rule patterns rewritten to search many lines at once, and the ones that must not be.
 
 Runs in the parent process, in the dispatcher thread, once per rule when a tail is built
-(:class:`eventmp.matching.LineMatcher`); pure. Why the rewrite finds exactly the lines the
+(:class:`eventmp.block_search.BlockSearch`); pure. Why the rewrite finds exactly the lines the
 rule matches, at the same cost: docs/design.md, "Matching lines".
 
 It uses re's own parser and compiler (the private modules ``re._parser`` and

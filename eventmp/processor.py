@@ -1,6 +1,8 @@
 """The worker side: :class:`EventProcessor` runs in each worker process and calls the handlers.
 
 Everything in this module runs in a worker process (the dispatcher module is the parent's).
+The handlers it runs, loaded by id from what the parent sent, and the totals of their
+``counters()`` are :mod:`eventmp.worker_handlers`.
 
 The worker reads :class:`~eventmp.messages.EventBatch` messages from its task pipe with blocking
 reads; for each event it marks the shared progress array (started, when,
@@ -34,14 +36,13 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 from . import serialization
 from .errors import SerializationError
 from .event import Event
-from .handlers import ChainEventHandler, StopEventHandler, call_handler
 from .ledger import position
 from .messages import (
     ACKED,
@@ -66,6 +67,7 @@ from .messages import (
     encode_result,
     plain_batch,
 )
+from .worker_handlers import HandlerTable
 
 __all__ = ["EXIT_PARENT_GONE", "EventProcessor", "worker_main"]
 
@@ -81,11 +83,6 @@ EXIT_PARENT_GONE = 75
 
 class _Stop(Exception):
     """Leave the worker loop (SIGTERM while idle)."""
-
-
-# How often, at most, a worker tells the parent what its handlers counted (HandlerCounters):
-# often enough for the stats line, rarely enough to cost nothing per batch.
-COUNTERS_INTERVAL = 1.0
 
 
 class EventProcessor:
@@ -131,19 +128,7 @@ class EventProcessor:
         self._events_done = 0
         self._rss_cache = 0
         self._rss_read_at = 0.0
-        stop = StopEventHandler()
-        # handler id -> (the handler, the callable that runs it): one instance per worker, so
-        # a handler keeps its state from one event to the next.
-        self._callables: dict[int, tuple[Any, Callable[[Event], Any]]] = {
-            STOP_HANDLER_ID: (stop, stop.process_event)
-        }
-        self._broken_handlers: dict[int, str] = {}
-        # Handlers (and links of chains) that count things, by handler id; what the forgotten
-        # ones counted; what was last sent and when the next report may go (HandlerCounters).
-        self._counting: dict[int, list[Any]] = {}
-        self._counted_before: dict[str, int] = {}
-        self._counters_sent: dict[str, int] = {}
-        self._next_counters = 0.0
+        self._handlers = HandlerTable()
         self._running = True
         self._sigterm = False
         self._waiting = False
@@ -198,11 +183,9 @@ class EventProcessor:
         message = decode_task(data)
         if type(message) is HandlerUpdate:
             for handler_id, blob in message.definitions:
-                self._define_handler(handler_id, blob)
+                self._handlers.define(handler_id, blob)
             for handler_id in message.forget:
-                self._forget_counting(handler_id)
-                self._callables.pop(handler_id, None)
-                self._broken_handlers.pop(handler_id, None)
+                self._handlers.forget(handler_id)
             return True
         assert type(message) is EventBatch
         if message.resync:
@@ -292,7 +275,8 @@ class EventProcessor:
             self._send(BatchRejected(batch_no, f"{type(exc).__name__}: {exc}"))
             return True
         progress = self._progress
-        callables = self._callables
+        handlers = self._handlers
+        callables = handlers.callables
         recycling = self._max_events is not None or self._max_memory is not None
         stamp_starts = self._stamp_starts
         new_event = Event.__new__
@@ -331,7 +315,7 @@ class EventProcessor:
                 self._running = False
                 return False
             try:
-                handler, run = callables.get(handler_id) or self._handler(handler_id)
+                handler, run = callables.get(handler_id) or handlers.lookup(handler_id)
                 # Built field by field: Event.__init__ costs twice as much, and the parent
                 # already checked what __init__ would.
                 event = new_event(Event)
@@ -345,7 +329,7 @@ class EventProcessor:
             progress[FINISHED] = pos
             if recycling and self._retire_after_event():
                 return False
-        if self._counting:
+        if handlers.counting:
             self._report_counters(force=False)
         # One write of under PIPE_BUF bytes to a blocking pipe: whole, and atomic.
         os.write(
@@ -379,55 +363,11 @@ class EventProcessor:
         blob, type_name, message, tb = serialization.dump_exception(exc)
         self._send(EventFailed(pos, seq, blob, type_name, message, tb))
 
-    def _handler(self, handler_id: int) -> tuple[Any, Callable[[Event], Any]]:
-        """The handler and what to call for it; raises if the worker could not load it."""
-        try:
-            return self._callables[handler_id]
-        except KeyError:
-            reason = self._broken_handlers.get(handler_id, "the parent never sent it")
-            raise SerializationError(
-                f"handler could not be loaded in the worker: {reason}"
-            ) from None
-
-    def _define_handler(self, handler_id: int, blob: bytes) -> None:
-        try:
-            handler = serialization.load_handler(blob)
-        except BaseException as exc:
-            self._broken_handlers[handler_id] = f"{type(exc).__name__}: {exc}"
-            return
-        self._callables[handler_id] = (handler, _callable_for(handler))
-        counting = _counting_parts(handler)
-        if counting:
-            self._counting[handler_id] = counting
-
-    # -- handler counters -----------------------------------------------------------------------
-
     def _report_counters(self, *, force: bool) -> None:
         """Send what the handlers counted, if it changed: at most once a second unless ``force``."""
-        if not self._counting:
-            return
-        now = time.monotonic()
-        if not force and now < self._next_counters:
-            return
-        self._next_counters = now + COUNTERS_INTERVAL
-        totals = self._counter_totals()
-        if totals != self._counters_sent:
-            self._counters_sent = totals
+        totals = self._handlers.counters_to_report(force=force)
+        if totals is not None:
             self._send(HandlerCounters(totals))
-
-    def _counter_totals(self) -> dict[str, int]:
-        totals = dict(self._counted_before)
-        for parts in self._counting.values():
-            for part in parts:
-                for name, value in _counters_of(part).items():
-                    totals[name] = totals.get(name, 0) + value
-        return totals
-
-    def _forget_counting(self, handler_id: int) -> None:
-        """A handler the parent dropped: what it counted stays in the totals."""
-        for part in self._counting.pop(handler_id, ()):
-            for name, value in _counters_of(part).items():
-                self._counted_before[name] = self._counted_before.get(name, 0) + value
 
     def _send(self, message: tuple[Any, ...]) -> None:
         view = memoryview(encode_result(message))
@@ -493,36 +433,6 @@ class EventProcessor:
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     """SIGINT in a worker: nothing to do (see _setup_process)."""
-
-
-def _counting_parts(handler: Any) -> list[Any]:
-    """The handler, and the links of a chain (nested too), that define ``counters()``."""
-    found: list[Any] = []
-    stack = [handler]
-    while stack:
-        part = stack.pop()
-        if callable(getattr(part, "counters", None)):
-            found.append(part)
-        if isinstance(part, ChainEventHandler):
-            stack.extend(part.handlers)
-    return found
-
-
-def _counters_of(part: Any) -> dict[str, int]:
-    """``part.counters()``, or nothing if it fails: a report must not cost an event."""
-    try:
-        return {str(name): int(value) for name, value in part.counters().items()}
-    except Exception:
-        return {}
-
-
-def _callable_for(handler: Any) -> Callable[[Event], Any]:
-    process = getattr(handler, "process_event", None)
-    if process is not None:
-        return process  # type: ignore[no-any-return]
-    if callable(handler):
-        return handler  # type: ignore[no-any-return]
-    return lambda event: call_handler(handler, event)  # raises the TypeError that explains
 
 
 def _exit_when_parent_dies() -> None:

@@ -1,18 +1,18 @@
 """The file tail: follow log files, ``tail -F`` style, and turn matching lines into events.
 
 Everything here runs in the parent process, in the dispatcher thread. Each ``get_events()``
-reads what was appended to the followed files since the last poll, has the input's rules
-matched against its complete lines (:mod:`eventmp.matching`), and returns one event per line
-and matching rule; the rules' handlers run in the workers as usual. Finding and opening the
-files is :mod:`eventmp.tail_files`, the state file :mod:`eventmp.checkpoint`.
+reads what was appended to the followed files since the last poll and returns one event per
+complete line and matching rule; the rules' handlers run in the workers as usual. Cutting what
+was read into lines and matching them is :mod:`eventmp.tail_lines` (partial lines, lines over
+``max_line_bytes``, slow rules), finding and opening the files :mod:`eventmp.tail_files`, the
+state file :mod:`eventmp.checkpoint`.
 
 This module reads: rotation by rename (the old file is read to its end before its successor),
-copy-truncate (a file shorter than the read position is read again from 0), partial lines
-(emitted once their newline arrives), lines over ``max_line_bytes`` (cut into pieces that
-carry the line's number), the per-poll budgets (bytes per file and in all, events, time) with
-``has_more`` when one stopped a poll, and the checkpoint offsets, which stay behind the oldest
-line whose events have no outcome yet (``settled()``). What each of these promises, and
-their limits: docs/tailing.md.
+copy-truncate (a file shorter than the read position is read again from 0), standard input,
+the per-poll budgets (bytes per file and in all, events, time) with ``has_more`` when one
+stopped a poll, and the checkpoint offsets, which stay behind the oldest line whose events
+have no outcome yet (``settled()``). What each of these promises, and their limits:
+docs/tailing.md.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from .event import Event, EventGenerator
 from .matching import (
     DEFAULT_MAX_LINE_BYTES,
     SLOW_LINE_SECONDS,
-    Hits,
     LineMatcher,
     Rule,
     RuleStats,
     check_encoding,
 )
 from .tail_files import FileFinder, Identity, _File
+from .tail_lines import Inflight, LineEvents
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "FileTailGenerator", "Rule", "RuleStats", "check_encoding"]
 
@@ -132,7 +132,11 @@ class FileTailGenerator(FileFinder, EventGenerator):
         self._matcher = LineMatcher(
             self.rules, encoding, self.max_line_bytes, slow_seconds=self.slow_line_seconds
         )
-        self._slow_reported: set[str] = set()  # rules already logged as slow
+        # Filled as the lines' events are made, emptied by settled(): the checkpoint's source.
+        self._inflight: Inflight = {}
+        self._lines = LineEvents(
+            self, name, self._matcher, max_events=_EVENTS_PER_POLL, inflight=self._inflight
+        )
         self._deadline = 0.0  # perf_counter: when this poll yields to the other inputs
         # True while the patterns match no regular file (from the first scan until one appears;
         # in once mode, for good): the command's ``--once`` exits 1 then, unless ``missing_ok``.
@@ -140,7 +144,6 @@ class FileTailGenerator(FileFinder, EventGenerator):
 
         self._files: dict[str, _File] = {}  # path -> the file it names now
         self._draining: dict[Identity, _File] = {}  # rotated away or deleted, read to the end
-        self._inflight: dict[int, tuple[Event, OrderedDict[int, list[int]], int]] = {}
         # From the state file, by path.
         self._saved_entries = (
             {} if self.state_file is None else load_state(self.state_file, self, start_at)
@@ -163,7 +166,6 @@ class FileTailGenerator(FileFinder, EventGenerator):
         self._retired_bytes = 0  # bytes of files closed or truncated, for the progress figures
         self._bytes_read = 0
         self._bytes_total = 0
-        self._lines_read = 0
 
     # == the generator API =======================================================================
 
@@ -180,7 +182,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
     @property
     def lines_read(self) -> int:
         """Lines checked against the rules so far (a line cut into pieces counts once)."""
-        return self._lines_read
+        return self._lines.lines_read
 
     def rule_stats(self) -> dict[str, RuleStats]:
         """Per rule name: events made, lines it spent over ``slow_line_seconds`` on, seconds."""
@@ -326,7 +328,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
             budget = min(_BYTES_PER_POLL, self._budget)
             f.at_eof = False  # until a read finds the end with every whole line cut
             while True:
-                self._cut_lines(f, events)
+                self._lines.cut_lines(f, events, self._deadline)
                 if self._stops_here(events, budget):
                     return
                 data = os.pread(f.fd, min(_CHUNK, budget), f.pos)
@@ -345,7 +347,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
             return
         self._warned.discard((f.path, "read"))
         if self.once:
-            self._emit_rest(f, events)
+            self._lines.emit_rest(f, events)
             self._finish(f)
 
     def _stops_here(self, events: list[Event], budget: int) -> bool:
@@ -367,7 +369,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
         budget = min(_BYTES_PER_POLL, self._budget)
         try:
             while True:
-                self._cut_lines(f, events)
+                self._lines.cut_lines(f, events, self._deadline)
                 if self._stops_here(events, budget):
                     return
                 if not readable.poll(0):
@@ -383,7 +385,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
                 f.buffer += data
         except OSError as exc:
             logger.warning("%s: cannot read standard input: %s", self, exc)
-        self._emit_rest(f, events)
+        self._lines.emit_rest(f, events)
         self._finish(f)
         self.finished = True
 
@@ -425,103 +427,9 @@ class FileTailGenerator(FileFinder, EventGenerator):
         f.outstanding = OrderedDict()
         f.at_eof = False
 
-    def _cut_lines(self, f: _File, events: list[Event]) -> None:
-        """Match the buffer's complete lines, and pieces of a partial line over the limit."""
-        buf = f.buffer
-        limit = self.max_line_bytes
-        consumed = 0
-        whole = buf.rfind(b"\n") + 1
-        if whole and len(events) < _EVENTS_PER_POLL:
-            block = self._matcher.block(buf[:whole], _EVENTS_PER_POLL - len(events), self._deadline)
-            for line in block.lines:
-                for piece in line.pieces:
-                    self._emit(
-                        f, f.lines + line.line_index, piece.text, piece.offset, piece.hits, events
-                    )
-            for name, index in block.slow:
-                self._slow(f, name, f.lines + index + 1)
-            f.lines += block.lines_done
-            self._lines_read += block.lines_done
-            consumed = block.bytes_done
-        if consumed == whole:
-            # The partial line after the last newline: cut only what exceeds the limit (one
-            # byte more, which may be the \r of a line of exactly the limit). Its pieces count
-            # as a line when its newline comes.
-            while len(buf) - consumed > limit + 1 and len(events) < _EVENTS_PER_POLL:
-                self._piece(f, buf[consumed : consumed + limit], consumed, events)
-                consumed += limit
-        if consumed:
-            del buf[:consumed]
-            f.offset += consumed
-
-    def _piece(self, f: _File, raw: bytes | bytearray, start: int, events: list[Event]) -> None:
-        """A piece of the line being read (not complete yet), at ``start`` in the buffer."""
-        text = self._matcher.decode(raw)
-        hits, slow = self._matcher.match_line(text)
-        for name in slow:
-            self._slow(f, name, f.lines + 1)
-        self._emit(f, f.lines, text, start, hits, events)
-
-    def _emit_rest(self, f: _File, events: list[Event]) -> None:
-        """A file's last line, without its newline: emitted when nothing can complete it."""
-        rest = f.buffer
-        if rest:
-            self._lines_read += 1
-        while rest:
-            piece = rest[: self.max_line_bytes]
-            self._piece(f, piece, 0, events)
-            del rest[: len(piece)]
-            f.offset += len(piece)
-
-    def _slow(self, f: _File, rule: str, line_number: int) -> None:
-        """A rule slower than the threshold on one line: said once per rule, always counted."""
-        if rule in self._slow_reported:
-            return
-        self._slow_reported.add(rule)
-        logger.warning(
-            "%s: rule %r took over %g s on line %d of %s; it holds up every input while it "
-            "runs (see 'Slow rules' in docs/tailing.md)",
-            self,
-            rule,
-            self.slow_line_seconds,
-            line_number,
-            f.path,
-        )
-
-    def _emit(
-        self, f: _File, before: int, text: str, start: int, hits: Hits, events: list[Event]
-    ) -> None:
-        """The events of one line (or piece) at ``start`` in the buffer, after ``before`` lines."""
-        if not hits:
-            return
-        offset = f.offset + start
-        line_number = before + 1
-        name, path = self.name, f.path
-        inflight = self._inflight if self.track_outcomes else None
-        for rule, match in hits:
-            event = Event(
-                self,
-                rule.handler,
-                {
-                    "input": name,
-                    "file": path,
-                    "line_number": line_number,
-                    "line": text,
-                    "rule": rule.name,
-                    "match": match.group(0),
-                    "groups": list(match.groups()),
-                    "named": match.groupdict(),
-                },
-            )
-            events.append(event)
-            if inflight is not None:
-                inflight[id(event)] = (event, f.outstanding, offset)
-        if inflight is not None:
-            f.outstanding[offset] = [len(hits), before]
-
     def _retire(self, f: _File, events: list[Event]) -> None:
         """Close a drained file that no path names any more."""
-        self._emit_rest(f, events)
+        self._lines.emit_rest(f, events)
         self._retired_bytes += f.pos
         del self._draining[f.identity]
         f.close()

@@ -1,4 +1,4 @@
-"""Shared fixtures: start methods, leak checks, and bounded waits for every test."""
+"""Shared fixtures: start methods, leak checks, bounded waits, and helpers several modules use."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import faulthandler
 import json
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import strategies as st
 
 # Every illegal transition in the dispatcher's ledger raises (LedgerError) instead of being
 # logged, and the ledger audits itself after each transition: a test cannot pass over a bug.
@@ -23,6 +25,8 @@ os.environ["EVENTMP_STRICT_LEDGER"] = "1"
 
 from eventmp import Event, EventDispatcher
 from eventmp.ledger import Ledger
+from eventmp.matching import Rule
+from eventmp.tail import FileTailGenerator
 from eventmp.testing import ErrorCollector, RecordingHandler
 
 Ledger.strict = True
@@ -227,3 +231,131 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
 def read_lines(path: Path) -> list[dict[str, Any]]:
     """Every JSON line of a file, parsed."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# == rules and log text drawn by hypothesis, for the matching's and the tail's property tests ====
+
+# Pieces of patterns: anchors, classes that can match a newline or a \r, empty matches,
+# lookarounds, atomic groups, backreferences, flags.
+ATOMS = [
+    "a", "b", "é", "1", " ", ",", "x", r"\s", r"\S", r"\w", r"\W", r"\d", r"\D", "[^a]", "[^ ]",
+    "[^ab]", ".", "(?s:.)", r"\n", r"\r", "[\\n]", "[a-z]", "[\\x00-\\x7f]", "^", "$", r"\A", r"\Z",
+    r"\b", r"\B", "(?=a)", "(?!b)", "(?<=a)", "(?<!\\s)", "(?<![^a])", "(a|b)", "(a)", "(?:ab|a)",
+    "[\\s,]", "(?>a*)", "a*+", "\ufffd", "(?i:A)", "(?m:^)", "(?m:$)",
+]  # fmt: skip
+QUANTIFIERS = ["", "", "", "*", "+", "?", "{2}", "*?"]
+
+# Bytes of log text: ASCII, CR and LF, multibyte UTF-8 and its pieces, invalid bytes.
+TOKENS = [
+    b"a", b"b", b"x", b"1", b" ", b",", b"\n", b"\n", b"\r", b"\r\n", b"\xc3\xa9", b"\xe2\x82\xac",
+    b"\xe2\x82", b"\xff", b"\x80", b"\t", b"ab", b"\xf0\x9f\x98\x80",
+]  # fmt: skip
+
+
+SIMPLE = ["a", "b", "x", "1", " "]
+ZERO_WIDTH = ("^", "$", r"\A", r"\Z", r"\b", r"\B")
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    """A random pattern that compiles: one to three atoms (plain letters often), maybe repeated."""
+    atoms = st.one_of(st.sampled_from(SIMPLE), st.sampled_from(ATOMS))
+    parts = draw(st.lists(st.tuples(atoms, st.sampled_from(QUANTIFIERS)), min_size=1, max_size=3))
+    text = "".join(atom + ("" if atom in ZERO_WIDTH else q) for atom, q in parts)
+    if draw(st.booleans()) and "(a)" in text:
+        text += r"\1"
+    try:
+        re.compile(text)
+    except re.error:
+        return "a"
+    return text
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn) -> list[Rule]:
+    """One to four rules with random patterns, excludes and quick flags."""
+    rules = []
+    for number in range(draw(st.integers(1, 3))):
+        exclude = draw(patterns()) if draw(st.integers(0, 3)) == 0 else None
+        rules.append(
+            Rule(
+                f"r{number}",
+                re.compile(draw(patterns())),
+                None,
+                exclude=None if exclude is None else re.compile(exclude),
+                quick=draw(st.booleans()),
+            )
+        )
+    return rules
+
+
+log_texts = st.lists(
+    st.one_of(st.sampled_from([b"a", b"b", b"\n", b"x"]), st.sampled_from(TOKENS)), max_size=60
+).map(b"".join)
+
+
+# == tails on real files, shared by the tests of eventmp.tail and eventmp.tail_lines =============
+
+MakeTail = Callable[..., FileTailGenerator]
+
+EVERYTHING = re.compile("")
+
+
+@pytest.fixture
+def make_tail() -> Iterator[MakeTail]:
+    """Build tails (a catch-all rule unless given rules); stop them all after the test."""
+    made: list[FileTailGenerator] = []
+
+    def make(
+        *paths: Path | str, rules: list[Rule] | None = None, **options: Any
+    ) -> FileTailGenerator:
+        options.setdefault("rescan_interval", 0)
+        options.setdefault("checkpoint_interval", 0)
+        if rules is None:
+            rules = [Rule("all", EVERYTHING, "handler")]
+        tail = FileTailGenerator([os.fspath(p) for p in paths], rules, **options)
+        made.append(tail)
+        return tail
+
+    yield make
+    for tail in made:
+        tail.stop()
+
+
+def append(path: Path, data: str | bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+
+
+def poll(tail: FileTailGenerator, *, settle: bool = True) -> list[Event]:
+    """One poll, settling each event as the dispatcher would once its handler returned."""
+    events = tail.get_events()
+    if settle:
+        for event in events:
+            tail.settled(event, None)
+    return events
+
+
+def lines(events: list[Event]) -> list[str]:
+    return [event.data["line"] for event in events]
+
+
+def numbered(events: list[Event]) -> list[tuple[int, str]]:
+    return [(event.data["line_number"], event.data["line"]) for event in events]
+
+
+def poll_until_read(tail: FileTailGenerator, count: int) -> list[Event]:
+    """Poll until ``count`` lines were read (each poll reads at least one); the events."""
+    events: list[Event] = []
+    for _ in range(count + 5):
+        events += poll(tail)
+        if tail.lines_read >= count:
+            break
+    return events
+
+
+# Exponential backtracking: each run of digits (no "x" follows) costs 2**len steps, far more
+# than SLOWEST below on any machine, and still well under max_line_bytes.
+CATASTROPHIC = re.compile(r"(\d+)+x")
+DIGITS = "1" * 20
+SLOWEST = 0.002  # slow_line_seconds of these tests: far below what one such line costs

@@ -14,12 +14,23 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from conftest import (
+    CATASTROPHIC,
+    DIGITS,
+    EVERYTHING,
+    SLOWEST,
+    MakeTail,
+    append,
+    lines,
+    numbered,
+    poll,
+)
 
 from eventmp import Event, EventAbandonedError, EventDispatcher, tail_files
 from eventmp import tail as tail_module
@@ -27,13 +38,9 @@ from eventmp.tail import FileTailGenerator, Rule
 from eventmp.testing import ErrorCollector, RecordingHandler
 
 MakeDispatcher = Callable[..., EventDispatcher]
-MakeTail = Callable[..., FileTailGenerator]
 
 # Generous upper bounds for waits: they only matter when something is broken.
 WAIT = 30.0
-
-EVERYTHING = re.compile("")
-
 
 # == handlers (module level: under spawn/forkserver the worker imports them) =====================
 
@@ -69,49 +76,6 @@ class SlowRecorder(RecordingHandler):
 
 
 # == helpers =====================================================================================
-
-
-@pytest.fixture
-def make_tail() -> Iterator[MakeTail]:
-    """Build tails (a catch-all rule unless given rules); stop them all after the test."""
-    made: list[FileTailGenerator] = []
-
-    def make(
-        *paths: Path | str, rules: list[Rule] | None = None, **options: Any
-    ) -> FileTailGenerator:
-        options.setdefault("rescan_interval", 0)
-        options.setdefault("checkpoint_interval", 0)
-        if rules is None:
-            rules = [Rule("all", EVERYTHING, "handler")]
-        tail = FileTailGenerator([os.fspath(p) for p in paths], rules, **options)
-        made.append(tail)
-        return tail
-
-    yield make
-    for tail in made:
-        tail.stop()
-
-
-def append(path: Path, data: str | bytes) -> None:
-    with open(path, "ab") as out:
-        out.write(data.encode() if isinstance(data, str) else data)
-
-
-def poll(tail: FileTailGenerator, *, settle: bool = True) -> list[Event]:
-    """One poll, settling each event as the dispatcher would once its handler returned."""
-    events = tail.get_events()
-    if settle:
-        for event in events:
-            tail.settled(event, None)
-    return events
-
-
-def lines(events: list[Event]) -> list[str]:
-    return [event.data["line"] for event in events]
-
-
-def numbered(events: list[Event]) -> list[tuple[int, str]]:
-    return [(event.data["line_number"], event.data["line"]) for event in events]
 
 
 def poll_until(
@@ -258,88 +222,7 @@ def test_str_names_the_input(make_tail: MakeTail, tmp_path: Path) -> None:
     assert str(make_tail(tmp_path / "a.log", name="web")) == "tail:web"
 
 
-# == lines =======================================================================================
-
-
-def test_partial_line_waits_for_its_newline(make_tail: MakeTail, tmp_path: Path) -> None:
-    """A line is emitted only once its newline has arrived."""
-    log = tmp_path / "app.log"
-    log.write_text("")
-    tail = make_tail(log)
-    poll(tail)
-    append(log, "hel")
-    assert poll(tail) == []
-    append(log, "lo")
-    assert poll(tail) == []
-    append(log, "\nwor")
-    assert numbered(poll(tail)) == [(1, "hello")]
-    append(log, "ld\n")
-    assert numbered(poll(tail)) == [(2, "world")]
-
-
-def test_crlf_and_lf_endings_are_stripped(make_tail: MakeTail, tmp_path: Path) -> None:
-    """\\r\\n and \\n are both stripped; a lone \\r inside a line stays."""
-    log = tmp_path / "app.log"
-    log.write_bytes(b"dos\r\nunix\nmid\rdle\r\n\r\n")
-    tail = make_tail(log, start_at="beginning")
-    assert lines(poll(tail)) == ["dos", "unix", "mid\rdle", ""]
-
-
-def test_undecodable_bytes_are_replaced(make_tail: MakeTail, tmp_path: Path) -> None:
-    """Bytes that are not valid in the encoding become U+FFFD instead of an error."""
-    log = tmp_path / "app.log"
-    log.write_bytes(b"caf\xe9 \xff\xfe ok\n")
-    tail = make_tail(log, start_at="beginning")
-    assert lines(poll(tail)) == ["caf\ufffd \ufffd\ufffd ok"]
-
-
-def test_encoding_is_used_to_decode(make_tail: MakeTail, tmp_path: Path) -> None:
-    """A Latin-1 file read with encoding="latin-1" decodes exactly."""
-    log = tmp_path / "app.log"
-    log.write_bytes("café crème\n".encode("latin-1"))
-    tail = make_tail(log, start_at="beginning", encoding="latin-1")
-    assert lines(poll(tail)) == ["café crème"]
-
-
-def test_long_line_is_cut_into_pieces_with_its_number(make_tail: MakeTail, tmp_path: Path) -> None:
-    """A line over max_line_bytes comes out in pieces of that size, all with the line's number."""
-    log = tmp_path / "app.log"
-    log.write_text("")
-    tail = make_tail(log, max_line_bytes=10)
-    poll(tail)
-    append(log, "a" * 25)
-    assert numbered(poll(tail)) == [(1, "a" * 10), (1, "a" * 10)]
-    append(log, "\nshort\n")
-    assert numbered(poll(tail)) == [(1, "aaaaa"), (2, "short")]
-
-
-@pytest.mark.parametrize("ending", ["\n", "\r\n"])
-def test_the_cap_applies_to_the_text_of_the_line_not_its_ending(
-    make_tail: MakeTail, tmp_path: Path, ending: str
-) -> None:
-    """A line of exactly max_line_bytes is one piece with \r\n too; twice that is two pieces."""
-    log = tmp_path / "app.log"
-    log.write_text("")
-    tail = make_tail(log, max_line_bytes=10)
-    poll(tail)
-    append(log, "a" * 10 + ending + "b" * 20 + ending + "c" * 10 + ending)
-    assert numbered(poll(tail)) == [(1, "a" * 10), (2, "b" * 10), (2, "b" * 10), (3, "c" * 10)]
-    assert tail.lines_read == 3
-
-
-def test_a_partial_line_of_exactly_the_cap_waits_for_its_crlf(
-    make_tail: MakeTail, tmp_path: Path
-) -> None:
-    """A line still being written is not cut when only its \r passes the cap."""
-    log = tmp_path / "app.log"
-    log.write_text("")
-    tail = make_tail(log, max_line_bytes=10)
-    poll(tail)
-    append(log, "a" * 10 + "\r")
-    assert poll(tail) == []
-    append(log, "\n")
-    assert numbered(poll(tail)) == [(1, "a" * 10)]
-    assert tail.lines_read == 1
+# == caps and budgets ============================================================================
 
 
 def test_the_default_cap_is_16_kib(tmp_path: Path) -> None:
@@ -359,70 +242,6 @@ def test_a_poll_makes_a_bounded_number_of_events(make_tail: MakeTail, tmp_path: 
     assert len(first) == tail_module._EVENTS_PER_POLL
     rest = poll(tail)
     assert lines(first + rest) == [str(i) for i in range(total)]
-
-
-def test_lines_read_counts_every_line_matched_or_not(make_tail: MakeTail, tmp_path: Path) -> None:
-    """lines_read counts each line checked against the rules, whether a rule matched or not."""
-    log = tmp_path / "app.log"
-    log.write_text("a\nb\nc\n")
-    tail = make_tail(log, start_at="beginning", rules=[Rule("b", re.compile("b"), "h")])
-    assert lines(poll(tail)) == ["b"]
-    assert tail.lines_read == 3
-
-
-# == rules =======================================================================================
-
-
-def test_event_data_carries_file_line_match_and_groups(make_tail: MakeTail, tmp_path: Path) -> None:
-    """The event has the handler of its rule and data with the file, line, match and groups."""
-    log = tmp_path / "app.log"
-    log.write_text("ok\nERROR 42 disk full\n")
-    rule = Rule("error", re.compile(r"ERROR (?P<code>\d+) (\w+)"), "error-handler")
-    tail = make_tail(log, start_at="beginning", rules=[rule], name="web")
-    [event] = poll(tail)
-    assert event.originator is tail
-    assert event.handler == "error-handler"
-    assert event.data == {
-        "input": "web",
-        "file": os.fspath(log),
-        "line_number": 2,
-        "line": "ERROR 42 disk full",
-        "rule": "error",
-        "match": "ERROR 42 disk",
-        "groups": ["42", "disk"],
-        "named": {"code": "42"},
-    }
-
-
-def test_rules_apply_in_order_with_exclude_and_quick(make_tail: MakeTail, tmp_path: Path) -> None:
-    """Each matching rule makes an event; exclude vetoes its rule; a quick match ends the line."""
-    log = tmp_path / "app.log"
-    log.write_text("DEBUG ERROR 1 x\nERROR 42 disk\nERROR 7 ignored\nfine\n")
-    rules = [
-        Rule("debug", re.compile("DEBUG"), "h-debug", quick=True),
-        Rule("error", re.compile(r"ERROR (\d+)"), "h-error", exclude=re.compile("ignored")),
-        Rule("any-error", re.compile("ERROR"), "h-any"),
-    ]
-    tail = make_tail(log, start_at="beginning", rules=rules)
-    events = poll(tail)
-    assert [(e.data["line_number"], e.data["rule"], e.handler) for e in events] == [
-        (1, "debug", "h-debug"),
-        (2, "error", "h-error"),
-        (2, "any-error", "h-any"),
-        (3, "any-error", "h-any"),
-    ]
-
-
-def test_quick_rule_excluded_does_not_stop_later_rules(make_tail: MakeTail, tmp_path: Path) -> None:
-    """A quick rule whose exclude matched did not match, so the next rules still run."""
-    log = tmp_path / "app.log"
-    log.write_text("ERROR but ignored\n")
-    rules = [
-        Rule("quick", re.compile("ERROR"), "h1", exclude=re.compile("ignored"), quick=True),
-        Rule("other", re.compile("ERROR"), "h2"),
-    ]
-    tail = make_tail(log, start_at="beginning", rules=rules)
-    assert [e.data["rule"] for e in poll(tail)] == ["other"]
 
 
 # == files appearing =============================================================================
@@ -1407,13 +1226,7 @@ def test_kill_9_reads_again_only_the_in_flight_lines(
     assert errors.events == []
 
 
-# == slow rules ====================================================================================
-
-# Exponential backtracking: each run of digits (no "x" follows) costs 2**len steps, far more
-# than SLOWEST below on any machine, and still well under max_line_bytes.
-CATASTROPHIC = re.compile(r"(\d+)+x")
-DIGITS = "1" * 20
-SLOWEST = 0.002  # slow_line_seconds of these tests: far below what one such line costs
+# == slow rules ==================================================================================
 
 
 def test_a_pathological_line_does_not_hold_back_another_file(
@@ -1441,24 +1254,6 @@ def test_a_pathological_line_does_not_hold_back_another_file(
     assert lines(events[0] + events[1]) == ["ok 1", "ok 2", "ok 3"]
 
 
-def test_a_slow_rule_is_logged_once_with_its_file_and_line(
-    make_tail: MakeTail, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The first slow line of a rule is a warning naming the rule, file and line; later ones
-    are counted, not logged."""
-    log = tmp_path / "app.log"
-    log.write_text(f"fine\n{DIGITS}\n{DIGITS}\n")
-    rules = [Rule("nested", CATASTROPHIC, "h")]
-    tail = make_tail(log, rules=rules, start_at="beginning", slow_line_seconds=SLOWEST)
-    with caplog.at_level(logging.WARNING, logger="eventmp"):
-        assert poll_until_read(tail, 3) == []
-    warnings = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "'nested'" in warnings[0] and f"line 2 of {log}" in warnings[0]
-    stats = tail.rule_stats()["nested"]
-    assert (stats.matches, stats.slow_lines) == (0, 2) and stats.seconds > 0
-
-
 def test_rule_stats_count_each_rule_s_events(make_tail: MakeTail, tmp_path: Path) -> None:
     """rule_stats() counts each rule's events, in a frozen RuleStats per rule name."""
     log = tmp_path / "app.log"
@@ -1471,16 +1266,6 @@ def test_rule_stats_count_each_rule_s_events(make_tail: MakeTail, tmp_path: Path
     assert stats["a"].slow_lines == 0
     with pytest.raises(AttributeError):
         stats["a"].matches = 0  # type: ignore[misc]
-
-
-def poll_until_read(tail: FileTailGenerator, count: int) -> list[Event]:
-    """Poll until ``count`` lines were read (each poll reads at least one); the events."""
-    events: list[Event] = []
-    for _ in range(count + 5):
-        events += poll(tail)
-        if tail.lines_read >= count:
-            break
-    return events
 
 
 def test_max_pending_bytes_pauses_reading_long_lines_and_loses_none(
