@@ -73,18 +73,24 @@ class BlockSearch:
         self._window_size = max(matcher.max_line_bytes * _WINDOW_LINES_BYTES_FACTOR, 4096)
 
     def block(
-        self, data: bytes | bytearray, max_hits: int, deadline: float = float("inf")
+        self,
+        data: bytes | bytearray,
+        max_hits: int,
+        deadline: float = float("inf"),
+        size: int | None = None,
     ) -> Block:
-        """The hits of the complete lines of ``data`` (which ends with a newline).
+        """The hits of the complete lines of ``data[:size]`` (which ends with a newline; all of
+        ``data`` by default: a tail passes its whole buffer rather than copy the lines out).
 
         Stops after the line whose hits bring the total to ``max_hits``, or at the first line
         or window boundary past ``deadline`` (``time.perf_counter``), a line at least done.
         """
         matcher = self._matcher
+        if size is None:
+            size = len(data)
         if not self._block_safe:
-            return matcher.block_reference(data, max_hits, deadline)
+            return matcher.block_reference(data[:size], max_hits, deadline)
         state = _BlockState(max_hits, deadline)
-        size = len(data)
         limit = matcher.max_line_bytes
         at = 0
         while at < size and not state.stopped:
@@ -113,7 +119,7 @@ class BlockSearch:
         """Lines ``data[start:end]``, none over the cap, searched window by window."""
         matcher = self._matcher
         match_text, line_by_line = matcher.match_text, self._line_by_line
-        text = matcher.decode(data[start:end])
+        text = matcher.decode_part(data, start, end)
         crlf = "\r" in text
         if crlf:
             text = text.replace("\r\n", "\n")

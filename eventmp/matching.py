@@ -164,6 +164,11 @@ class LineMatcher:
     def decode(self, raw: bytes | bytearray) -> str:
         return raw.decode(self.encoding, "replace")
 
+    def decode_part(self, data: bytes | bytearray, start: int, end: int) -> str:
+        """``decode(data[start:end])`` without copying the bytes out first."""
+        with memoryview(data) as view, view[start:end] as part:
+            return str(part, self.encoding, "replace")
+
     def add_seconds(self, number: int, seconds: float) -> None:
         """Time rule ``number`` spent matching elsewhere (a block search), for :meth:`stats`."""
         self._counters[number].seconds += seconds

@@ -68,7 +68,7 @@ class LineEvents:
         consumed = 0
         whole = buf.rfind(b"\n") + 1
         if whole and len(events) < max_events:
-            block = self._block_search.block(buf[:whole], max_events - len(events), deadline)
+            block = self._block_search.block(buf, max_events - len(events), deadline, whole)
             for line in block.lines:
                 for piece in line.pieces:
                     self._emit(
