@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from .errors import describe_exit
-from .ledger import Batch
+from .ledger_records import Batch
 from .messages import FLOODED, PROGRESS_FIELDS, RING, FrameReader
 from .processor import EventProcessor, worker_main
 
