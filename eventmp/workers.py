@@ -1,9 +1,10 @@
-"""Worker lifecycle, parent side: start a worker process, tell when it is gone, reap, kill.
+"""One worker process, parent side: start it, terminate it, tell when it is gone, reap, kill.
 
-Runs in the parent process. :func:`start_worker` runs under the dispatcher's lock (it forks or
-asks the forkserver); :func:`confirm_exit`, :func:`reap` and :func:`kill` may sleep or join
-and run **without** it, in the dispatcher thread (or ``start()``/``stop()``'s caller). The
-worker's own side is :mod:`eventmp.processor`.
+Runs in the parent process. :func:`start_worker` and :func:`terminate` run under the
+dispatcher's lock (one forks or asks the forkserver, the other signals and sets a deadline);
+:func:`confirm_exit`, :func:`reap` and :func:`kill` may sleep or join and run **without** it,
+in the dispatcher thread (or ``start()``/``stop()``'s caller). The worker's own side is
+:mod:`eventmp.processor`.
 
 A worker lives in a :class:`Slot`, which outlives the processes that fill it one after another
 (its progress array, its restart back-off). A :class:`WorkerHandle` is the parent's handle on
@@ -40,11 +41,14 @@ __all__ = [
     "confirm_exit",
     "kill",
     "process_gone",
+    "processor_label",
+    "processor_name",
     "reap",
     "restart_delay",
     "send_signal",
     "start_failure_message",
     "start_worker",
+    "terminate",
 ]
 
 logger = logging.getLogger("eventmp")
@@ -120,6 +124,16 @@ class Slot:
         self.crash_streak = 0
         self.start_failures = 0
         self.retired = False  # processed its poison pill: not to be restarted
+
+
+def processor_label(slot_index: int) -> str:
+    """What a slot's :class:`~eventmp.processor.EventProcessor` is called, process after process."""
+    return f"EventProcessor-{slot_index}"
+
+
+def processor_name(worker: WorkerHandle) -> str:
+    """The originator of an event the worker failed: its slot's label and its pid."""
+    return f"{processor_label(worker.slot)}[pid {worker.pid}]"
 
 
 def restart_delay(crash_streak: int) -> float:
@@ -244,6 +258,16 @@ def reap(worker: WorkerHandle, grace: float) -> int | None:
         worker.process.join(grace)
     exitcode: int | None = worker.process.exitcode
     return exitcode
+
+
+def terminate(worker: WorkerHandle, grace: float) -> None:
+    """SIGTERM now, SIGKILL after ``grace`` if it has not exited (pebble's way).
+
+    Does not wait: the SIGKILL is the pool's to send, at ``worker.kill_at``.
+    """
+    send_signal(worker.pid, signal.SIGTERM)
+    if worker.kill_at is None:
+        worker.kill_at = time.monotonic() + grace
 
 
 def kill(worker: WorkerHandle, grace: float) -> None:
