@@ -33,7 +33,7 @@ from .errors import (
 from .ledger import Ledger
 from .messages import FINISHED, STARTED
 from .shared import Mode, Waker
-from .workers import Slot, WorkerHandle, processor_label, processor_name
+from .workers import Slot, WorkerHandle, WorkerSettings, processor_label, processor_name
 
 __all__ = ["NO_CHANGE", "SlotChange", "WorkerLifecycle"]
 
@@ -65,10 +65,8 @@ class WorkerLifecycle:
         slots: list[Slot],
         *,
         context: Any,
+        settings: WorkerSettings,
         event_timeout: float | None,
-        idle_spin: float,
-        max_events_per_worker: int | None,
-        max_memory_per_worker: int | None,
     ) -> None:
         self.ledger = ledger
         self.changed = changed  # the dispatcher's lock, and its condition
@@ -77,10 +75,8 @@ class WorkerLifecycle:
         self.slots = slots  # the pool's, filled by WorkerPool.start_all
         self.context = context
         self.start_method: str = context.get_start_method()
+        self.settings = settings
         self.event_timeout = event_timeout
-        self.idle_spin = idle_spin
-        self.max_events_per_worker = max_events_per_worker
-        self.max_memory_per_worker = max_memory_per_worker
 
     def start_worker(self, slot: Slot, *, ringing: bool, flooded: bool) -> None:
         """Start a worker process in ``slot`` (not ready yet) and open its record in the ledger.
@@ -96,15 +92,12 @@ class WorkerLifecycle:
             self.context,
             slot,
             deque(),
+            self.settings,
             label=processor_label(slot.index),
             wake_fd=self.waker.write_fd,
             close_fds=close_fds,
             ringing=ringing,
             flooded=flooded,
-            idle_spin=self.idle_spin,
-            max_events=self.max_events_per_worker,
-            max_memory=self.max_memory_per_worker,
-            stamp_starts=self.event_timeout is not None,
         )
         handle.batches = self.ledger.worker_started(handle.id, slot.index)
         slot.worker = handle

@@ -46,7 +46,7 @@ from .messages import (
 )
 from .sending import Sender
 from .shared import Mode, Waker
-from .workers import Slot, WorkerHandle, processor_name
+from .workers import Slot, WorkerHandle, WorkerSettings, processor_name
 
 __all__ = ["WorkerPool"]
 
@@ -80,7 +80,6 @@ class WorkerPool:
         self.ledger = ledger
         self.changed = changed  # the dispatcher's lock, and its condition
         self.waker = waker
-        self.mode = mode
         self.context = context
         self.start_method: str = context.get_start_method()
         self.count = count
@@ -93,6 +92,9 @@ class WorkerPool:
         self.sender = Sender(
             ledger, self.slots, waker, mode, keyed=keyed, event_timeout=event_timeout
         )
+        settings = WorkerSettings(
+            idle_spin, max_events_per_worker, max_memory_per_worker, event_timeout is not None
+        )
         self.lifecycle = WorkerLifecycle(
             ledger,
             changed,
@@ -100,10 +102,8 @@ class WorkerPool:
             mode,
             self.slots,
             context=context,
+            settings=settings,
             event_timeout=event_timeout,
-            idle_spin=idle_spin,
-            max_events_per_worker=max_events_per_worker,
-            max_memory_per_worker=max_memory_per_worker,
         )
         self.restarts = 0
         self.recycles = 0

@@ -23,7 +23,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -37,6 +37,7 @@ __all__ = [
     "BACKOFF_MAX",
     "Slot",
     "WorkerHandle",
+    "WorkerSettings",
     "close",
     "confirm_exit",
     "kill",
@@ -126,6 +127,15 @@ class Slot:
         self.retired = False  # processed its poison pill: not to be restarted
 
 
+class WorkerSettings(NamedTuple):
+    """What every worker of a dispatcher is started with, from the dispatcher's settings."""
+
+    idle_spin: float  # seconds
+    max_events: int | None  # max_events_per_worker
+    max_memory: int | None  # max_memory_per_worker, bytes
+    stamp_starts: bool  # the clock is read at each event's start: event_timeout is set
+
+
 def processor_label(slot_index: int) -> str:
     """What a slot's :class:`~eventmp.processor.EventProcessor` is called, process after process."""
     return f"EventProcessor-{slot_index}"
@@ -147,16 +157,13 @@ def start_worker(
     context: Any,
     slot: Slot,
     batches: deque[Batch],
+    settings: WorkerSettings,
     *,
     label: str,
     wake_fd: int,
     close_fds: Sequence[int],
     ringing: bool,
     flooded: bool,
-    idle_spin: float,
-    max_events: int | None,
-    max_memory: int | None,
-    stamp_starts: bool,
 ) -> WorkerHandle:
     """Start a worker process for ``slot`` on fresh pipes; it is not ready yet.
 
@@ -181,11 +188,11 @@ def start_worker(
         results,
         slot.progress,
         ring=ring,
-        idle_spin_ns=int(idle_spin * 1e9),
+        idle_spin_ns=int(settings.idle_spin * 1e9),
         close_fds=fork_close,
-        max_events=max_events,
-        max_memory=max_memory,
-        stamp_starts=stamp_starts,
+        max_events=settings.max_events,
+        max_memory=settings.max_memory,
+        stamp_starts=settings.stamp_starts,
     )
     process = context.Process(
         target=worker_main,

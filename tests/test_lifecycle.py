@@ -30,7 +30,7 @@ from eventmp.ledger_records import position
 from eventmp.lifecycle import NO_CHANGE, SlotChange, WorkerLifecycle
 from eventmp.messages import FINISHED, PROGRESS_FIELDS, STARTED
 from eventmp.shared import Mode, Waker
-from eventmp.workers import BACKOFF_FIRST, Slot, WorkerHandle, close
+from eventmp.workers import BACKOFF_FIRST, Slot, WorkerHandle, WorkerSettings, close
 
 PID = 4242
 
@@ -67,10 +67,8 @@ class Bench:
             self.mode,
             [self.slot],
             context=context or FailingContext(),
+            settings=WorkerSettings(0.0, None, None, event_timeout is not None),
             event_timeout=event_timeout,
-            idle_spin=0.0,
-            max_events_per_worker=None,
-            max_memory_per_worker=None,
         )
         self.worker = self.put_worker()
 
