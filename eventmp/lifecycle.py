@@ -1,22 +1,22 @@
 """Each slot's workers, one after another: start one, settle what it held when it leaves, and
-start the next (or none).
+start the next (or none, and then what was queued for it is stranded).
 
 Runs in the parent process with the dispatcher's lock held: in the dispatcher thread (a
-worker's exit, a restart due) and in ``start()``'s caller (the first workers). Starting a
-worker forks or asks the forkserver; nothing here sleeps or joins (reaping is
+worker's exit, a restart due, stopping) and in ``start()``'s caller (the first workers).
+Starting a worker forks or asks the forkserver; nothing here sleeps or joins (reaping is
 :mod:`eventmp.workers`' and runs without the lock). Which exits fail an event and which slots
 get a fresh worker is the table "Workers that leave" in ``docs/design.md``.
 
 :class:`~eventmp.pool.WorkerPool` owns it: the pool reads a leaving worker's last messages
-before it hands the exit here, and counts what each restart and exit returns
-(:class:`SlotChange`: a replacement started, a worker recycled, a worker that cannot start).
-Nothing here calls back into the pool.
+before it hands the exit here, and acts on what each restart and exit returns
+(:class:`SlotChange`: a replacement started, a worker recycled, one that cannot start, an
+event failed): it counts them, notifies the lock's waiters and wakes the dispatcher thread.
+Nothing here calls back into the pool or touches the lock.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple
@@ -48,6 +48,7 @@ class SlotChange(NamedTuple):
     restarted: bool = False  # a replacement worker was started
     recycled: bool = False  # a worker left at its recycling limit, for a fresh one
     start_error: WorkerStartError | None = None  # a worker cannot start: the pipeline breaks
+    failed: bool = False  # the event a dead worker ran failed: the dispatcher thread delivers it
 
 
 NO_CHANGE = SlotChange()
@@ -59,7 +60,6 @@ class WorkerLifecycle:
     def __init__(
         self,
         ledger: Ledger,
-        changed: threading.Condition,
         waker: Waker,
         mode: Mode,
         slots: list[Slot],
@@ -69,8 +69,7 @@ class WorkerLifecycle:
         event_timeout: float | None,
     ) -> None:
         self.ledger = ledger
-        self.changed = changed  # the dispatcher's lock, and its condition
-        self.waker = waker
+        self.waker = waker  # its pipe's ends, which a forked worker closes or rings
         self.mode = mode
         self.slots = slots  # the pool's, filled by WorkerPool.start_all
         self.context = context
@@ -141,12 +140,11 @@ class WorkerLifecycle:
                 exitcode != 0 and self.mode.abandoning is None and not worker.signalled
             ),
         )
-        if outcome.crashed is not None:
-            self.fail(
-                outcome.crashed,
-                processor_name(worker),
-                self._death_error(worker, started, exitcode),
-            )
+        failed = outcome.crashed is not None and self.ledger.fail(
+            outcome.crashed,
+            processor_name(worker),
+            self._death_error(worker, started, exitcode),
+        )
         start_error = None
         start_failed = not worker.ready and self.mode.running and (exitcode or 0) > 0
         if start_failed:
@@ -188,8 +186,28 @@ class WorkerLifecycle:
                         describe_exit(exitcode),
                     )
             slot.restart_at = time.monotonic() + delay
-        self.changed.notify_all()
-        return SlotChange(recycled=recycled, start_error=start_error)
+        return SlotChange(recycled=recycled, start_error=start_error, failed=failed)
+
+    def take_stranded(self) -> list[int]:
+        """Take from the queues the events no worker is left to run (stopping).
+
+        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
+        ``KillMode=control-group`` signals every process of the service) is not replaced: what
+        was queued for its slot alone, and the shared backlog once no slot has a worker, has
+        no one else to run it.
+        """
+        ledger = self.ledger
+        if not ledger.queued():
+            return []
+        stranded: list[int] = []
+        for slot in self.slots:
+            if slot.retired:
+                stranded += ledger.take_resync(slot.index)
+                if ledger.keyed:
+                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
+        if not ledger.keyed and all(slot.retired for slot in self.slots):
+            stranded += ledger.take(0, len(ledger.shared))
+        return stranded
 
     def _death_error(self, worker: WorkerHandle, pos: int, exitcode: int | None) -> EventmpError:
         """Why the event a dead worker held failed."""
@@ -198,9 +216,3 @@ class WorkerLifecycle:
         if worker.timed_out == pos and self.event_timeout is not None:
             return HandlerTimeoutError(self.event_timeout, worker.pid)
         return WorkerCrashedError(exitcode, worker.pid)
-
-    def fail(self, seq: int, originator: Any, error: BaseException) -> None:
-        """Fail an event no worker holds any more; the dispatcher thread delivers it."""
-        if self.ledger.fail(seq, originator, error):
-            self.changed.notify_all()
-            self.waker.wake_from_elsewhere()

@@ -83,7 +83,6 @@ class WorkerPool:
         self.context = context
         self.start_method: str = context.get_start_method()
         self.count = count
-        self.keyed = keyed
         self.event_timeout = event_timeout
         self.kill_grace = kill_grace
         self.start_timeout = start_timeout
@@ -97,7 +96,6 @@ class WorkerPool:
         )
         self.lifecycle = WorkerLifecycle(
             ledger,
-            changed,
             waker,
             mode,
             self.slots,
@@ -187,25 +185,8 @@ class WorkerPool:
         )
 
     def take_stranded(self) -> list[int]:
-        """Take from the queues the events no worker is left to run (stopping, lock held).
-
-        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
-        ``KillMode=control-group`` signals every process of the service) is not replaced: what
-        was queued for its slot alone, and the shared backlog once no slot has a worker, has
-        no one else to run it.
-        """
-        ledger = self.ledger
-        if not ledger.queued():
-            return []
-        stranded: list[int] = []
-        for slot in self.slots:
-            if slot.retired:
-                stranded += ledger.take_resync(slot.index)
-                if self.keyed:
-                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
-        if not self.keyed and all(slot.retired for slot in self.slots):
-            stranded += ledger.take(0, len(ledger.shared))
-        return stranded
+        """Take from the queues the events no worker is left to run (stopping, lock held)."""
+        return self.lifecycle.take_stranded()
 
     def counters(self) -> dict[str, int]:
         """What the handlers counted, over every worker this pool ran (lock held)."""
@@ -489,7 +470,11 @@ class WorkerPool:
         self.read_results(worker)  # messages it wrote before dying come first
         for name, value in worker.counters.items():
             self.retired_counters[name] = self.retired_counters.get(name, 0) + value
-        self._record(self.lifecycle.worker_exited(worker, exitcode))
+        change = self.lifecycle.worker_exited(worker, exitcode)
+        self._record(change)
+        if change.failed:
+            self.waker.wake_from_elsewhere()  # the dispatcher thread delivers the failure
+        self.changed.notify_all()  # events were settled, requeued or failed
 
     def _record(self, change: SlotChange) -> None:
         """Count a restart or a recycling; keep the first worker that cannot start."""

@@ -49,23 +49,30 @@ class FailingContext:
 
 
 class Bench:
-    """A lifecycle of one slot, its ledger with events 1..4 queued, and the worker in the slot."""
+    """A lifecycle, its ledger with events 1..4 queued for slot 0, and the worker in slot 0."""
 
-    def __init__(self, context: Any = None, event_timeout: float | None = None) -> None:
-        self.ledger = Ledger(1)
-        self.ledger.queue(self.ledger.accept([Event("test", None, n) for n in range(4)]))
+    def __init__(
+        self,
+        context: Any = None,
+        event_timeout: float | None = None,
+        slots: int = 1,
+        keyed: bool = False,
+    ) -> None:
+        self.ledger = Ledger(slots, keyed=keyed)
+        seqs = self.ledger.accept([Event("test", None, n) for n in range(4)])
+        self.ledger.queue(seqs, slot=0 if keyed else None)
         self.mode = Mode()
         self.mode.state = "running"
         self.waker = Waker()
         self.changed = threading.Condition()  # held around each call, as the pool holds it
-        self.slot = Slot(0, (ctypes.c_int64 * PROGRESS_FIELDS)())
+        self.slots = [Slot(index, (ctypes.c_int64 * PROGRESS_FIELDS)()) for index in range(slots)]
+        self.slot = self.slots[0]
         self.workers: list[WorkerHandle] = []
         self.lifecycle = WorkerLifecycle(
             self.ledger,
-            self.changed,
             self.waker,
             self.mode,
-            [self.slot],
+            self.slots,
             context=context or FailingContext(),
             settings=WorkerSettings(0.0, None, None, event_timeout is not None),
             event_timeout=event_timeout,
@@ -139,7 +146,7 @@ def test_a_worker_that_dies_running_an_event_fails_it_and_is_replaced_at_once(
     bench.give(1, 3)
     bench.marks(started=position(1, 1), finished=position(1, 0))
     began = time.monotonic()
-    assert bench.exit(-9) == NO_CHANGE
+    assert bench.exit(-9) == SlotChange(failed=True)
     ((seq, error),) = bench.failures()
     assert seq == 2 and isinstance(error, WorkerCrashedError)
     assert (error.exitcode, error.pid) == (-9, PID)
@@ -159,7 +166,7 @@ def test_a_worker_killed_for_event_timeout_fails_its_event_with_handler_timeout(
     bench.give(1, 1)
     bench.marks(started=position(1, 0), finished=0)
     bench.worker.timed_out = position(1, 0)
-    bench.exit(-9)
+    assert bench.exit(-9) == SlotChange(failed=True)
     ((_seq, error),) = bench.failures()
     assert isinstance(error, HandlerTimeoutError)
     assert (error.timeout, error.pid) == (2.5, PID)
@@ -172,7 +179,7 @@ def test_a_worker_that_dies_while_everything_is_abandoned_fails_its_event_as_aba
     bench.mode.abandoning = "stop(timeout=...) expired"
     bench.give(1, 1)
     bench.marks(started=position(1, 0), finished=0)
-    assert bench.exit(-15) == NO_CHANGE
+    assert bench.exit(-15) == SlotChange(failed=True)
     ((_seq, error),) = bench.failures()
     assert isinstance(error, EventAbandonedError)
     assert bench.slot.retired and bench.slot.restart_at is None
@@ -272,3 +279,30 @@ def test_a_worker_that_cannot_be_started_is_retried_then_reported(bench: Bench) 
     assert isinstance(change.start_error, WorkerStartError)
     assert "could not start a replacement worker: connection refused" in str(change.start_error)
     assert not change.restarted and bench.slot.worker is None
+
+
+def test_a_retired_slot_strands_its_resync_list_and_the_last_one_the_shared_backlog(
+    make_bench: MakeBench,
+) -> None:
+    """Stopping, a retired slot's resync list has no one to run it; the shared backlog only
+    once every slot is retired."""
+    bench = make_bench(slots=2)
+    bench.ledger.resync[0] = bench.ledger.take(0, 1)
+    bench.slots[0].retired = True
+    with bench.changed:
+        assert bench.lifecycle.take_stranded() == [1]
+        assert list(bench.ledger.shared) == [2, 3, 4]
+        bench.slots[1].retired = True
+        assert bench.lifecycle.take_stranded() == [2, 3, 4]
+        assert bench.ledger.queued() == 0
+        assert bench.lifecycle.take_stranded() == []
+
+
+def test_a_retired_slot_strands_its_own_keyed_backlog_only(make_bench: MakeBench) -> None:
+    """With keyed events, a retired slot's backlog is stranded; a live slot's is left to it."""
+    bench = make_bench(slots=2, keyed=True)
+    bench.ledger.queue(bench.ledger.accept([Event("test", None, "other")]), slot=1)
+    bench.slots[0].retired = True
+    with bench.changed:
+        assert bench.lifecycle.take_stranded() == [1, 2, 3, 4]
+    assert list(bench.ledger.lanes[1]) == [5]
