@@ -148,7 +148,7 @@ class WorkerLifecycle:
         start_error = None
         start_failed = not worker.ready and self.mode.running and (exitcode or 0) > 0
         if start_failed:
-            # What it held is queued again by now: _break fails it with the reason.
+            # What it held is queued again by now: Stopping.break_down fails it with the reason.
             start_error = WorkerStartError(
                 workers.start_failure_message(self.start_method, worker.pid, exitcode)
             )
