@@ -136,6 +136,7 @@ def make_bench() -> Iterator[MakeBench]:
 
 @pytest.fixture
 def bench(make_bench: MakeBench) -> Bench:
+    """A bench of one slot, events not keyed, no event_timeout."""
     return make_bench()
 
 
