@@ -4,13 +4,15 @@ Everything in this module runs in the parent process (the worker side is
 :mod:`eventmp.processor`). This module holds the public API, ``submit()``'s fast path and the
 dispatcher thread's loop; the rest of the parent side is one room per module, called with the
 dispatcher's lock held unless they say otherwise (``docs/design.md`` has the table):
-:mod:`eventmp.ledger` (every accepted event until its one outcome), :mod:`eventmp.sending`
-and :mod:`eventmp.batching` (what goes to which worker now), :mod:`eventmp.pool` and
-:mod:`eventmp.workers` (the worker processes), :mod:`eventmp.generators` (polling),
-:mod:`eventmp.outcomes` (the user's error handler), :mod:`eventmp.acceptance` (the inbox,
-into the ledger), :mod:`eventmp.handoff` (who reads the acknowledgements),
-:mod:`eventmp.stopping` (deadlines and abandoning), :mod:`eventmp.shared` (the wake-up pipe
-and the mode).
+:mod:`eventmp.ledger` (every accepted event until its one outcome, with its records in
+:mod:`eventmp.ledger_records` and its whole-state scans in :mod:`eventmp.ledger_audit`),
+:mod:`eventmp.sending` and :mod:`eventmp.batching` (what goes to which worker now),
+:mod:`eventmp.pool`, :mod:`eventmp.lifecycle` and :mod:`eventmp.workers` (the worker
+processes: the seam and its one wait, each slot's workers one after another, one process),
+:mod:`eventmp.generators` (polling), :mod:`eventmp.outcomes` (the user's error handler),
+:mod:`eventmp.acceptance` (the inbox, into the ledger), :mod:`eventmp.handoff` (who reads the
+acknowledgements), :mod:`eventmp.stopping` (deadlines and abandoning), :mod:`eventmp.shared`
+(the wake-up pipe and the mode).
 
 Data flow::
 

@@ -20,19 +20,14 @@ An event's life::
        │                                 └─ batch_rejected() ────────────────> queued again
        └─ fail(): a key that raised, an event that does not serialize, abandoned ──> failed
 
-**Positions.** A worker marks in its progress array the position of the event it started and
-of the last one it finished, ``position(batch_no, index)``. It runs its batches in the order
-they were written to its pipe, and the parent numbers batches in that order, so within one
-worker (one process, not one slot) positions order its events. They are never compared across
-workers, and every piece of evidence is checked against the batches that worker was given:
-events requeued after a crash land behind later-numbered ones on other workers, so a global
-sequence number says nothing about what a worker has run. See ``docs/design.md``.
+**Positions** (``position(batch_no, index)``) say what one worker did with the batches it was
+given; the records and why they are not sequence numbers are in :mod:`eventmp.ledger_records`.
 
 **Illegal transitions** (settling an event twice, or on evidence from a worker that never held
 it) raise :class:`~eventmp.errors.LedgerError` when ``Ledger.strict`` is set (the environment
 variable ``EVENTMP_STRICT_LEDGER=1``; eventmp's tests set it), and are otherwise logged as
 errors and refused: never silently counted. Strict mode also audits the whole ledger after each
-transition while it holds few events.
+transition while it holds few events (:mod:`eventmp.ledger_audit`).
 """
 
 from __future__ import annotations
@@ -41,68 +36,26 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from .errors import EventAbandonedError, LedgerError
 from .event import Event
+from .ledger_audit import audit_problems, held_seqs, holder
+from .ledger_records import (
+    INDEX_BITS,
+    INDEX_MASK,
+    MAX_BATCH_EVENTS,
+    Batch,
+    Outcome,
+    WorkerExit,
+    position,
+)
 
-__all__ = [
-    "INDEX_BITS",
-    "MAX_BATCH_EVENTS",
-    "Batch",
-    "Ledger",
-    "Outcome",
-    "WorkerExit",
-    "position",
-]
+# The worker marks its progress with position() and outcome delivery reads Outcome: both import
+# them from here, the ledger's names.
+__all__ = ["Ledger", "Outcome", "position"]
 
 logger = logging.getLogger("eventmp")
-
-# A position packs (batch_no, index) into one int64, so that a worker marks it with one
-# aligned write the parent can read at any time without tearing.
-INDEX_BITS = 16
-MAX_BATCH_EVENTS = 1 << INDEX_BITS
-_INDEX_MASK = MAX_BATCH_EVENTS - 1
-# Strict mode audits the whole ledger after each transition only while it holds at most this
-# many events: an audit costs a pass over them.
-_AUDIT_UP_TO = 4096
-
-
-def position(batch_no: int, index: int) -> int:
-    """The progress-array value for the event at ``index`` in batch ``batch_no``."""
-    return (batch_no << INDEX_BITS) | index
-
-
-class Batch:
-    """One batch written to one worker: its events, in order, and how far they are settled."""
-
-    __slots__ = ("failed", "no", "seqs", "settled", "stop")
-
-    def __init__(self, no: int, seqs: list[int], stop: bool = False) -> None:
-        self.no = no
-        self.seqs = seqs
-        self.stop = stop  # the poison pill (no events; its index 0 is the pill)
-        self.settled = 0  # events seqs[:settled] have their outcome
-        self.failed: set[int] | None = None  # indexes past ``settled`` that failed already
-
-
-class Outcome(NamedTuple):
-    """An event's outcome, for the error handler (failures) or for a tracking generator."""
-
-    seq: int
-    event: Event
-    exception: BaseException | None  # None: processed
-    originator: Any
-    tracker: Any
-
-
-class WorkerExit(NamedTuple):
-    """What the ledger concluded from a worker's death."""
-
-    processed: int  # events it finished that were not settled yet
-    crashed: int | None  # seq of the event it was running (still pending: the caller fails it)
-    requeued: int  # events it held but never started, queued again
-    took_pill: bool  # it finished its poison pill: it left because it was told to
 
 
 class Ledger:
@@ -255,7 +208,7 @@ class Ledger:
         batch = self._batch(worker, pos >> INDEX_BITS)
         if batch is None:
             return None
-        index = pos & _INDEX_MASK
+        index = pos & INDEX_MASK
         if index < batch.settled or index >= len(batch.seqs):
             return None
         if batch.failed and index in batch.failed:
@@ -269,7 +222,7 @@ class Ledger:
     ) -> bool:
         """The handler of the event at ``pos`` in ``worker`` raised; false if refused."""
         batch = self._batch(worker, pos >> INDEX_BITS)
-        index = pos & _INDEX_MASK
+        index = pos & INDEX_MASK
         if batch is None or index >= len(batch.seqs) or batch.seqs[index] != seq:
             self._illegal(f"worker {worker} reported event {seq} failed at {_where(pos)}: not held")
             return False
@@ -327,7 +280,7 @@ class Ledger:
         """
         if not pos:
             return 0
-        batch_no, index = pos >> INDEX_BITS, pos & _INDEX_MASK
+        batch_no, index = pos >> INDEX_BITS, pos & INDEX_MASK
         batches = self._held.get(worker)
         if batches is None or (
             batch_no > self._acked[worker] and self._batch(worker, batch_no) is None
@@ -362,7 +315,7 @@ class Ledger:
         while batches and batches[-1].no >= batch_no:
             batch = batches.pop()
             lost_pill |= batch.stop
-            unsettled = self._unsettled(batch, len(batch.seqs))
+            unsettled = batch.unsettled(len(batch.seqs))
             if batch.no == batch_no:
                 rejected = unsettled
             else:
@@ -399,7 +352,7 @@ class Ledger:
             assert batch is not None
             if batch.failed is None:
                 batch.failed = set()
-            batch.failed.add(started & _INDEX_MASK)  # its outcome is the caller's to give
+            batch.failed.add(started & INDEX_MASK)  # its outcome is the caller's to give
         slot = self._slot_of.pop(worker)
         del self._acked[worker]
         last = max(started, finished)
@@ -433,9 +386,9 @@ class Ledger:
         if seq not in self.pending:
             self._illegal(f"event {seq} failed in the parent, but it has an outcome already")
             return False
-        holder = self._holder(seq)
-        if holder is not None:
-            self._illegal(f"event {seq} failed in the parent while worker {holder} holds it")
+        held_by = holder(self._held, seq)
+        if held_by is not None:
+            self._illegal(f"event {seq} failed in the parent while worker {held_by} holds it")
             return False
         if self.strict and seq in self._in_hand:
             self._in_hand.remove(seq)
@@ -451,7 +404,7 @@ class Ledger:
         for slot, seqs in enumerate(self.resync):
             self.resync[slot] = []
             queued += seqs
-        held = self._held_seqs()
+        held = held_seqs(self._held)
         count = 0
         for seq in queued:
             if seq not in self.pending:
@@ -465,7 +418,7 @@ class Ledger:
 
     def fail_unheld(self, originator: Any, error: BaseException) -> int:
         """Fail every pending event that no worker holds (queued or not); how many."""
-        held = self._held_seqs()
+        held = held_seqs(self._held)
         for backlog in (self.shared, *self.lanes):
             backlog.clear()
         self.resync = [[] for _ in self.resync]
@@ -479,45 +432,17 @@ class Ledger:
 
     def audit(self) -> None:
         """Check that each pending event is in exactly one place (strict mode calls it)."""
-        if len(self.pending) > _AUDIT_UP_TO:
-            return
-        places: dict[int, str] = {}
-
-        def place(seq: int, where: str) -> None:
-            if seq in places:
-                self._illegal(f"event {seq} is both {places[seq]} and {where}")
-            places[seq] = where
-
-        for seq in self.shared:
-            place(seq, "in the shared backlog")
-        for slot, lane in enumerate(self.lanes):
-            for seq in lane:
-                place(seq, f"in slot {slot}'s backlog")
-        for slot, seqs in enumerate(self.resync):
-            for seq in seqs:
-                if seq in self.pending:
-                    place(seq, f"in slot {slot}'s resync list")
-        for worker, batches in self._held.items():
-            for batch in batches:
-                for index, seq in enumerate(batch.seqs):
-                    if index < batch.settled or (batch.failed and index in batch.failed):
-                        if seq in self.pending and seq not in self._in_hand:
-                            self._illegal(f"event {seq} settled by worker {worker}, yet pending")
-                        continue
-                    if seq not in self.pending:
-                        self._illegal(f"event {seq} held by worker {worker} has an outcome")
-                    place(seq, f"held by worker {worker}")
-        for seq in self._in_hand:
-            place(seq, "in hand")
-        queued_or_held = set(places)
-        for seq in queued_or_held:
-            if seq not in self.pending:
-                self._illegal(f"event {seq} is {places[seq]} but not pending")
-        if (
-            self.bytes_held != sum(self.sizes.values())
-            or not self.sizes.keys() <= self.pending.keys()
+        for problem in audit_problems(
+            self.pending,
+            shared=self.shared,
+            lanes=self.lanes,
+            resync=self.resync,
+            held=self._held,
+            in_hand=self._in_hand,
+            sizes=self.sizes,
+            bytes_held=self.bytes_held,
         ):
-            self._illegal(f"{self.bytes_held} bytes held, but the pending events' sizes differ")
+            self._illegal(problem)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -526,28 +451,6 @@ class Ledger:
             if batch.no == batch_no:
                 return batch
         return None
-
-    def _holder(self, seq: int) -> int | None:
-        """The worker holding ``seq`` without an outcome given yet, if any."""
-        for worker, batches in self._held.items():
-            for batch in batches:
-                if seq in batch.seqs:
-                    index = batch.seqs.index(seq)
-                    if index >= batch.settled and not (batch.failed and index in batch.failed):
-                        return worker
-        return None
-
-    def _held_seqs(self) -> set[int]:
-        """Every seq some worker holds, settled or not (for bulk checks)."""
-        return {seq for batches in self._held.values() for b in batches for seq in b.seqs}
-
-    def _unsettled(self, batch: Batch, upto: int) -> list[int]:
-        failed = batch.failed
-        return [
-            seq
-            for index, seq in enumerate(batch.seqs[:upto])
-            if index >= batch.settled and not (failed and index in failed)
-        ]
 
     def _settle_processed(self, batch: Batch, upto: int) -> int:
         """Settle ``batch``'s events before index ``upto`` as processed; how many it settled."""
@@ -621,4 +524,4 @@ class Ledger:
 
 
 def _where(pos: int) -> str:
-    return f"batch {pos >> INDEX_BITS} index {pos & _INDEX_MASK}"
+    return f"batch {pos >> INDEX_BITS} index {pos & INDEX_MASK}"

@@ -2,10 +2,11 @@
 
 Runs in the parent process. It starts workers and waits until they are ready, reads what they
 write back (acknowledgements, failures) into the :class:`~eventmp.ledger.Ledger`, enforces
-``event_timeout``, notices deaths, reaps and replaces the dead, and waits on every pipe and
-sentinel at once for the dispatcher thread (:meth:`WorkerPool.wait_for_io`, the one place that
-blocks). Its methods run with the dispatcher's lock held unless they say otherwise; reaping,
-which may join, runs without it. What goes to the workers is :mod:`eventmp.sending`'s job.
+``event_timeout``, notices deaths and reaps the dead, and waits on every pipe and sentinel at
+once for the dispatcher thread (:meth:`WorkerPool.wait_for_io`, the one place that blocks). Its
+methods run with the dispatcher's lock held unless they say otherwise; reaping, which may join,
+runs without it. What an exit settles and whether a fresh worker follows is
+:mod:`eventmp.lifecycle`'s job; what goes to the workers is :mod:`eventmp.sending`'s.
 
 This is the seam a second backend would replace (workers as Ray actors, say): it turns a
 worker's reports into ledger transitions. Here those reports are messages on a pipe plus the
@@ -23,19 +24,12 @@ import select
 import signal
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from . import batching, serialization, workers
-from .errors import (
-    EventAbandonedError,
-    EventmpError,
-    HandlerTimeoutError,
-    WorkerCrashedError,
-    WorkerStartError,
-    describe_exit,
-)
+from .errors import WorkerStartError
 from .ledger import Ledger
+from .lifecycle import SlotChange, WorkerLifecycle
 from .messages import (
     FINISHED,
     PROGRESS_FIELDS,
@@ -52,14 +46,13 @@ from .messages import (
 )
 from .sending import Sender
 from .shared import Mode, Waker
-from .workers import Slot, WorkerHandle
+from .workers import Slot, WorkerHandle, WorkerSettings, processor_name
 
 __all__ = ["WorkerPool"]
 
 logger = logging.getLogger("eventmp")
 
 _READ_CHUNK = 1 << 18
-_START_RETRIES = 5
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
 _monotonic = time.monotonic
 
@@ -87,20 +80,28 @@ class WorkerPool:
         self.ledger = ledger
         self.changed = changed  # the dispatcher's lock, and its condition
         self.waker = waker
-        self.mode = mode
         self.context = context
         self.start_method: str = context.get_start_method()
         self.count = count
-        self.keyed = keyed
         self.event_timeout = event_timeout
         self.kill_grace = kill_grace
         self.start_timeout = start_timeout
-        self.idle_spin = idle_spin
-        self.max_events_per_worker = max_events_per_worker
         self.max_memory_per_worker = max_memory_per_worker
         self.slots: list[Slot] = []
         self.sender = Sender(
             ledger, self.slots, waker, mode, keyed=keyed, event_timeout=event_timeout
+        )
+        settings = WorkerSettings(
+            idle_spin, max_events_per_worker, max_memory_per_worker, event_timeout is not None
+        )
+        self.lifecycle = WorkerLifecycle(
+            ledger,
+            waker,
+            mode,
+            self.slots,
+            context=context,
+            settings=settings,
+            event_timeout=event_timeout,
         )
         self.restarts = 0
         self.recycles = 0
@@ -119,7 +120,9 @@ class WorkerPool:
                 slot = Slot(index, self.context.RawArray("q", PROGRESS_FIELDS))
                 self.slots.append(slot)
                 with self.changed:
-                    self.start_worker(slot)
+                    self.lifecycle.start_worker(
+                        slot, ringing=self.ringing, flooded=self.sender.flood.flooded
+                    )
             deadline = time.monotonic() + self.start_timeout
             for slot in self.slots:
                 assert slot.worker is not None
@@ -131,6 +134,30 @@ class WorkerPool:
                     workers.close(slot.worker)
                     slot.worker = None
             raise
+
+    def await_ready(self, worker: WorkerHandle, deadline: float) -> None:
+        """Block until ``worker`` says it is ready (used by ``start()`` only)."""
+        while not worker.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerStartError(
+                    f"worker process {worker.pid} was not ready after {self.start_timeout}s"
+                )
+            ready = multiprocessing.connection.wait([worker.result_fd, worker.sentinel], remaining)
+            if worker.result_fd in ready:
+                with self.changed:
+                    ended = self.read_results(worker)
+                if worker.ready:
+                    return
+                if ended:
+                    ready.append(worker.sentinel)
+            if worker.sentinel in ready:
+                worker.process.join(self.kill_grace)
+                raise WorkerStartError(
+                    workers.start_failure_message(
+                        self.start_method, worker.pid, worker.process.exitcode
+                    )
+                )
 
     def kill_all(self) -> None:
         """Terminate, reap and settle every worker left (the end of the dispatcher thread)."""
@@ -147,7 +174,7 @@ class WorkerPool:
             slot.restart_at = None
             worker = slot.worker
             if worker is not None and not worker.exited and worker.kill_at is None:
-                self.terminate(worker)
+                workers.terminate(worker, self.kill_grace)
 
     def all_gone(self) -> bool:
         """No worker runs and none is due to start (lock held)."""
@@ -158,25 +185,8 @@ class WorkerPool:
         )
 
     def take_stranded(self) -> list[int]:
-        """Take from the queues the events no worker is left to run (stopping, lock held).
-
-        A worker that leaves on SIGTERM while the dispatcher stops (systemd's
-        ``KillMode=control-group`` signals every process of the service) is not replaced: what
-        was queued for its slot alone, and the shared backlog once no slot has a worker, has
-        no one else to run it.
-        """
-        ledger = self.ledger
-        if not ledger.queued():
-            return []
-        stranded: list[int] = []
-        for slot in self.slots:
-            if slot.retired:
-                stranded += ledger.take_resync(slot.index)
-                if self.keyed:
-                    stranded += ledger.take(slot.index, len(ledger.lanes[slot.index]))
-        if not self.keyed and all(slot.retired for slot in self.slots):
-            stranded += ledger.take(0, len(ledger.shared))
-        return stranded
+        """Take from the queues the events no worker is left to run (stopping, lock held)."""
+        return self.lifecycle.take_stranded()
 
     def counters(self) -> dict[str, int]:
         """What the handlers counted, over every worker this pool ran (lock held)."""
@@ -315,7 +325,11 @@ class WorkerPool:
             worker = slot.worker
             if worker is None:
                 if slot.restart_at is not None and now >= slot.restart_at:
-                    self.restart(slot)
+                    self._record(
+                        self.lifecycle.restart(
+                            slot, ringing=self.ringing, flooded=self.sender.flood.flooded
+                        )
+                    )
                 continue
             if worker.exited or worker.gone:
                 continue
@@ -375,7 +389,7 @@ class WorkerPool:
                 message.exception, message.type_name, message.message, message.traceback
             )
             self.ledger.failed_at(
-                worker.id, message.position, message.seq, self._processor_name(worker), exc
+                worker.id, message.position, message.seq, processor_name(worker), exc
             )
             self.changed.notify_all()
         elif kind is WorkerReady:
@@ -447,170 +461,25 @@ class WorkerPool:
             worker.pid,
         )
         worker.timed_out = started
-        self.terminate(worker)
+        workers.terminate(worker, self.kill_grace)
 
-    # -- worker lifecycle (lock held) ---------------------------------------------------------
-
-    def terminate(self, worker: WorkerHandle) -> None:
-        """SIGTERM now, SIGKILL after ``kill_grace`` if it has not exited (pebble's way)."""
-        workers.send_signal(worker.pid, signal.SIGTERM)
-        if worker.kill_at is None:
-            worker.kill_at = time.monotonic() + self.kill_grace
-
-    def start_worker(self, slot: Slot) -> None:
-        close_fds = [self.waker.read_fd, self.waker.write_fd]
-        for other in self.slots:
-            if other.worker is not None and not other.worker.exited:
-                close_fds += [other.worker.task_fd, other.worker.result_fd]
-        handle = workers.start_worker(
-            self.context,
-            slot,
-            deque(),
-            label=self._processor_label(slot.index),
-            wake_fd=self.waker.write_fd,
-            close_fds=close_fds,
-            ringing=self.ringing,
-            flooded=self.sender.flood.flooded,
-            idle_spin=self.idle_spin,
-            max_events=self.max_events_per_worker,
-            max_memory=self.max_memory_per_worker,
-            stamp_starts=self.event_timeout is not None,
-        )
-        handle.batches = self.ledger.worker_started(handle.id, slot.index)
-        slot.worker = handle
-        slot.restart_at = None
-
-    def await_ready(self, worker: WorkerHandle, deadline: float) -> None:
-        """Block until ``worker`` says it is ready (used by ``start()`` only)."""
-        while not worker.ready:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WorkerStartError(
-                    f"worker process {worker.pid} was not ready after {self.start_timeout}s"
-                )
-            ready = multiprocessing.connection.wait([worker.result_fd, worker.sentinel], remaining)
-            if worker.result_fd in ready:
-                with self.changed:
-                    ended = self.read_results(worker)
-                if worker.ready:
-                    return
-                if ended:
-                    ready.append(worker.sentinel)
-            if worker.sentinel in ready:
-                worker.process.join(self.kill_grace)
-                raise WorkerStartError(
-                    workers.start_failure_message(
-                        self.start_method, worker.pid, worker.process.exitcode
-                    )
-                )
-
-    def restart(self, slot: Slot) -> None:
-        if self.mode.abandoning is not None or slot.retired:
-            slot.restart_at = None
-            return
-        try:
-            self.start_worker(slot)
-        except Exception as exc:
-            # A forkserver killed by the same process-group signal refuses connections for a
-            # moment before multiprocessing starts a new one: retry a few times, then give up.
-            slot.start_failures += 1
-            if slot.start_failures > _START_RETRIES:
-                self._start_failed(WorkerStartError(f"could not start a replacement worker: {exc}"))
-            else:
-                logger.warning("could not start a worker (%s); retrying", exc)
-                slot.restart_at = time.monotonic() + workers.BACKOFF_FIRST * 2**slot.start_failures
-            return
-        slot.start_failures = 0
-        self.restarts += 1
+    # -- exits and restarts, as the lifecycle settles them (lock held) -----------------------
 
     def on_worker_exit(self, worker: WorkerHandle, exitcode: int | None) -> None:
         """Settle every event the reaped worker held, then arrange its replacement (or not)."""
         self.read_results(worker)  # messages it wrote before dying come first
-        slot = self.slots[worker.slot]
-        started = int(slot.view[STARTED])
-        finished = int(slot.view[FINISHED])
-        workers.close(worker)
-        slot.worker = None
         for name, value in worker.counters.items():
             self.retired_counters[name] = self.retired_counters.get(name, 0) + value
-        outcome = self.ledger.worker_exited(
-            worker.id,
-            started,
-            finished,
-            resync_unstarted=(
-                exitcode != 0 and self.mode.abandoning is None and not worker.signalled
-            ),
-        )
-        if outcome.crashed is not None:
-            self.fail(
-                outcome.crashed,
-                self._processor_name(worker),
-                self._death_error(worker, started, exitcode),
-            )
-        start_failed = not worker.ready and self.mode.running and (exitcode or 0) > 0
-        if start_failed:
-            # What it held is queued again by now: _break fails it with the reason.
-            self._start_failed(
-                WorkerStartError(
-                    workers.start_failure_message(self.start_method, worker.pid, exitcode)
-                )
-            )
-        told_to_leave = worker.signalled or (
-            exitcode == 0 and outcome.crashed is None and worker.retiring is None
-        )
-        if outcome.took_pill or self.mode.abandoning is not None or start_failed:
-            # It took its poison pill and left, everything is abandoned, or the pipeline is
-            # breaking because a worker cannot start: no fresh worker.
-            slot.retired = True
-        elif (
-            told_to_leave
-            and not self.mode.running
-            and not (self.ledger.backlog(slot.index) or self.ledger.resync[slot.index])
-        ):
-            # Told to leave while stopping (a SIGTERM to the whole process group, say), with
-            # nothing left for it to drain: not a crash, and no fresh worker.
-            slot.retired = True
-            logger.info("worker %s left on SIGTERM while stopping", worker.pid)
-        else:
-            delay = 0.0
-            if told_to_leave:
-                logger.info("worker %s left (SIGTERM); starting a fresh one", worker.pid)
-            elif worker.retiring is not None and outcome.crashed is None:
-                self.recycles += 1
-                logger.info("recycling worker %s: %s", worker.pid, worker.retiring)
-            else:
-                slot.crash_streak += 1
-                delay = workers.restart_delay(slot.crash_streak)
-                if outcome.crashed is None:
-                    logger.warning(
-                        "idle worker %s %s; starting a fresh one",
-                        worker.pid,
-                        describe_exit(exitcode),
-                    )
-            slot.restart_at = time.monotonic() + delay
-        self.changed.notify_all()
+        change = self.lifecycle.worker_exited(worker, exitcode)
+        self._record(change)
+        if change.failed:
+            self.waker.wake_from_elsewhere()  # the dispatcher thread delivers the failure
+        self.changed.notify_all()  # events were settled, requeued or failed
 
-    def _death_error(self, worker: WorkerHandle, pos: int, exitcode: int | None) -> EventmpError:
-        """Why the event a dead worker held failed."""
-        if self.mode.abandoning is not None:
-            return EventAbandonedError(self.mode.abandoning)
-        if worker.timed_out == pos and self.event_timeout is not None:
-            return HandlerTimeoutError(self.event_timeout, worker.pid)
-        return WorkerCrashedError(exitcode, worker.pid)
-
-    def fail(self, seq: int, originator: Any, error: BaseException) -> None:
-        """Fail an event no worker holds any more; the dispatcher thread delivers it."""
-        if self.ledger.fail(seq, originator, error):
-            self.changed.notify_all()
-            self.waker.wake_from_elsewhere()
-
-    def _start_failed(self, error: WorkerStartError) -> None:
+    def _record(self, change: SlotChange) -> None:
+        """Count a restart or a recycling; keep the first worker that cannot start."""
+        self.restarts += change.restarted
+        self.recycles += change.recycled
         # Logged once, by the dispatcher when it acts on it.
-        if self.start_error is None:
-            self.start_error = error
-
-    def _processor_label(self, index: int) -> str:
-        return f"EventProcessor-{index}"
-
-    def _processor_name(self, worker: WorkerHandle) -> str:
-        return f"{self._processor_label(worker.slot)}[pid {worker.pid}]"
+        if change.start_error is not None and self.start_error is None:
+            self.start_error = change.start_error

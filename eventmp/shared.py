@@ -1,9 +1,9 @@
 """What the parent's rooms share: the dispatcher thread's wake-up pipe, and the pipeline's mode.
 
 Runs in the parent process. The dispatcher owns both and hands them to the rooms that need
-them (:mod:`eventmp.pool`, :mod:`eventmp.sending`), so that none of them calls back into the
-dispatcher: waking the dispatcher thread is a write to a pipe, and the mode is three fields the
-dispatcher sets with its lock held.
+them (:mod:`eventmp.pool`, :mod:`eventmp.lifecycle`, :mod:`eventmp.sending`), so that none of
+them calls back into the dispatcher: waking the dispatcher thread is a write to a pipe, and the
+mode is three fields the dispatcher sets with its lock held.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Worker lifecycle, parent side: start a worker process, tell when it is gone, reap, kill.
+"""One worker process, parent side: start it, terminate it, tell when it is gone, reap, kill.
 
-Runs in the parent process. :func:`start_worker` runs under the dispatcher's lock (it forks or
-asks the forkserver); :func:`confirm_exit`, :func:`reap` and :func:`kill` may sleep or join
-and run **without** it, in the dispatcher thread (or ``start()``/``stop()``'s caller). The
-worker's own side is :mod:`eventmp.processor`.
+Runs in the parent process. :func:`start_worker` and :func:`terminate` run under the
+dispatcher's lock (one forks or asks the forkserver, the other signals and sets a deadline);
+:func:`confirm_exit`, :func:`reap` and :func:`kill` may sleep or join and run **without** it,
+in the dispatcher thread (or ``start()``/``stop()``'s caller). The worker's own side is
+:mod:`eventmp.processor`.
 
 A worker lives in a :class:`Slot`, which outlives the processes that fill it one after another
 (its progress array, its restart back-off). A :class:`WorkerHandle` is the parent's handle on
@@ -22,12 +23,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
 from .errors import describe_exit
-from .ledger import Batch
+from .ledger_records import Batch
 from .messages import FLOODED, PROGRESS_FIELDS, RING, FrameReader
 from .processor import EventProcessor, worker_main
 
@@ -36,15 +37,19 @@ __all__ = [
     "BACKOFF_MAX",
     "Slot",
     "WorkerHandle",
+    "WorkerSettings",
     "close",
     "confirm_exit",
     "kill",
     "process_gone",
+    "processor_label",
+    "processor_name",
     "reap",
     "restart_delay",
     "send_signal",
     "start_failure_message",
     "start_worker",
+    "terminate",
 ]
 
 logger = logging.getLogger("eventmp")
@@ -122,6 +127,25 @@ class Slot:
         self.retired = False  # processed its poison pill: not to be restarted
 
 
+class WorkerSettings(NamedTuple):
+    """What every worker of a dispatcher is started with, from the dispatcher's settings."""
+
+    idle_spin: float  # seconds
+    max_events: int | None  # max_events_per_worker
+    max_memory: int | None  # max_memory_per_worker, bytes
+    stamp_starts: bool  # the clock is read at each event's start: event_timeout is set
+
+
+def processor_label(slot_index: int) -> str:
+    """What a slot's :class:`~eventmp.processor.EventProcessor` is called, process after process."""
+    return f"EventProcessor-{slot_index}"
+
+
+def processor_name(worker: WorkerHandle) -> str:
+    """The originator of an event the worker failed: its slot's label and its pid."""
+    return f"{processor_label(worker.slot)}[pid {worker.pid}]"
+
+
 def restart_delay(crash_streak: int) -> float:
     """How long to wait before restarting a slot whose workers crashed ``crash_streak`` times."""
     if crash_streak <= 1:
@@ -133,16 +157,13 @@ def start_worker(
     context: Any,
     slot: Slot,
     batches: deque[Batch],
+    settings: WorkerSettings,
     *,
     label: str,
     wake_fd: int,
     close_fds: Sequence[int],
     ringing: bool,
     flooded: bool,
-    idle_spin: float,
-    max_events: int | None,
-    max_memory: int | None,
-    stamp_starts: bool,
 ) -> WorkerHandle:
     """Start a worker process for ``slot`` on fresh pipes; it is not ready yet.
 
@@ -167,11 +188,11 @@ def start_worker(
         results,
         slot.progress,
         ring=ring,
-        idle_spin_ns=int(idle_spin * 1e9),
+        idle_spin_ns=int(settings.idle_spin * 1e9),
         close_fds=fork_close,
-        max_events=max_events,
-        max_memory=max_memory,
-        stamp_starts=stamp_starts,
+        max_events=settings.max_events,
+        max_memory=settings.max_memory,
+        stamp_starts=settings.stamp_starts,
     )
     process = context.Process(
         target=worker_main,
@@ -244,6 +265,16 @@ def reap(worker: WorkerHandle, grace: float) -> int | None:
         worker.process.join(grace)
     exitcode: int | None = worker.process.exitcode
     return exitcode
+
+
+def terminate(worker: WorkerHandle, grace: float) -> None:
+    """SIGTERM now, SIGKILL after ``grace`` if it has not exited (pebble's way).
+
+    Does not wait: the SIGKILL is the pool's to send, at ``worker.kill_at``.
+    """
+    send_signal(worker.pid, signal.SIGTERM)
+    if worker.kill_at is None:
+        worker.kill_at = time.monotonic() + grace
 
 
 def kill(worker: WorkerHandle, grace: float) -> None:

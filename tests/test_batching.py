@@ -28,7 +28,7 @@ from eventmp.batching import (
     wants_batch,
     workers_with_room,
 )
-from eventmp.ledger import Batch
+from eventmp.ledger_records import Batch
 from eventmp.messages import ACKED, PROGRESS_FIELDS
 from eventmp.testing import ErrorCollector, ListEventGenerator, RecordingHandler
 

@@ -27,7 +27,8 @@ from eventmp.errors import (
     WorkerCrashedError,
 )
 from eventmp.event import Event
-from eventmp.ledger import INDEX_BITS, MAX_BATCH_EVENTS, Ledger, Outcome, WorkerExit, position
+from eventmp.ledger import Ledger
+from eventmp.ledger_records import INDEX_BITS, MAX_BATCH_EVENTS, Outcome, WorkerExit, position
 
 
 def make_events(count: int) -> list[Event]:
@@ -62,13 +63,6 @@ def counters(ledger: Ledger) -> dict[str, Any]:
 def test_strict_in_the_test_suite() -> None:
     """tests/conftest.py makes every illegal transition raise, here and in every other test."""
     assert Ledger.strict is True
-
-
-def test_position_packs_batch_and_index() -> None:
-    """A position is the batch number above INDEX_BITS and the index below, ordered by both."""
-    assert position(3, 5) == (3 << INDEX_BITS) | 5
-    assert position(3, 5) >> INDEX_BITS == 3
-    assert position(2, (1 << INDEX_BITS) - 1) < position(3, 0)
 
 
 def test_accept_numbers_events_and_holds_them_pending() -> None:
@@ -465,16 +459,6 @@ def test_bytes_held_follow_the_sized_events_to_their_outcomes() -> None:
     assert ledger.fail_queued("dispatcher", lambda: EventAbandonedError("stopped")) == 2
     assert ledger.bytes_held == 0
     assert not ledger.sizes
-
-
-def test_audit_finds_an_event_in_two_places() -> None:
-    """audit() raises when a held event is also queued."""
-    ledger = queued_ledger(2)
-    ledger.worker_started(1, 0)
-    ledger.assign(1, 1, ledger.take(0, 1))
-    ledger.shared.append(1)
-    with pytest.raises(LedgerError, match="event 1 is both"):
-        ledger.audit()
 
 
 # -- illegal transitions -----------------------------------------------------------------------

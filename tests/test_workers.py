@@ -10,6 +10,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -24,10 +25,13 @@ from eventmp.workers import (
     confirm_exit,
     kill,
     process_gone,
+    processor_label,
+    processor_name,
     reap,
     restart_delay,
     send_signal,
     start_failure_message,
+    terminate,
 )
 
 # == targets of the child processes (module level: spawn and forkserver children import them) ===
@@ -88,7 +92,7 @@ def start_child(start_method: str) -> Iterator[StartChild]:
         os.close(fd)
 
 
-# == restart_delay and start_failure_message =====================================================
+# == restart_delay, start_failure_message, the processor's names =================================
 
 
 def test_restart_delay_doubles_from_the_second_crash_up_to_the_cap() -> None:
@@ -118,6 +122,13 @@ def test_start_failure_message_under_spawn_hints_at_the_main_guard_and_imports(
     assert "if __name__ == '__main__':" in message
     assert "importable" in message
     assert message != start_failure_message("fork", 1234, -signal.SIGKILL)
+
+
+def test_processor_name_is_its_slot_label_and_its_pid() -> None:
+    """The originator of a worker's failures names the slot's processor and the process."""
+    worker = WorkerHandle(3, SimpleNamespace(pid=4242, sentinel=-1), -1, -1, deque())
+    assert processor_label(3) == "EventProcessor-3"
+    assert processor_name(worker) == "EventProcessor-3[pid 4242]"
 
 
 # == process_gone and send_signal =================================================================
@@ -154,7 +165,7 @@ def test_send_signal_to_a_reaped_child_is_quiet() -> None:
     send_signal(child.pid, signal.SIGKILL)
 
 
-# == reap, kill, confirm_exit, close ==============================================================
+# == terminate, reap, kill, confirm_exit, close ===================================================
 
 
 def test_reap_returns_the_exit_status_of_a_child(start_child: StartChild) -> None:
@@ -179,6 +190,19 @@ def test_reap_kills_a_child_that_does_not_leave_within_grace(start_child: StartC
     assert reap(worker, grace=0.2) == -signal.SIGKILL
     assert time.monotonic() - began < 10
     assert process_gone(worker.pid)
+
+
+def test_terminate_sends_sigterm_and_sets_the_kill_deadline_once(start_child: StartChild) -> None:
+    """terminate() signals at once and does not wait; a second call keeps the first deadline."""
+    worker = start_child(sleep_after_ready, False, ready=True)
+    began = time.monotonic()
+    terminate(worker, grace=5.0)
+    assert worker.kill_at is not None and began + 5.0 <= worker.kill_at < began + 10
+    deadline = worker.kill_at
+    terminate(worker, grace=60.0)
+    assert worker.kill_at == deadline
+    worker.process.join(WAIT)
+    assert worker.process.exitcode == -signal.SIGTERM
 
 
 def test_kill_ends_a_child_that_ignores_sigterm_with_sigkill(start_child: StartChild) -> None:
