@@ -14,6 +14,7 @@ one process: its pipes, what it was sent (the ledger's batches), and why it is l
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import multiprocessing
@@ -56,6 +57,9 @@ logger = logging.getLogger("eventmp")
 
 # A worker that crashes again at once is restarted after a delay that doubles from the first
 # to the last: a handler that kills every worker must not turn the parent into a fork loop.
+# A task pipe holds a whole batch (MAX_BATCH_BYTES) where the system allows it: Linux's
+# default pipe-max-size, which an unprivileged process may ask for.
+TASK_PIPE_BYTES = 1 << 20
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 # The sentinel of a forkserver's child may fire for the server's death; the worker gets this
@@ -172,6 +176,7 @@ def start_worker(
     their owner dies.
     """
     task_r, task_w = os.pipe2(os.O_CLOEXEC)
+    _enlarge_pipe(task_w)
     result_r, result_w = os.pipe2(os.O_CLOEXEC)
     for index in range(PROGRESS_FIELDS):
         slot.progress[index] = 0
@@ -214,6 +219,20 @@ def start_worker(
     os.set_blocking(result_r, False)
     logger.debug("started worker %s in slot %d", process.pid, slot.index)
     return WorkerHandle(slot.index, process, task_w, result_r, batches)
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Give a task pipe room for a whole batch (Linux; elsewhere, or refused, it stays as is).
+
+    The parent writes a batch while it has the time, between polls of its generators; what
+    the pipe cannot take waits in the parent until its next turn, and a worker that has read
+    the pipe empty meanwhile waits with it. See docs/design.md, "Transport".
+    """
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:
+        return
+    with contextlib.suppress(OSError):  # EPERM over /proc/sys/fs/pipe-max-size, or the user's
+        fcntl.fcntl(fd, set_size, TASK_PIPE_BYTES)
 
 
 def start_failure_message(start_method: str, pid: int, exitcode: int | None) -> str:

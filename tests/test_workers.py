@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,8 @@ import psutil
 import pytest
 from conftest import WAIT
 
+from eventmp import EventDispatcher
+from eventmp.batching import MAX_BATCH_BYTES
 from eventmp.workers import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -265,3 +268,13 @@ def test_close_closes_the_pipes_and_marks_the_worker_exited(start_child: StartCh
     assert os.read(worker.peer_fd, 1) == b""  # type: ignore[attr-defined]  # EOF: both closed
     with pytest.raises(ValueError):
         worker.process.is_alive()  # released
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_task_pipe_holds_a_whole_batch() -> None:
+    """A worker's task pipe takes a batch of MAX_BATCH_BYTES while the parent is busy elsewhere."""
+    with EventDispatcher(start_method="fork") as dispatcher:
+        (slot,) = dispatcher._pool.slots
+        assert slot.worker is not None
+        size = fcntl.fcntl(slot.worker.task_fd, fcntl.F_GETPIPE_SZ)
+    assert size >= MAX_BATCH_BYTES
