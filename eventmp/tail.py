@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -45,6 +46,10 @@ __all__ = ["DEFAULT_MAX_LINE_BYTES", "FileTailGenerator", "Rule", "RuleStats", "
 logger = logging.getLogger("eventmp")
 
 _CHUNK = 1 << 20
+# Each thread's one buffer that reads land in before they join a file's buffer: a fresh
+# megabyte for every read would cost its page faults every time. Per thread, not per tail:
+# a dispatcher polls its tails one after another, in its own thread.
+_read_chunks = threading.local()
 # What one poll may read and make: it runs in the dispatcher thread, which reads the workers'
 # acknowledgements in between.
 _BYTES_PER_POLL = 2 << 20  # per file
@@ -64,6 +69,13 @@ _STDIN_IDENTITY: Identity = (-1, -1)
 # the groups and the named groups may each copy it): see event_size() and docs/tailing.md.
 _EVENT_OVERHEAD = 1024
 _LINE_COPIES = 4
+
+
+def _read_chunk() -> bytearray:
+    chunk: bytearray | None = getattr(_read_chunks, "chunk", None)
+    if chunk is None:
+        chunk = _read_chunks.chunk = bytearray(_CHUNK)
+    return chunk
 
 
 class FileTailGenerator(FileFinder, EventGenerator):
@@ -331,15 +343,16 @@ class FileTailGenerator(FileFinder, EventGenerator):
                 self._lines.cut_lines(f, events, self._deadline)
                 if self._stops_here(events, budget):
                     return
-                data = os.pread(f.fd, min(_CHUNK, budget), f.pos)
-                if not data:
-                    f.at_eof = True
-                    break
+                with memoryview(_read_chunk()) as chunk, chunk[: min(_CHUNK, budget)] as room:
+                    read = os.preadv(f.fd, [room], f.pos)
+                    if not read:
+                        f.at_eof = True
+                        break
+                    f.buffer += room[:read]
                 f.last_data = now
-                f.pos += len(data)
-                budget -= len(data)
-                self._budget -= len(data)
-                f.buffer += data
+                f.pos += read
+                budget -= read
+                self._budget -= read
         except OSError as exc:
             self._warn_once(f.path, "read", "%s: cannot read %s: %s", self, f.path, exc)
             if self.once:
