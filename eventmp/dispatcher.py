@@ -606,10 +606,10 @@ class EventDispatcher(threading.Thread):
 
     def _maintain(self, now: float) -> None:
         """Timers: the stop deadline, abandoning, and the pool's (restarts, timeouts, kills)."""
-        self._stopping.maintain(now)
+        if self._stopping.maintain(now):
+            self._changed.notify_all()
         self._pool.maintain(now)
         self._check_pool()
-        self._changed.notify_all()
 
     def _check_pool(self) -> None:
         """A worker could not be started or replaced: fail everything rather than loop."""

@@ -66,9 +66,11 @@ class Stopping:
         """When the loop must look again without I/O: the stop deadline, until it passed."""
         return self.deadline if self.mode.abandoning is None else None
 
-    def maintain(self, now: float) -> None:
-        """The dispatcher thread's look: an expired deadline, stranded and abandoned events."""
+    def maintain(self, now: float) -> bool:
+        """The dispatcher thread's look: an expired deadline, stranded and abandoned events;
+        true if it gave events their outcome (or gave up on them)."""
         mode = self.mode
+        failed_before = self.ledger.failed
         if (
             mode.state == STOPPING
             and self.deadline is not None
@@ -87,6 +89,8 @@ class Stopping:
                 )
         if mode.abandoning is not None:
             self.abandon_all()
+            return True
+        return self.ledger.failed != failed_before
 
     def ended(self) -> bool:
         """Stopping, and no worker is left to run what the pipeline still holds."""

@@ -64,9 +64,9 @@ def test_a_passed_deadline_abandons_what_is_queued() -> None:
     stopping, ledger, mode = make_stopping(queued=3)
     mode.state = RUNNING
     stopping.begin(1.0, True, now=0.0)
-    stopping.maintain(0.5)
+    assert not stopping.maintain(0.5)  # nothing given up: nobody to wake
     assert not ledger.failures and mode.abandoning is None
-    stopping.maintain(1.5)
+    assert stopping.maintain(1.5)
     assert mode.abandoning is not None and "expired" in mode.abandoning
     assert [type(e) for e in failures(ledger)] == [EventAbandonedError] * 3
     assert ledger.abandoned == 3 and not ledger.pending
@@ -80,7 +80,7 @@ def test_queued_events_no_worker_is_left_to_run_are_abandoned_while_stopping() -
     stopping.maintain(0.0)
     assert not ledger.failures  # running: a worker may still come
     stopping.begin(None, True, now=0.0)
-    stopping.maintain(0.0)
+    assert stopping.maintain(0.0)
     assert mode.abandoning is None
     assert [str(e) for e in failures(ledger)] == [
         "event abandoned: its worker left on SIGTERM while the dispatcher was stopping"
