@@ -853,12 +853,15 @@ REPLACEMENT_NEVER_STARTS_SCRIPT = textwrap.dedent(
     def crash(event):
         os._exit(1)
 
+    hoarded = []
+    done = threading.Event()
+
     def hoard():
         # Every descriptor the process may open, taken as soon as one is free: a replacement
         # worker needs several at once and never gets them.
-        while True:
+        while not done.is_set():
             try:
-                os.open(os.devnull, os.O_RDONLY)
+                hoarded.append(os.open(os.devnull, os.O_RDONLY))
             except OSError:
                 time.sleep(0.001)
 
@@ -869,10 +872,19 @@ REPLACEMENT_NEVER_STARTS_SCRIPT = textwrap.dedent(
         d.start()
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, highest + 32))
-        threading.Thread(target=hoard, daemon=True).start()
+        hoarder = threading.Thread(target=hoard, daemon=True)
+        hoarder.start()
         time.sleep(0.5)
         d.submit(Event("x", crash, 1))
         print("waited", d.wait(30), flush=True)
+        deadline = time.monotonic() + 30
+        while d.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the restarts, retried with back-off, until they give up
+        # Descriptors back before any thread ends: glibc opens libgcc_s for pthread_exit.
+        done.set()
+        hoarder.join()
+        for fd in hoarded:
+            os.close(fd)
         d.stop(timeout=10)
         print("errors", sorted(type(e).__name__ for e in errors.exceptions))
         print("failure", type(d.failure).__name__)
