@@ -164,7 +164,7 @@ class InputSet(EventGenerator):
             try:
                 for event, exception in outcomes:
                     tail = event.originator
-                    if isinstance(tail, FileTailGenerator):
+                    if isinstance(tail, FileTailGenerator) and tail.track_outcomes:
                         try:
                             tail.settled(event, exception)
                         except Exception:  # one tail's failure leaves the others their outcomes

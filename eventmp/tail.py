@@ -84,7 +84,8 @@ class FileTailGenerator(FileFinder, EventGenerator):
     See the module's docstring for rotation, partial lines, start positions and checkpoints.
     ``track_outcomes`` is true so that the checkpoint stays behind lines still being handled;
     set it false on an instance driven without a dispatcher that reports outcomes, and the
-    checkpoint follows the lines read instead.
+    checkpoint follows the lines read instead. Without a ``state_file`` it starts false:
+    there is no checkpoint to hold back, and the dispatcher keeps no books for its events.
     """
 
     track_outcomes = True
@@ -135,6 +136,8 @@ class FileTailGenerator(FileFinder, EventGenerator):
         self.start_at = start_at
         self.encoding = encoding
         self.state_file = None if state_file is None else os.path.abspath(os.fspath(state_file))
+        if self.state_file is None:
+            self.track_outcomes = False
         self.once = once
         self.rescan_interval = float(rescan_interval)
         self.checkpoint_interval = float(checkpoint_interval)

@@ -1313,3 +1313,10 @@ def test_standard_input_must_be_alone_and_without_a_checkpoint(tmp_path: Path) -
     with pytest.raises(ValueError, match="no checkpoint"):
         FileTailGenerator(["-"], rules, state_file=tmp_path / "x.state")
     assert FileTailGenerator(["-"], rules).stdin
+
+
+def test_a_tail_keeps_books_of_outcomes_only_for_a_checkpoint(tmp_path: Path) -> None:
+    """Without a state_file track_outcomes starts false (nothing to hold back); with one, true."""
+    log = str(tmp_path / "app.log")
+    assert not FileTailGenerator([log], []).track_outcomes
+    assert FileTailGenerator([log], [], state_file=tmp_path / "app.state").track_outcomes

@@ -243,6 +243,7 @@ def test_a_tail_reading_at_random_boundaries_makes_the_per_line_events(
             [str(log)],
             rules,
             start_at="beginning",
+            state_file=Path(tmp, "app.state"),  # the checkpoint whose offsets are checked
             rescan_interval=0,
             checkpoint_interval=0,
             max_line_bytes=limit,
