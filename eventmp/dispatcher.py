@@ -1,18 +1,10 @@
 """The parent side: :class:`EventDispatcher` polls generators and feeds the worker processes.
 
 Everything in this module runs in the parent process (the worker side is
-:mod:`eventmp.processor`). This module holds the public API, ``submit()``'s fast path and the
-dispatcher thread's loop; the rest of the parent side is one room per module, called with the
-dispatcher's lock held unless they say otherwise (``docs/design.md`` has the table):
-:mod:`eventmp.ledger` (every accepted event until its one outcome, with its records in
-:mod:`eventmp.ledger_records` and its whole-state scans in :mod:`eventmp.ledger_audit`),
-:mod:`eventmp.sending` and :mod:`eventmp.batching` (what goes to which worker now),
-:mod:`eventmp.pool`, :mod:`eventmp.lifecycle` and :mod:`eventmp.workers` (the worker
-processes: the seam and its one wait, each slot's workers one after another, one process),
-:mod:`eventmp.generators` (polling), :mod:`eventmp.outcomes` (the user's error handler),
-:mod:`eventmp.acceptance` (the inbox, into the ledger), :mod:`eventmp.handoff` (who reads the
-acknowledgements), :mod:`eventmp.stopping` (deadlines and abandoning), :mod:`eventmp.shared`
-(the wake-up pipe and the mode).
+:mod:`eventmp.processor`). This module holds the public API and ``submit()``'s fast path; the
+dispatcher thread's loop is :mod:`eventmp.loop`, and the rest of the parent side is one room
+per module, called with the dispatcher's lock held unless they say otherwise: the table in
+``docs/design.md`` ("The parent side, room by room") names each, and what it does.
 
 Data flow::
 
@@ -69,6 +61,7 @@ from .event import Event, EventGenerator
 from .generators import Generators
 from .handoff import AckHandoff
 from .ledger import Ledger
+from .loop import DispatcherLoop
 from .options import (
     DEFAULT_MAX_PENDING_BYTES,
     DispatcherStats,
@@ -207,8 +200,23 @@ class EventDispatcher(threading.Thread):
         )
         self._inbox = self._acceptance.inbox  # submit()'s fast path, without the lock
         self._stopping = Stopping(self._ledger, self._pool, self._mode, self.name)
-        self._poll_again = False  # a generator said it has more right now (has_more)
         self._handoff = AckHandoff()
+        self._loop = DispatcherLoop(
+            lock=self._lock,
+            changed=self._changed,
+            mode=self._mode,
+            waker=self._waker,
+            generators=self._generators,
+            ledger=self._ledger,
+            pool=self._pool,
+            outcomes=self._outcomes,
+            acceptance=self._acceptance,
+            stopping=self._stopping,
+            handoff=self._handoff,
+            poll_interval=self.poll_interval,
+            max_pending=self.max_pending,
+            max_pending_bytes=self.max_pending_bytes,
+        )
 
     # == public API ==============================================================================
 
@@ -233,7 +241,7 @@ class EventDispatcher(threading.Thread):
         ``start()``; ``max_pending`` still holds the poll back while the pipeline is full.
         """
         with self._lock:
-            self._poll_again = True
+            self._loop.poll_again = True
         self._waker.wake_from_elsewhere()
 
     def start(self) -> None:
@@ -265,8 +273,8 @@ class EventDispatcher(threading.Thread):
                 self._submit_raced(event)
             elif self._sender.sendable or queued >= inbox.room:
                 with self._lock:
-                    if not self._send_alone():
-                        self._pump()
+                    if not self._loop.send_alone():
+                        self._loop.pump()
             # The clock is read for the first 8 queued events, then every 8th: a busy producer
             # at a modest rate sees its worker free sooner, a flood pays for few reads (and
             # does not look for a free worker, which would keep its batches small).
@@ -275,14 +283,14 @@ class EventDispatcher(threading.Thread):
                 or (not self._sender.flood.flooded and batching.caught_up(self._pool.slots))
             ):
                 with self._lock:
-                    self._collect_acks()
+                    self._loop.collect_acks()
             return
         with self._lock:
             self._acceptance.take_inbox()
             self._check_open()
             pending = self._ledger.pending
-            if len(pending) >= self.max_pending and not self._in_loop_thread():
-                self._take_back_acks()  # a blocked submitter reads nothing
+            if len(pending) >= self.max_pending and not self._waker.in_loop():
+                self._loop.take_back_acks()  # a blocked submitter reads nothing
                 if not self._changed.wait_for(
                     lambda: (
                         self._mode.state not in (NEW, RUNNING) or len(pending) < self.max_pending
@@ -296,7 +304,7 @@ class EventDispatcher(threading.Thread):
                 self._check_open()
             self._acceptance.enqueue([event])
             if self._mode.state == RUNNING:
-                self._pump()
+                self._loop.pump()
 
     def _submit_raced(self, event: Event) -> None:
         """The fast path closed between its check and the append: settle who owns ``event``.
@@ -307,7 +315,7 @@ class EventDispatcher(threading.Thread):
         """
         with self._lock:
             if self._mode.state == RUNNING:
-                self._pump()
+                self._loop.pump()
                 return
             if self._acceptance.take_back(event):
                 raise DispatcherStoppedError(
@@ -330,7 +338,7 @@ class EventDispatcher(threading.Thread):
             self._waker.close()
             self._outcomes.deliver_all()
             return
-        if self._in_loop_thread():
+        if self._waker.in_loop():
             return
         if self.is_alive():
             self.join()
@@ -349,7 +357,7 @@ class EventDispatcher(threading.Thread):
                 return False
             if self._mode.state == RUNNING:
                 self._acceptance.close()
-                self._take_back_acks()
+                self._loop.take_back_acks()
             self._stopping.begin(timeout, drain, time.monotonic())
             self._changed.notify_all()
         self._waker.wake()
@@ -397,8 +405,8 @@ class EventDispatcher(threading.Thread):
         ``wait()``, then ``stop()``.
         """
         with self._lock:
-            self._take_back_acks()
-            return self._changed.wait_for(self._idle, timeout)
+            self._loop.take_back_acks()
+            return self._changed.wait_for(self._loop.idle, timeout)
 
     @property
     def failure(self) -> EventmpError | None:
@@ -440,7 +448,8 @@ class EventDispatcher(threading.Thread):
     # == the dispatcher thread ===================================================================
 
     def run(self) -> None:
-        """The dispatcher's loop: ``start()`` runs it in the dispatcher thread.
+        """The dispatcher's loop (:mod:`eventmp.loop`): ``start()`` runs it in the dispatcher
+        thread.
 
         Called directly on a dispatcher that was never started, it starts the workers and runs
         the loop in the calling thread until another thread (or a signal handler) calls
@@ -452,7 +461,7 @@ class EventDispatcher(threading.Thread):
             return
         self._waker.loop_ident = threading.get_ident()
         try:
-            self._loop()
+            self._loop.run()
         except BaseException as exc:
             logger.exception("eventmp dispatcher thread failed; stopping its workers")
             with self._lock:
@@ -460,164 +469,8 @@ class EventDispatcher(threading.Thread):
                 self._stopping.thread_failed(exc)
                 self._changed.notify_all()
         finally:
-            self._shutdown()
-
-    def _loop(self) -> None:
-        next_poll = time.monotonic()
-        while True:
-            self._waker.arm()  # before the look below: a stop() during it must not be lost
-            now = time.monotonic()
-            with self._lock:
-                self._maintain(now)
-                if self._stopping.ended():
-                    break
-                self._pump()
-                poll_due = (
-                    self._mode.state == RUNNING
-                    and (now >= next_poll or self._poll_again)
-                    and self._room_to_poll()
-                )
-                if poll_due:
-                    self._poll_again = False
-                generators = self._generators.due() if poll_due else []
-            self._outcomes.deliver_all()
-            if poll_due:
-                self._poll_generators(generators)
-                next_poll = now + self.poll_interval
-            # Even right after a poll: with poll_interval=0 the loop must still read results.
-            self._wait_for_io(self._next_timer(time.monotonic(), next_poll))
-
-    def _wait_for_io(self, timeout: float | None) -> None:
-        """Wait for the pool's I/O (the one place the dispatcher thread blocks)."""
-        # A float read: no lock needed (a stale answer costs one wake-up, or one read).
-        leave_acks = self._handoff.loop_leaves_acks(_monotonic())
-        self._pool.wait_for_io(timeout, leave_acks)
-        if self._pool.start_error is not None:
-            with self._lock:
-                self._check_pool()
-
-    def _next_timer(self, now: float, next_poll: float) -> float | None:
-        """Seconds until the loop must run without I/O: a poll, a restart, a timeout check."""
-        with self._lock:
-            timers = self._pool.timers(now)
-            if (
-                self._mode.state == RUNNING
-                and self._generators.wants_polling()
-                and self._room_to_poll()
-            ):
-                timers.append(now if self._poll_again else next_poll)
-            deadline = self._stopping.timer()
-            if deadline is not None:
-                timers.append(deadline)
-        if not timers:
-            return None
-        return max(0.0, min(timers) - now)
-
-    # -- generators -----------------------------------------------------------------------------
-
-    def _room_to_poll(self) -> bool:
-        """Whether the pipeline holds fewer than max_pending events and max_pending_bytes."""
-        ledger = self._ledger
-        limit = self.max_pending_bytes
-        return len(ledger.pending) < self.max_pending and (
-            limit is None or ledger.bytes_held < limit
-        )
-
-    def _poll_generators(self, generators: list[EventGenerator]) -> None:
-        sized = self.max_pending_bytes is not None
-        for generator in generators:
-            polled = self._generators.poll(generator, sized=sized)
-            with self._lock:
-                for error in polled.errors:
-                    self._outcomes.generator_failed(generator, error)
-                if polled.events:
-                    acceptance = self._acceptance
-                    acceptance.take_inbox()
-                    acceptance.enqueue(
-                        polled.events, generator if polled.tracks else None, polled.sizes
-                    )
-                if polled.finished:
-                    self._generators.mark_finished(generator)
-                elif polled.has_more:
-                    self._poll_again = True
-                self._pump()
-                self._changed.notify_all()
-        self._outcomes.deliver_all()
-
-    # -- acceptance (lock held, any thread; see eventmp.acceptance) ------------------------------
-
-    def _take_back_acks(self) -> None:
-        """A submitter that stops to wait: the dispatcher thread reads acknowledgements again."""
-        if self._handoff.take_back():
-            self._waker.wake()
-
-    def _check_open(self) -> None:
-        if self._mode.state in (STOPPING, STOPPED):
-            raise DispatcherStoppedError(
-                "the dispatcher is stopped; it accepts no more events"
-            ) from self._stopping.broken
-
-    # -- sending (lock held, any thread) --------------------------------------------------------
-
-    def _pump(self) -> None:
-        """Send queued events to every worker that has room, then the poison pills if draining."""
-        while True:
-            self._pump_once()
-            if not (self._sender.sendable and self._inbox and self._mode.state == RUNNING):
-                return
-            # Appended after _pump_once took the inbox, by a submitter that saw sendable
-            # still false: it counts on this pump to send it.
-
-    def _pump_once(self) -> None:
-        acceptance = self._acceptance
-        arrived = self._ledger.accepted + len(self._inbox)
-        acceptance.take_inbox()
-        self._sender.feed(arrived)
-        acceptance.reopen()
-
-    def _send_alone(self) -> bool:
-        """Write the inbox's only event to an idle worker at once (see Sender.send_alone)."""
-        inbox = self._inbox
-        if len(inbox) != 1 or self._mode.state != RUNNING:
-            return False
-        if not self._sender.send_alone(inbox[0]):
-            return False
-        inbox.clear()
-        self._acceptance.reopen()
-        return True
-
-    # -- results (lock held) ----------------------------------------------------------------------
-
-    def _collect_acks(self) -> None:
-        """Read the workers' acknowledgements from a submitting thread (see eventmp.handoff).
-
-        A worker's death is left to the dispatcher thread.
-        """
-        self._handoff.collecting(_monotonic(), by_submitter=not self._in_loop_thread())
-        # At a modest rate (few events queued), send first: a worker with room (one small
-        # batch in hand) gets the events before the reads, which they would otherwise wait for.
-        if len(self._inbox) <= 8:
-            self._pump()
-        if self._pool.read_all():
-            self._waker.wake()  # a worker is leaving: the dispatcher thread reaps it
-        self._pump()
-
-    # -- timers and worker lifecycle (dispatcher thread, lock held) -----------------------------
-
-    def _maintain(self, now: float) -> None:
-        """Timers: the stop deadline, abandoning, and the pool's (restarts, timeouts, kills)."""
-        if self._stopping.maintain(now):
-            self._changed.notify_all()
-        self._pool.maintain(now)
-        self._check_pool()
-
-    def _check_pool(self) -> None:
-        """A worker could not be started or replaced: fail everything rather than loop."""
-        error = self._pool.start_error
-        if error is not None and self._stopping.broken is None:
-            self._acceptance.close()
-            self._stopping.break_down(error)
-            self._changed.notify_all()
+            self._loop.shutdown()
+            _live_dispatchers.discard(self)
 
     def _start_workers(self) -> None:
         with self._lock:
@@ -634,39 +487,10 @@ class EventDispatcher(threading.Thread):
             raise
         _live_dispatchers.add(self)
         with self._lock:
-            self._pump()
+            self._loop.pump()
 
-    # -- idle ------------------------------------------------------------------------------------
-
-    def _idle(self) -> bool:
-        ledger = self._ledger
-        return (
-            not ledger.pending
-            # After stop() the inbox holds only events that were never accepted (their
-            # submitters take them back), even one whose submit() a KeyboardInterrupt cut short.
-            and (not self._inbox or self._mode.state != RUNNING)
-            and not self._outcomes.undelivered()
-            and self._generators.all_finished()
-        )
-
-    # -- shutdown -------------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        """End of the dispatcher thread: reap every worker, stop generators, last outcomes."""
-        self._pool.kill_all()
-        with self._lock:
-            self._acceptance.close()
-            self._stopping.abandon_unheld()
-        self._outcomes.deliver_all()  # before the generators stop: a tail's last checkpoint
-        self._generators.stop_all()
-        self._outcomes.deliver_all()
-        with self._lock:
-            self._mode.state = STOPPED
-            self._changed.notify_all()
-        _live_dispatchers.discard(self)
-        self._waker.close()
-
-    # -- small helpers --------------------------------------------------------------------------
-
-    def _in_loop_thread(self) -> bool:
-        return self._waker.in_loop()
+    def _check_open(self) -> None:
+        if self._mode.state in (STOPPING, STOPPED):
+            raise DispatcherStoppedError(
+                "the dispatcher is stopped; it accepts no more events"
+            ) from self._stopping.broken
