@@ -193,11 +193,17 @@ def caught_up(slots: Sequence[Slot]) -> bool:
     A hint, read without the lock, that the acknowledgement waits in the pipe and reading it
     now frees a worker.
     """
+    return caught_up_worker(slots) is not None
+
+
+def caught_up_worker(slots: Sequence[Slot]) -> WorkerHandle | None:
+    """A worker that has run and acknowledged every batch sent to it, its acknowledgements
+    maybe not read yet: idle in fact, though the ledger still counts its last batch."""
     for slot in slots:
         worker = slot.worker
         if worker is not None and worker.batches and slot.view[ACKED] >= worker.last_batch:
-            return True
-    return False
+            return worker
+    return None
 
 
 def workers_with_room(slots: Sequence[Slot]) -> int:

@@ -204,12 +204,12 @@ class DispatcherLoop:
         self._sender.feed(arrived)
         acceptance.reopen()
 
-    def send_alone(self) -> bool:
+    def send_alone(self, *, caught_up: bool = False) -> bool:
         """Write the inbox's only event to an idle worker at once (see Sender.send_alone)."""
         inbox = self._inbox
         if len(inbox) != 1 or self._mode.state != RUNNING:
             return False
-        if not self._sender.send_alone(inbox[0]):
+        if not self._sender.send_alone(inbox[0], caught_up=caught_up):
             return False
         inbox.clear()
         self._acceptance.reopen()
@@ -221,6 +221,10 @@ class DispatcherLoop:
         A worker's death is left to the dispatcher thread.
         """
         self._handoff.collecting(_monotonic(), by_submitter=not self._waker.in_loop())
+        # A busy producer at a modest rate: one event waits, and its worker has finished (its
+        # acknowledgement not read yet). It is written first, the reads come after.
+        if len(self._inbox) == 1:
+            self.send_alone(caught_up=True)
         # At a modest rate (few events queued), send first: a worker with room (one small
         # batch in hand) gets the events before the reads, which they would otherwise wait for.
         if len(self._inbox) <= 8:

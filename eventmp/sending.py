@@ -130,7 +130,7 @@ class Sender:
                 self.flush(worker)
         self.find_idle_worker()
 
-    def send_alone(self, event: Event) -> bool:
+    def send_alone(self, event: Event, *, caught_up: bool = False) -> bool:
         """Accept ``event`` and write it to the idle worker at once; false if not (nothing done).
 
         The idle-latency path: an event that finds its pipeline idle runs every line between
@@ -138,14 +138,22 @@ class Sender:
         times what it does under load. This does the same bookkeeping as :meth:`feed` for the
         common case, one event, a worker that is idle and already knows the handler, and plain
         data, and leaves anything else to it.
+
+        With ``caught_up``, a worker whose acknowledgements are not read yet will do too if
+        its progress array says it has finished everything (see
+        :func:`batching.caught_up_worker`): the event is written before they are read.
         """
         worker = self.idle_worker
+        if worker is None and caught_up:
+            worker = batching.caught_up_worker(self.slots)
+            if worker is not None and len(worker.batches) >= MAX_INFLIGHT_BATCHES:
+                worker = None
         ledger = self.ledger
         if (
             self.keyed  # the event's key picks its worker: feed() routes it
             or worker is None
             or ledger.shared
-            or worker.batches
+            or (worker.batches and not caught_up)
             or not worker.open
             or worker.outbuf
             or worker.forget
