@@ -222,8 +222,9 @@ class DispatcherLoop:
         """
         self._handoff.collecting(_monotonic(), by_submitter=not self._waker.in_loop())
         # A busy producer at a modest rate: one event waits, and its worker has finished (its
-        # acknowledgement not read yet). It is written first, the reads come after.
-        if len(self._inbox) == 1:
+        # acknowledgement not read yet). It is written first, the reads come after. Not in a
+        # flood, where events go together in batches that grow while the worker is busy.
+        if len(self._inbox) == 1 and not self._sender.flood.flooded:
             self.send_alone(caught_up=True)
         # At a modest rate (few events queued), send first: a worker with room (one small
         # batch in hand) gets the events before the reads, which they would otherwise wait for.
