@@ -146,7 +146,10 @@ class BlockSearch:
                     offset = (
                         start + line_start if raw is None else raw.at(state.index - base + line)
                     )
-                    state.add(state.index + line, Piece(offset, line_text, hits))
+                    state.lines.append(
+                        LineHits(state.index + line, [Piece(offset, line_text, hits)])
+                    )
+                    state.hits += len(hits)
                     if state.hits >= state.max_hits:
                         count = line + 1
                         complete = False
@@ -208,20 +211,21 @@ class BlockSearch:
                 self._scanners[number] = None
                 self._line_by_line.add(number)
                 by_line.append(number)
-        lines_found: dict[int, int] = {}
-        matches: dict[int, dict[int, re.Match[str]]] = {}
+        lines: list[tuple[int, int, dict[int, re.Match[str]]]] = []
         index, counted = 0, start
         for line_start in sorted(starts):
             index += text.count("\n", counted, line_start)
             counted = line_start
-            lines_found[index] = line_start
-            matches[index] = starts[line_start]
+            lines.append((index, line_start, starts[line_start]))
         count = index + text.count("\n", counted, stop)
+        if not by_line:
+            return lines, slow, count, True  # in line order already
+        lines_found = {line: line_start for line, line_start, _known in lines}
+        matches = {line: known for line, _start, known in lines}
         complete = True
-        if by_line:
-            last = self._by_line(text, start, stop, by_line, deadline, lines_found, slow)
-            if last is not None:
-                count, complete = last + 1, False
+        last = self._by_line(text, start, stop, by_line, deadline, lines_found, slow)
+        if last is not None:
+            count, complete = last + 1, False
         return (
             sorted(
                 (line, line_start, matches.get(line, {}))
@@ -284,10 +288,6 @@ class _BlockState:
         self.index = 0  # complete lines gone through
         self.offset = 0  # bytes gone through
         self.stopped = False
-
-    def add(self, index: int, piece: Piece) -> None:
-        self.lines.append(LineHits(index, [piece]))
-        self.hits += len(piece.hits)
 
     def line_done(self, pieces: list[Piece], end: int) -> None:
         """A line matched on its own (over the cap): its pieces, then the checks."""
