@@ -74,6 +74,7 @@ from .handlers import ChainEventHandler
 from .pipeline_handlers import TEMPLATE_SETTINGS, HandlerLoader, error_fields, tail_fields
 from .pipeline_values import kind_of, literal
 from .tail import DEFAULT_MAX_LINE_BYTES, STDIN, check_encoding
+from .templates import Fields, render_fields
 
 __all__ = ["InputSpec", "Pipeline", "PipelineError", "RuleSpec", "load_pipeline"]
 
@@ -159,15 +160,14 @@ class Pipeline:
 
 
 class _TemplateKey:
-    """Routes an event by a template of its fields (runs in the parent, at acceptance)."""
+    """Routes an event by a template of its fields (runs in the parent, at acceptance, for
+    every event: only the fields the template names are worked out)."""
 
     def __init__(self, template: str) -> None:
         self.template = template
 
     def __call__(self, event: Event) -> Hashable:
-        from .templates import render
-
-        return render(self.template, event)
+        return render_fields(self.template, Fields(event))
 
 
 def load_pipeline(

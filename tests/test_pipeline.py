@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from eventmp import ChainEventHandler, PrintEventHandler
+from eventmp import ChainEventHandler, Event, PrintEventHandler
+from eventmp.errors import TemplateError
 from eventmp.pipeline import Pipeline, PipelineError, load_pipeline
+from eventmp.templates import render
 
 GOOD = """
 [dispatcher]
@@ -100,6 +103,28 @@ def test_several_workers_route_by_file_by_default(tmp_path: Path) -> None:
     key = pipeline.key_function(2)
     assert key is not None
     assert pipeline.key_function(1) is None
+
+
+@pytest.mark.parametrize(
+    "template", ["{file}", "{file}:{rule}", "{ip}", "{line_number:>8}", "{time}", "{0!r}", "x"]
+)
+def test_a_routing_key_is_its_template_rendered(tmp_path: Path, template: str) -> None:
+    """The key of an event is render(key, event), worked out field by field."""
+    key = replace(load(tmp_path, GOOD), key_template=template).key_function(2)
+    assert key is not None
+    data = {"file": "/var/log/auth.log", "rule": "r", "line_number": 7, "match": "m"}
+    event = Event("tail:auth", None, {**data, "groups": [], "named": {"ip": "10.0.0.1"}})
+    assert key(event) == render(template, event)
+
+
+def test_a_routing_key_naming_a_field_the_event_lacks_raises_template_error(
+    tmp_path: Path,
+) -> None:
+    """As render() does: the dispatcher then fails that event alone."""
+    key = replace(load(tmp_path, GOOD), key_template="{ip}").key_function(2)
+    assert key is not None
+    with pytest.raises(TemplateError):
+        key(Event("tail:auth", None, {"file": "f"}))
 
 
 @pytest.mark.parametrize(
