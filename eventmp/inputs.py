@@ -224,50 +224,43 @@ class InputSet(EventGenerator):
         checkpoints) and the exception propagates. False too when the set was stopped.
         """
         try:
-            return self._swap(make, restore=restore, timeout=timeout)
+            with self._lock:
+                if self._stopped:
+                    return False
+                self._held = True
+                deadline = time.monotonic() + timeout
+                while self._outstanding > 0 and not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._held = False
+                        return False
+                    self._lock.wait(min(left, 0.5))
+                if self._stopped:
+                    return False
+                retired = dict(self._retired)
+                self._retired_slow = self.slow_lines()
+                for tail in self.tails:
+                    tail.stop()
+                    lines, read = retired.get(tail.name, (0, 0))
+                    retired[tail.name] = (lines + tail.lines_read, read + tail.bytes_read)
+                tails: list[FileTailGenerator] = []  # if restore() fails too: nothing left to read
+                try:
+                    tails = make()
+                except BaseException:
+                    tails = restore()
+                    raise
+                finally:
+                    self.tails, self._retired = tails, retired
+                    # A new tail counts as read the bytes before its checkpoint, which the old one
+                    # counted already.
+                    self._resumed = {id(tail): _saved_bytes(tail.state_file) for tail in tails}
+                    self._held = False
+                return True
         finally:
+            # Reading may start again (the new tails, or the old ones if none were built). Out
+            # of this set's lock: poll_now() takes the dispatcher's.
             if not self._stopped:
                 self._ready()
-
-    def _swap(
-        self,
-        make: Callable[[], list[FileTailGenerator]],
-        *,
-        restore: Callable[[], list[FileTailGenerator]],
-        timeout: float,
-    ) -> bool:
-        with self._lock:
-            if self._stopped:
-                return False
-            self._held = True
-            deadline = time.monotonic() + timeout
-            while self._outstanding > 0 and not self._stopped:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._held = False
-                    return False
-                self._lock.wait(min(left, 0.5))
-            if self._stopped:
-                return False
-            retired = dict(self._retired)
-            self._retired_slow = self.slow_lines()
-            for tail in self.tails:
-                tail.stop()
-                lines, read = retired.get(tail.name, (0, 0))
-                retired[tail.name] = (lines + tail.lines_read, read + tail.bytes_read)
-            tails: list[FileTailGenerator] = []  # if restore() fails too: nothing left to read
-            try:
-                tails = make()
-            except BaseException:
-                tails = restore()
-                raise
-            finally:
-                self.tails, self._retired = tails, retired
-                # A new tail counts as read the bytes before its checkpoint, which the old one
-                # counted already.
-                self._resumed = {id(tail): _saved_bytes(tail.state_file) for tail in tails}
-                self._held = False
-            return True
 
     # == progress ================================================================================
 
