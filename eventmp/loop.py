@@ -224,11 +224,14 @@ class DispatcherLoop:
         # A busy producer at a modest rate: one event waits, and its worker has finished (its
         # acknowledgement not read yet). It is written first, the reads come after. Not in a
         # flood, where events go together in batches that grow while the worker is busy.
-        if len(self._inbox) == 1 and not self._sender.flood.flooded:
-            self.send_alone(caught_up=True)
+        sent = (
+            len(self._inbox) == 1
+            and not self._sender.flood.flooded
+            and self.send_alone(caught_up=True)
+        )
         # At a modest rate (few events queued), send first: a worker with room (one small
         # batch in hand) gets the events before the reads, which they would otherwise wait for.
-        if len(self._inbox) <= 8:
+        if not sent and len(self._inbox) <= 8:
             self.pump()
         if self._pool.read_all():
             self._waker.wake()  # a worker is leaving: the dispatcher thread reaps it
