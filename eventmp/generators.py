@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from .event import Event, EventGenerator
 
@@ -68,9 +69,11 @@ class Generators:
             logger.warning("generator %s failed in get_events(): %r", generator, exc)
             return Polled(errors=[exc])
         polled = Polled(tracks=bool(getattr(generator, "track_outcomes", False)))
-        # A comprehension: this runs for every event a generator makes.
-        polled.events = [item for item in items if isinstance(item, Event)]
-        if len(polled.events) < len(items):
+        # C-level passes: this runs for every event a generator makes.
+        if all(map(isinstance, items, repeat(Event))):
+            polled.events = items
+        else:
+            polled.events = [item for item in items if isinstance(item, Event)]
             polled.errors = [
                 TypeError(f"get_events() returned a {type(item).__qualname__}, not an Event")
                 for item in items

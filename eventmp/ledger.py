@@ -33,9 +33,11 @@ transition while it holds few events (:mod:`eventmp.ledger_audit`).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, ClassVar
 
 from .errors import EventAbandonedError, LedgerError
@@ -97,7 +99,7 @@ class Ledger:
 
     def accept(
         self, events: list[Event], tracker: Any = None, sizes: list[int] | None = None
-    ) -> range:
+    ) -> list[int]:
         """Number ``events`` and hold them as pending (not queued yet); their seqs.
 
         ``sizes`` are the events' estimated bytes, counted in ``bytes_held`` until each has
@@ -105,7 +107,9 @@ class Ledger:
         """
         first = self._next_seq
         self._next_seq = first + len(events)
-        seqs = range(first, first + len(events))
+        # A list, not a range: the pending map and the backlog then share one int object per
+        # event, where each pass over a range would make its own.
+        seqs = list(range(first, first + len(events)))
         self.pending.update(zip(seqs, events, strict=True))
         self.accepted += len(events)
         if tracker is not None:
@@ -148,8 +152,7 @@ class Ledger:
             seqs = list(backlog)  # the usual case under load: all of it, in one C-level pass
             backlog.clear()
         else:
-            popleft = backlog.popleft
-            seqs = [popleft() for _ in range(count)]
+            seqs = list(map(operator.call, repeat(backlog.popleft, count)))  # C-level too
         if self.strict:
             self._in_hand += seqs
         return seqs

@@ -45,6 +45,7 @@ __all__ = [
     "HandlerUpdate",
     "WorkerReady",
     "WorkerRetiring",
+    "batch_frame_head",
     "decode_result",
     "decode_task",
     "encode_batch",
@@ -161,6 +162,7 @@ _TASK_BATCH = 1
 _TASK_RESYNC = 2
 _TASK_HANDLERS = 3
 _BATCH_HEADER = struct.Struct("!BQ")  # kind, batch_no
+_BATCH_FRAME_HEAD = struct.Struct("!iBQ")  # the same, framed
 # Worker-to-parent frames: an acknowledgement is packed by hand (one per batch); the rest
 # (failures, readiness, recycling) are pickled named tuples.
 _RESULT_DONE = 1
@@ -171,8 +173,20 @@ _DONE_FRAME = struct.Struct("!iBQQQ")  # the same, framed: packed in one go, onc
 
 def encode_batch(batch_no: int, events: bytes, resync: bool = False) -> bytes:
     """A framed :class:`EventBatch`, ready to write to a task pipe."""
+    return batch_frame_head(batch_no, len(events), resync) + events
+
+
+def batch_frame_head(batch_no: int, size: int, resync: bool = False) -> bytes:
+    """The bytes that go before a batch's ``size`` bytes of pickled events on a task pipe.
+
+    The sender appends the two to its output buffer one after the other: a batch is tens of
+    kilobytes, and joining it to its header first would copy it once more.
+    """
     kind = _TASK_RESYNC if resync else _TASK_BATCH
-    return frame(_BATCH_HEADER.pack(kind, batch_no) + events)
+    n = _BATCH_HEADER.size + size
+    if n > 0x7FFFFFFF:
+        return _SHORT.pack(-1) + _LONG.pack(n) + _BATCH_HEADER.pack(kind, batch_no)
+    return _BATCH_FRAME_HEAD.pack(n, kind, batch_no)
 
 
 def encode_handler_update(update: HandlerUpdate) -> bytes:

@@ -30,7 +30,7 @@ from .messages import (
     STOP_HANDLER_ID,
     HandlerUpdate,
     WireEvent,
-    encode_batch,
+    batch_frame_head,
     encode_handler_update,
 )
 from .shared import Mode, Waker
@@ -40,6 +40,7 @@ __all__ = ["Sender"]
 
 _monotonic = time.monotonic
 _ORIGINATOR = "EventDispatcher"  # the originator of an error event decided in the parent
+_NO_HANDLER = object()  # no event's handler: the first event of a batch looks its handler up
 
 
 class Sender:
@@ -179,7 +180,8 @@ class Sender:
         # worker's answers out until the ledger knows the batch; what runs before the write
         # is what the event waits for.
         batch_no = next(self._batch_no)
-        worker.outbuf += encode_batch(batch_no, blob)
+        worker.outbuf += batch_frame_head(batch_no, len(blob))
+        worker.outbuf += blob
         self.flush(worker)
         ledger.accept_one(event)
         self._record_batch(worker, batch_no, [seq], False)
@@ -225,18 +227,18 @@ class Sender:
         items: list[WireEvent] = []
         definitions: list[tuple[int, bytes]] = []
         pending = ledger.pending
-        last_handler: Any = None
+        last_handler: Any = _NO_HANDLER
         handler_id = -1
         last_originator: Any = None  # and its wire form: a generator's events come in runs
         wire: Any = None
         for seq in seqs:
             event = pending[seq]
             handler = event.handler
-            if handler is not last_handler or handler_id < 0:
+            if handler is not last_handler:
                 try:
                     handler_id = self.handler_id(handler, worker, definitions)
                 except EventmpError as exc:
-                    handler_id = -1
+                    last_handler = _NO_HANDLER  # the next event asks again
                     self._fail(seq, exc)
                     continue
                 last_handler = handler
@@ -258,7 +260,9 @@ class Sender:
             kept = kept[:half]
             blob = serialization.dumps(kept)
         self.estimates.note_bytes(len(blob), len(kept))
-        self.write_batch(worker, definitions, blob, [item[0] for item in kept])
+        # Usually every event taken went: the list taken is then the list sent.
+        sent = seqs if len(kept) == len(seqs) else [item[0] for item in kept]
+        self.write_batch(worker, definitions, blob, sent)
 
     def send_resync(self, worker: WorkerHandle) -> None:
         """Send the slot's resync list as one batch of separately pickled events."""
@@ -298,7 +302,8 @@ class Sender:
         batch_no = next(self._batch_no)
         if definitions:
             worker.outbuf += encode_handler_update(HandlerUpdate(definitions, []))
-        worker.outbuf += encode_batch(batch_no, blob, resync)
+        worker.outbuf += batch_frame_head(batch_no, len(blob), resync)
+        worker.outbuf += blob
         if worker.forget:
             worker.outbuf += encode_handler_update(HandlerUpdate([], worker.forget))
             worker.forget = []

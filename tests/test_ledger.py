@@ -69,7 +69,7 @@ def test_accept_numbers_events_and_holds_them_pending() -> None:
     """accept() and accept_one() number events from 1 and hold them pending, not queued."""
     ledger = Ledger(1)
     events = make_events(3)
-    assert ledger.accept(events) == range(1, 4)
+    assert ledger.accept(events) == [1, 2, 3]
     assert ledger.next_seq() == 4
     assert ledger.accept_one(Event("test", None)) == 4
     assert ledger.accepted == 4

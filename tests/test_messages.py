@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import struct
@@ -22,6 +23,7 @@ from eventmp.messages import (
     HandlerUpdate,
     WorkerReady,
     WorkerRetiring,
+    batch_frame_head,
     decode_result,
     decode_task,
     encode_batch,
@@ -227,6 +229,22 @@ def test_batches_round_trip_through_their_codec(resync: bool) -> None:
     batch = decode_task(payload)
     assert type(batch) is EventBatch
     assert (batch.batch_no, bytes(batch.events), batch.resync) == (2**40 + 7, events, resync)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=len)
+def test_a_batch_head_then_its_events_is_one_frame_a_connection_reads(payload: bytes) -> None:
+    """batch_frame_head and the blob written after it arrive as one Connection message."""
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    with reader, writer:
+        done = threading.Thread(
+            target=os.write, args=(writer.fileno(), batch_frame_head(9, len(payload)) + payload)
+        )
+        done.start()
+        received = reader.recv_bytes()
+        done.join(10)
+    assert received == encode_batch(9, payload)[4:]
+    assert plain_batch(received) is not None
+    assert bytes(plain_batch(received)[1]) == payload  # type: ignore[index]
 
 
 def test_handler_updates_round_trip_through_their_codec() -> None:
