@@ -7,34 +7,6 @@ back to the parent as error events ``data=(exception, original_event)``.
 
 from typing import TYPE_CHECKING, Any
 
-from .dispatcher import DispatcherStats, EventDispatcher, default_start_method
-from .errors import (
-    CommandFailedError,
-    CommandTimeoutError,
-    DispatcherStoppedError,
-    EventAbandonedError,
-    EventmpError,
-    HandlerTimeoutError,
-    PipelineError,
-    RemoteError,
-    RemoteTraceback,
-    SerializationError,
-    SubmitTimeoutError,
-    TemplateError,
-    WebhookError,
-    WorkerCrashedError,
-    WorkerStartError,
-)
-from .event import Event, EventGenerator
-from .handlers import (
-    ChainEventHandler,
-    EventHandler,
-    ExecEventHandler,
-    PrintEventHandler,
-    StopEventHandler,
-)
-from .processor import EventProcessor
-
 if TYPE_CHECKING:
     from .actions import (
         CommandEventHandler,
@@ -44,14 +16,68 @@ if TYPE_CHECKING:
         ThrottleEventHandler,
         WebhookEventHandler,
     )
+    from .dispatcher import DispatcherStats, EventDispatcher, default_start_method
+    from .errors import (
+        CommandFailedError,
+        CommandTimeoutError,
+        DispatcherStoppedError,
+        EventAbandonedError,
+        EventmpError,
+        HandlerTimeoutError,
+        PipelineError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        SubmitTimeoutError,
+        TemplateError,
+        WebhookError,
+        WorkerCrashedError,
+        WorkerStartError,
+    )
+    from .event import Event, EventGenerator
+    from .handlers import (
+        ChainEventHandler,
+        EventHandler,
+        ExecEventHandler,
+        PrintEventHandler,
+        StopEventHandler,
+    )
     from .pipeline import load_pipeline
+    from .processor import EventProcessor
     from .tail import FileTailGenerator, Rule
 
 __version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
 
-# The log-watching parts import urllib, smtplib and the like: every worker process imports
-# this package, so they load on first use instead.
+# Every name loads on first use: a worker process imports only its own side (forked from a
+# server that preloaded it, see eventmp.preload), the command starts that server before it
+# imports the rest, and the log-watching parts import urllib, smtplib and the like.
 _LAZY = {
+    "DispatcherStats": "dispatcher",
+    "EventDispatcher": "dispatcher",
+    "default_start_method": "dispatcher",
+    "CommandFailedError": "errors",
+    "CommandTimeoutError": "errors",
+    "DispatcherStoppedError": "errors",
+    "EventAbandonedError": "errors",
+    "EventmpError": "errors",
+    "HandlerTimeoutError": "errors",
+    "PipelineError": "errors",
+    "RemoteError": "errors",
+    "RemoteTraceback": "errors",
+    "SerializationError": "errors",
+    "SubmitTimeoutError": "errors",
+    "TemplateError": "errors",
+    "WebhookError": "errors",
+    "WorkerCrashedError": "errors",
+    "WorkerStartError": "errors",
+    "Event": "event",
+    "EventGenerator": "event",
+    "ChainEventHandler": "handlers",
+    "EventHandler": "handlers",
+    "ExecEventHandler": "handlers",
+    "PrintEventHandler": "handlers",
+    "StopEventHandler": "handlers",
+    "EventProcessor": "processor",
     "CommandEventHandler": "actions",
     "CountEventHandler": "actions",
     "JsonEventHandler": "actions",
@@ -70,7 +96,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'eventmp' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
 
 
 __all__ = [

@@ -70,6 +70,7 @@ from .options import (
 )
 from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
+from .preload import preload_workers
 from .shared import NEW, RUNNING, STOPPED, STOPPING, Mode, Waker
 from .stopping import Stopping
 from .units import parse_size
@@ -477,6 +478,7 @@ class EventDispatcher(threading.Thread):
             if self._mode.state != NEW:
                 raise RuntimeError(f"dispatcher already {self._mode.state}")
             self._mode.state = RUNNING
+        preload_workers(self._context)  # a forkserver started later forks ready workers
         try:
             self._pool.start_all()
         except BaseException:

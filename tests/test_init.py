@@ -31,6 +31,21 @@ def test_log_watching_parts_load_on_first_use() -> None:
     assert result.stdout.split("\n")[:2] == ["[]", "True"]
 
 
+def test_importing_eventmp_imports_none_of_its_modules() -> None:
+    """`import eventmp` loads no submodule; a name loads its own module on first use."""
+    code = (
+        "import sys, eventmp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('eventmp.')))\n"
+        "eventmp.Event\n"
+        "print('eventmp.event' in sys.modules, 'eventmp.dispatcher' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True False"]
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     """A name eventmp does not have raises AttributeError naming it."""
     try:
