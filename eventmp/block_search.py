@@ -30,9 +30,11 @@ import time
 from typing import Any
 
 from .line_patterns import line_confined, nested_repeat
-from .matching import Block, LineHits, LineMatcher, Piece
+from .matching import Block, Hits, LineHits, LineMatcher, Piece
 
 __all__ = ["BlockSearch"]
+
+_new = tuple.__new__
 
 # Size of a window of the block search, in lines of the maximum length: a deadline is checked
 # between windows, and a window costs a polynomial pattern about what that many such lines do.
@@ -71,6 +73,8 @@ class BlockSearch:
         # Rules checked line by line (a match of theirs is never known from a block search).
         self._line_by_line = {n for n, search in enumerate(self._scanners) if search is None}
         self._window_size = max(matcher.max_line_bytes * _WINDOW_LINES_BYTES_FACTOR, 4096)
+        # Per rule: the rule, if a line it alone matched has that one hit (no exclude).
+        self._alone = [None if rule.exclude is not None else rule for rule in matcher.rules]
 
     def block(
         self,
@@ -136,18 +140,36 @@ class BlockSearch:
             if stop <= position:
                 stop = text.find("\n", position) + 1
             found, slow, count, complete = self._window(text, position, stop, state.deadline)
+            # Every rule was searched over the block (none line by line): a line one rule
+            # matched, without an exclude, has that hit alone (match_text's answer, the
+            # usual case, without its loop over the rules).
+            alone = None if line_by_line else self._alone
             for line, line_start, known in found:
                 line_end = text.find("\n", line_start)
                 line_text = text[line_start:line_end]
-                hits, slow_here = match_text(line_text, known, line_by_line)
-                if slow_here:
-                    slow.update((n, line) for n in slow_here)
+                if alone is not None and len(known) == 1 and line_text:
+                    ((number, match),) = known.items()
+                    rule = alone[number]
+                    if rule is not None:
+                        hits: Hits = [(rule, match)]
+                        matcher.count_match(number)
+                    else:
+                        hits, slow_here = match_text(line_text, known, line_by_line)
+                        if slow_here:
+                            slow.update((n, line) for n in slow_here)
+                else:
+                    hits, slow_here = match_text(line_text, known, line_by_line)
+                    if slow_here:
+                        slow.update((n, line) for n in slow_here)
                 if hits:
                     offset = (
                         start + line_start if raw is None else raw.at(state.index - base + line)
                     )
+                    # tuple.__new__: a NamedTuple's own constructor is a Python function.
                     state.lines.append(
-                        LineHits(state.index + line, [Piece(offset, line_text, hits)])
+                        _new(
+                            LineHits, (state.index + line, [_new(Piece, (offset, line_text, hits))])
+                        )
                     )
                     state.hits += len(hits)
                     if state.hits >= state.max_hits:

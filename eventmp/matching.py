@@ -169,6 +169,11 @@ class LineMatcher:
         with memoryview(data) as view, view[start:end] as part:
             return str(part, self.encoding, "replace")
 
+    def count_match(self, number: int) -> None:
+        """Rule ``number`` matched a line that a block search found, as :meth:`match_text`
+        counts it (for the block search's lines with one hit, which skip that loop)."""
+        self._counters[number].matches += 1
+
     def add_seconds(self, number: int, seconds: float) -> None:
         """Time rule ``number`` spent matching elsewhere (a block search), for :meth:`stats`."""
         self._counters[number].seconds += seconds

@@ -66,13 +66,18 @@ def test_block_search_agrees_with_the_line_by_line_definition(
     """For any rules and text, the block search finds what the per-line path finds (given, as
     a tail gives it, a buffer whose complete lines end at ``size``, a partial line after)."""
     whole = data.rfind(b"\n") + 1
-    fast = BlockSearch(LineMatcher(rules, "utf-8", limit)).block(
-        bytearray(data), max_hits, size=whole
-    )
+    fast_matcher = LineMatcher(rules, "utf-8", limit)
+    fast = BlockSearch(fast_matcher).block(bytearray(data), max_hits, size=whole)
     data = data[:whole]
-    slow = LineMatcher(rules, "utf-8", limit).block_reference(data, max_hits)
+    slow_matcher = LineMatcher(rules, "utf-8", limit)
+    slow = slow_matcher.block_reference(data, max_hits)
     assert hits_of(fast) == hits_of(slow)
     assert (fast.lines_done, fast.bytes_done) == (slow.lines_done, slow.bytes_done)
+    # Each rule's match count too, the lines the block search settles without match_text
+    # included.
+    assert {name: s.matches for name, s in fast_matcher.stats().items()} == {
+        name: s.matches for name, s in slow_matcher.stats().items()
+    }
 
 
 @settings(max_examples=500, deadline=None, database=None)
