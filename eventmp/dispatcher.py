@@ -71,7 +71,7 @@ from .options import (
 from .outcomes import OutcomeDelivery
 from .pool import WorkerPool
 from .preload import preload_workers
-from .shared import NEW, RUNNING, STOPPED, STOPPING, Mode, Waker
+from .shared import NEW, RUNNING, STOPPED, STOPPING, Changed, Mode, Waker
 from .stopping import Stopping
 from .units import parse_size
 
@@ -164,7 +164,7 @@ class EventDispatcher(threading.Thread):
         self._context = multiprocessing.get_context(method)
 
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = Changed(self._lock)
         # The state (new, running, stopping, stopped), drain and abandoning, shared with the
         # pool and the sender, which read them; set only here, with the lock held.
         self._mode = Mode()
@@ -218,6 +218,7 @@ class EventDispatcher(threading.Thread):
             max_pending=self.max_pending,
             max_pending_bytes=self.max_pending_bytes,
         )
+        self._changed.is_idle = self._loop.idle
 
     # == public API ==============================================================================
 
@@ -407,7 +408,11 @@ class EventDispatcher(threading.Thread):
         """
         with self._lock:
             self._loop.take_back_acks()
-            return self._changed.wait_for(self._loop.idle, timeout)
+            self._changed.idle_waiters += 1
+            try:
+                return self._changed.idle.wait_for(self._loop.idle, timeout)
+            finally:
+                self._changed.idle_waiters -= 1
 
     @property
     def failure(self) -> EventmpError | None:

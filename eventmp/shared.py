@@ -1,4 +1,5 @@
-"""What the parent's rooms share: the dispatcher thread's wake-up pipe, and the pipeline's mode.
+"""What the parent's rooms share: the dispatcher thread's wake-up pipe, the pipeline's mode, and
+the dispatcher's condition (:class:`Changed`).
 
 Runs in the parent process. The dispatcher owns both and hands them to the rooms that need
 them (:mod:`eventmp.pool`, :mod:`eventmp.lifecycle`, :mod:`eventmp.sending`), so that none of
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["NEW", "RUNNING", "STOPPED", "STOPPING", "Mode", "Waker"]
+__all__ = ["NEW", "RUNNING", "STOPPED", "STOPPING", "Changed", "Mode", "Waker"]
 
 # The dispatcher's states, in order: set by the dispatcher (and its stopping room), lock held.
 NEW, RUNNING, STOPPING, STOPPED = "new", "running", "stopping", "stopped"
@@ -86,3 +89,25 @@ class Waker:
             if fd >= 0:
                 os.close(fd)
         self.read_fd = self.write_fd = -1
+
+
+class Changed(threading.Condition):
+    """The dispatcher's condition (on its lock), notified whenever its state changes; and a
+    second one, :attr:`idle`, that ``wait()`` waits on, notified only when the pipeline is idle.
+
+    The state changes with every acknowledgement, poll and outcome; a thread in ``wait()`` woken
+    for each of them would take the lock and the GIL from the dispatcher thread only to find
+    work still pending, thousands of times a second under load. ``is_idle`` is the test (set by
+    the dispatcher), made at each notification while someone waits in ``wait()``.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.idle = threading.Condition(lock)
+        self.idle_waiters = 0
+        self.is_idle: Callable[[], bool] = lambda: False
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        if self.idle_waiters and self.is_idle():
+            self.idle.notify_all()
