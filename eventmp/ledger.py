@@ -59,6 +59,8 @@ __all__ = ["Ledger", "Outcome", "position"]
 
 logger = logging.getLogger("eventmp")
 
+_new = tuple.__new__
+
 
 class Ledger:
     """Every accepted event's state, for a dispatcher with ``slots`` worker slots.
@@ -466,6 +468,7 @@ class Ledger:
         pending = self.pending
         if self.trackers:
             settled = 0
+            untrack, append = self.trackers.pop, self.settled.append
             for index, seq in enumerate(seqs, start):
                 if failed and index in failed:
                     continue
@@ -473,9 +476,11 @@ class Ledger:
                 if event is None:
                     continue
                 settled += 1
-                tracker = self.trackers.pop(seq, None)
+                tracker = untrack(seq, None)
                 if tracker is not None:
-                    self.settled.append(Outcome(seq, event, None, None, tracker))
+                    # tuple.__new__: a NamedTuple's own constructor is a Python function, and
+                    # this runs for every event of a generator that tracks its outcomes.
+                    append(_new(Outcome, (seq, event, None, None, tracker)))
         else:
             # The hot path: a failed event was popped before, hence the default. A plain loop
             # costs less than a C-level pass through deque(map(...)) at every batch size.

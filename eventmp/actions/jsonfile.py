@@ -68,10 +68,16 @@ def _jsonable(value: Any, active: set[int]) -> Any:
 
 
 def _json_key(key: Any) -> str:
+    """A dict key as ``json.dumps()`` writes it (a string, a number, true, false, null); any
+    other key by its ``repr()``."""
     if isinstance(key, str):
         return key
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return float.__repr__(key)
     return repr(key)
 
 
@@ -79,63 +85,43 @@ def _json_key(key: Any) -> str:
 # U+0020 itself): str.splitlines() and JavaScript split a record at them.
 _LINE_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
-
-# The types that _jsonable() returns as they are, and json.dumps() writes as they are.
-_SCALARS = frozenset({str, int, bool, type(None)})
-# How deep _plain() looks: a tail's record is the record, its data, and the data's groups.
-_PLAIN_DEPTH = 4
-# json.dumps(value, ensure_ascii=False, allow_nan=False) for a value that _plain() accepts:
-# the C encoder itself, made once rather than for each dumps(), and without the check for
-# circular references, which _plain() does (it refuses what is deeper than it looks).
+# json.dumps(value, ensure_ascii=False, allow_nan=False), made of the C encoder itself, which
+# refuses (rather than converts) what _jsonable() would change: an object of another type
+# (default), NaN and the infinities, a key that is not a string, number, bool or None, and a
+# value that contains itself. A record it writes is written as json.dumps() writes the
+# record's _jsonable() copy; it spares that copy, a pass in Python over every value.
 _make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
-_encode_plain: Any = (
-    _make_encoder(None, None, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
-    if _make_encoder is not None
-    else None
-)
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
-def _encode_plain_text(value: Any) -> str:
-    if _encode_plain is None:
-        return str(_encode(value))
-    return "".join(_encode_plain(value, 0))
+class _NotPlain(Exception):
+    """A value the C encoder is not to write as it is (see _encode_plain_text)."""
 
 
-def _plain(value: Any, depth: int = _PLAIN_DEPTH) -> bool:
-    """Whether ``json.dumps()`` writes ``value`` just as it writes ``_jsonable(value)``.
+def _refuse(value: Any) -> Any:
+    raise _NotPlain
 
-    True for plain JSON values of the built-in types themselves: strings, numbers (finite
-    floats), None, and dicts with string keys, lists and tuples of them, up to ``depth``
-    levels down. Anything else (a subclass, another key, NaN, a deeper or circular value)
-    takes the copy, which is the rule for what is written; this only spares it when it would
-    change nothing.
-    """
-    kind = type(value)
-    if kind in _SCALARS:
-        return True
-    if kind is float:
-        return bool(value - value == 0.0)  # false for NaN and the infinities
-    if depth == 0:
-        return False
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item, depth - 1)):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        for item in value:
-            if type(item) not in _SCALARS and not _plain(item, depth - 1):
-                return False
-        return True
-    return False
+
+def _encode_plain_text(value: Any) -> str | None:
+    """``value`` as json.dumps() writes it, or None if it holds anything _jsonable() changes."""
+    if _make_encoder is None:
+        return None
+    # A new encoder each time: its record of the values being written (for loops) is its
+    # own, and is left behind by an error.
+    encoder = _make_encoder(
+        {}, _refuse, json.encoder.encode_basestring, None, ": ", ", ", False, False, False
+    )
+    try:
+        return "".join(encoder(value, 0))
+    except (_NotPlain, ValueError, TypeError, RecursionError):
+        return None
 
 
 def _json_bytes(record: Mapping[str, Any], end: str = "") -> bytes:
-    if type(record) is dict and _plain(record):
-        text = _encode_plain_text(record) + end
-    else:
-        text = _encode(_jsonable(dict(record), set())) + end
+    text = _encode_plain_text(record) if type(record) is dict else None
+    if text is None:
+        text = _encode(_jsonable(dict(record), set()))
+    text += end
     if text.isascii():
         return text.encode("ascii")  # none of the characters below, no surrogate
     # Outside strings JSON has none of these characters, so each one escaped is still the
