@@ -44,6 +44,30 @@ def test_event_record_default_keys() -> None:
     assert record["data"] == tail_data()
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"time": "the data's own"},
+        {"line": "x", "named": {"originator": "a group"}},
+        {"timestamp": 5, "named": {"time": "a group"}},
+        {"named": {"x": "1"}},
+        ["not", "a", "dict"],
+        None,
+    ],
+    ids=["data-key", "named-group", "both", "other-group", "list", "none"],
+)
+def test_event_record_fields_are_those_a_template_sees(data: Any) -> None:
+    """A data key or named group called time, timestamp or originator wins, as in templates."""
+    event = Event("tail", None, data, timestamp=STAMP)
+    values = fields(event)
+    assert event_record(event) == {
+        "timestamp": values["timestamp"],
+        "time": values["time"],
+        "originator": values["originator"],
+        "data": data,
+    }
+
+
 def test_event_record_with_field_names_missing_one() -> None:
     """Asking for a field the event lacks raises TemplateError, as a template would."""
     with pytest.raises(TemplateError, match="host"):

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from ..errors import TemplateError
-from ..event import Event
+from ..event import Event, describe_originator
 from ..handlers import EventHandler, file_mode, open_output
-from ..templates import Fields
+from ..templates import Fields, local_time
 from .settings import _names, _text
 
 
@@ -30,6 +30,21 @@ def event_record(event: Event, names: list[str] | None = None) -> dict[str, Any]
     fields of :func:`eventmp.templates.fields` only, in that order (a field the event lacks
     raises :class:`~eventmp.errors.TemplateError`, as in a template).
     """
+    data = event.data
+    if names is None and (type(data) is dict or not isinstance(data, Mapping)):
+        named = data.get("named") if type(data) is dict else None
+        if (type(data) is not dict or _RECORD_FIELDS.isdisjoint(data)) and (
+            not named or (type(named) is dict and _RECORD_FIELDS.isdisjoint(named))
+        ):
+            # No group or key of the data's takes a field's name (they would win, as in a
+            # template): the fields are the event's own, worked out without Fields' lookups.
+            timestamp = event.timestamp
+            return {
+                "timestamp": timestamp,
+                "time": local_time(timestamp),
+                "originator": describe_originator(event.originator),
+                "data": data,
+            }
     # Only the fields the record holds are worked out (the local time only if it is one).
     values = Fields(event)
     if names is None:
@@ -46,6 +61,10 @@ def event_record(event: Event, names: list[str] | None = None) -> dict[str, Any]
         except KeyError:
             raise TemplateError(name, sorted(values)) from None
     return record
+
+
+# The fields of the default record that a tail's data could also name.
+_RECORD_FIELDS = frozenset({"timestamp", "time", "originator"})
 
 
 def _jsonable(value: Any, active: set[int]) -> Any:
