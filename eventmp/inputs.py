@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .event import Event, EventGenerator
 from .pipeline import InputSpec, Pipeline
@@ -162,9 +163,14 @@ class InputSet(EventGenerator):
         its tail failed (logged)."""
         with self._mutex:
             try:
+                last: Any = None  # the events of a run come from one tail, asked once
+                tracks = False
                 for event, exception in outcomes:
                     tail = event.originator
-                    if isinstance(tail, FileTailGenerator) and tail.track_outcomes:
+                    if tail is not last:
+                        last = tail
+                        tracks = isinstance(tail, FileTailGenerator) and tail.track_outcomes
+                    if tracks:
                         try:
                             tail.settled(event, exception)
                         except Exception:  # one tail's failure leaves the others their outcomes

@@ -54,6 +54,9 @@ logger = logging.getLogger("eventmp")
 
 _READ_CHUNK = 1 << 18
 _SETTLE_INTERVAL = 0.2  # how often finished events of tracking generators are settled early
+# ... and at most how often, while the loop turns faster: a look costs a read of the result
+# pipe and a walk over the worker's batches, and a checkpoint needs no fresher news.
+_SETTLE_MIN_GAP = 0.02
 _monotonic = time.monotonic
 
 
@@ -342,7 +345,8 @@ class WorkerPool:
                 workers.send_signal(worker.pid, signal.SIGKILL)
             if self.event_timeout is not None and worker.timed_out is None:
                 self.check_timeout(slot, worker)
-            if self.ledger.trackers and worker.batches:
+            if self.ledger.trackers and worker.batches and now >= worker.settle_after:
+                worker.settle_after = now + _SETTLE_MIN_GAP
                 self.settle_finished(slot, worker)
 
     # -- results (lock held) ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol, TextIO
 
 from .dispatcher import DispatcherStats, EventDispatcher
@@ -56,6 +57,27 @@ _ABSENT: Any = object()  # a key missing from an event's data
 # tallies they count into (None for a missing one).
 _Key = tuple[Any, Any]
 _Pair = tuple[Tally | None, Tally | None]
+_data_of = attrgetter("data")
+_rule_and_input = itemgetter("rule", "input")
+
+
+def _names_of(events: list[Event]) -> Counter[_Key] | None:
+    """How many of ``events`` carry each (rule, input), counted in C; None unless every one's
+    data is a dict holding both as strings (the caller then goes the long way, event by event).
+
+    A log tail's events all do: this runs for each of them twice (matched, then settled), in
+    the dispatcher thread that also reads the files.
+    """
+    datas = list(map(_data_of, events))
+    if not datas or set(map(type, datas)) != {dict}:
+        return None
+    try:
+        names = Counter(map(_rule_and_input, datas))
+    except (KeyError, TypeError):  # a name absent, or one that cannot be a key
+        return None
+    if all(type(rule) is str and type(name) is str for rule, name in names):
+        return names
+    return None
 
 
 class Counts:
@@ -89,6 +111,11 @@ class Counts:
 
     def matched(self, events: Iterable[Event]) -> None:
         events = list(events)
+        names = _names_of(events)
+        if names is not None:
+            with self._lock:
+                self._add(names, "matches")
+            return
         keys: list[_Key] = []
         for event in events:
             data = event.data
@@ -121,6 +148,13 @@ class Counts:
     def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
         """:meth:`settled` for each, the lock taken once, and the tallies of a run of events
         with the same names (a rule's, the usual case) looked up once."""
+        if len(outcomes) > 1:
+            processed = [event for event, exception in outcomes if exception is None]
+            names = _names_of(processed) if len(processed) == len(outcomes) else None
+            if names is not None:
+                with self._lock:
+                    self._add(names, "processed")
+                return
         with self._lock:
             last: Any = None  # the names of the run, when they are strings (or absent)
             tallies: Iterable[Tally | None] = ()
@@ -147,6 +181,13 @@ class Counts:
                         tally.processed += 1
                     else:
                         tally.failed += 1
+
+    def _add(self, names: Counter[_Key], field: str) -> None:
+        """Add each (rule, input)'s count to ``field`` of its tallies (lock held)."""
+        for key, number in names.items():
+            for tally in self._pair(key):
+                if tally is not None:
+                    setattr(tally, field, getattr(tally, field) + number)
 
     def _pair(self, key: _Key) -> _Pair:
         """The tallies of the names ``key`` holds as events carry them; TypeError if one

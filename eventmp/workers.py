@@ -99,6 +99,7 @@ class WorkerHandle:
         self.signalled = False  # it said it leaves on SIGTERM, as told (not a crash)
         self.timed_out: int | None = None  # position of the event it was killed for
         self.kill_at: float | None = None
+        self.settle_after = 0.0  # monotonic: its finished events are next settled early then
         self.rss = 0
         self.counters: dict[str, int] = {}  # the last HandlerCounters it sent (cumulative)
         self.retiring: str | None = None  # why it is leaving for a fresh worker, if it is
