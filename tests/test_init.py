@@ -8,6 +8,15 @@ import sys
 import eventmp
 
 
+def _printed(code: str) -> list[str]:
+    """The lines a fresh interpreter prints running ``code``."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
 def test_every_public_name_resolves() -> None:
     """Each name in eventmp.__all__ is importable from eventmp and listed by dir()."""
     for name in eventmp.__all__:
@@ -24,11 +33,7 @@ def test_log_watching_parts_load_on_first_use() -> None:
         "eventmp.FileTailGenerator\n"
         "print('eventmp.tail' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["[]", "True"]
+    assert _printed(code) == ["[]", "True"]
 
 
 def test_importing_eventmp_imports_none_of_its_modules() -> None:
@@ -39,11 +44,7 @@ def test_importing_eventmp_imports_none_of_its_modules() -> None:
         "eventmp.Event\n"
         "print('eventmp.event' in sys.modules, 'eventmp.dispatcher' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["[]", "True False"]
+    assert _printed(code) == ["[]", "True False"]
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
