@@ -114,6 +114,15 @@ class EventGenerator:
         """
         return 0
 
+    def event_sizes(self, events: list[Event]) -> list[int]:
+        """:meth:`event_size` of each of a poll's events, in order, in one call.
+
+        The dispatcher calls it for each poll of a generator that overrides either method;
+        override it to size a whole poll at once (a call per event costs more than the
+        sizing itself). This default calls ``event_size()`` for each.
+        """
+        return [self.event_size(event) for event in events]
+
     def settled(self, event: Event, exception: BaseException | None) -> None:
         """Called for each of this generator's events once it has its outcome (if tracked)."""
 

@@ -97,17 +97,22 @@ class Generators:
 
 
 def _sizes(generator: EventGenerator, events: list[Event]) -> list[int] | None:
-    """The events' sizes by ``generator.event_size()``; None if it does not size them."""
-    if getattr(type(generator), "event_size", None) in (None, EventGenerator.event_size):
+    """The events' sizes by ``generator.event_sizes()``; None if it does not size them."""
+    kind = type(generator)
+    batched = getattr(kind, "event_sizes", None) not in (None, EventGenerator.event_sizes)
+    if not batched and getattr(kind, "event_size", None) in (None, EventGenerator.event_size):
         return None
     try:
-        return [max(0, int(generator.event_size(event))) for event in events]
+        sizes = list(map(int, generator.event_sizes(events)))
+        if len(sizes) != len(events):
+            raise ValueError(f"{len(sizes)} sizes for {len(events)} events")
+        return sizes  # the ledger counts only sizes above 0
     except Exception as exc:
         # The events are accepted all the same: losing them would be worse than not counting.
         logger.warning(
-            "generator %s failed in event_size(): %r; its events are not counted in "
-            "max_pending_bytes",
+            "generator %s failed in %s(): %r; its events are not counted in max_pending_bytes",
             generator,
+            "event_sizes" if batched else "event_size",
             exc,
         )
         return None

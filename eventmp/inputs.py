@@ -29,16 +29,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any
 
 from .event import Event, EventGenerator
 from .pipeline import InputSpec, Pipeline
 from .reporting import Counts
-from .tail import STDIN, FileTailGenerator, Rule
+from .tail import STDIN, FileTailGenerator, Rule, line_event_sizes
 
 __all__ = ["InputSet", "StateFiles", "make_tails"]
 
 logger = logging.getLogger("eventmp")
+
+_originator = attrgetter("originator")
 
 
 class StateFiles:
@@ -187,6 +190,12 @@ class InputSet(EventGenerator):
         if isinstance(tail, FileTailGenerator):
             return int(tail.event_size(event))
         return 0
+
+    def event_sizes(self, events: list[Event]) -> list[int]:
+        """:meth:`event_size` of each, in one pass while every event is a plain tail's."""
+        if set(map(type, map(_originator, events))) <= {FileTailGenerator}:
+            return line_event_sizes(events)
+        return [self.event_size(event) for event in events]
 
     def stop(self) -> None:
         """Stop every tail (each saves its last checkpoint); later polls return nothing."""

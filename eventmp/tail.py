@@ -71,6 +71,12 @@ _EVENT_OVERHEAD = 1024
 _LINE_COPIES = 4
 
 
+def line_event_sizes(events: list[Event]) -> list[int]:
+    """:meth:`FileTailGenerator.event_size` of each of a tail's events (one comprehension)."""
+    getsizeof = sys.getsizeof
+    return [_LINE_COPIES * getsizeof(event.data["line"]) + _EVENT_OVERHEAD for event in events]
+
+
 def _read_chunk() -> bytearray:
     chunk: bytearray | None = getattr(_read_chunks, "chunk", None)
     if chunk is None:
@@ -211,6 +217,9 @@ class FileTailGenerator(FileFinder, EventGenerator):
         groups; a rule whose match is the whole line shares the line's string instead.
         """
         return _LINE_COPIES * sys.getsizeof(event.data["line"]) + _EVENT_OVERHEAD
+
+    def event_sizes(self, events: list[Event]) -> list[int]:
+        return line_event_sizes(events)
 
     def get_events(self) -> list[Event]:
         if self._stopped or self.finished:

@@ -149,7 +149,23 @@ def test_event_size_is_the_tails_own(tmp_path: Path) -> None:
     try:
         events = inputs.get_events()
         assert [inputs.event_size(event) for event in events] == [103, 105]
+        assert inputs.event_sizes(events) == [103, 105]
         assert inputs.event_size(Event("elsewhere", print, None)) == 0
+    finally:
+        inputs.stop()
+
+
+def test_event_sizes_of_plain_tails_are_each_events_size(tmp_path: Path) -> None:
+    """A poll of plain tails is sized in one pass, to what event_size() gives each event."""
+    log = tmp_path / "app.log"
+    log.write_text("one\n" + "x" * 5000 + "\nthree\n")
+    inputs = InputSet([FileTailGenerator([str(log)], [RULE], start_at="beginning")])
+    inputs.release()
+    try:
+        events = inputs.get_events()
+        assert len(events) == 3
+        assert inputs.event_sizes(events) == [inputs.event_size(event) for event in events]
+        assert inputs.event_sizes([*events, Event("elsewhere", print, None)])[-1] == 0
     finally:
         inputs.stop()
 
