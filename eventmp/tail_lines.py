@@ -13,6 +13,7 @@ promises: docs/tailing.md, "Following files" (lines, long lines) and "Slow rules
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 
 from .block_search import BlockSearch
@@ -23,6 +24,8 @@ from .tail_files import _File
 __all__ = ["Inflight", "LineEvents"]
 
 logger = logging.getLogger("eventmp")
+
+_new_event = Event.__new__
 
 # Per event (by id) while its outcome is awaited: the event, its file's table of lines without
 # outcomes, and its line's offset, the key in that table.
@@ -135,21 +138,24 @@ class LineEvents:
         name, path, owner = self.name, f.path, self._owner
         inflight = self._inflight if owner.track_outcomes else None
         outstanding = f.outstanding
+        now = time.time()
         for rule, match in hits:
-            event = Event(
-                owner,
-                rule.handler,
-                {
-                    "input": name,
-                    "file": path,
-                    "line_number": line_number,
-                    "line": text,
-                    "rule": rule.name,
-                    "match": match.group(0),
-                    "groups": list(match.groups()),
-                    "named": match.groupdict(),
-                },
-            )
+            # Built field by field, as the worker builds events: Event.__init__ is a call in
+            # Python per event, and checks nothing these values need.
+            event = _new_event(Event)
+            event.originator = owner
+            event.handler = rule.handler
+            event.data = {
+                "input": name,
+                "file": path,
+                "line_number": line_number,
+                "line": text,
+                "rule": rule.name,
+                "match": match.group(0),
+                "groups": list(match.groups()),
+                "named": match.groupdict(),
+            }
+            event.timestamp = now
             events.append(event)
             if inflight is not None:
                 inflight[id(event)] = (event, outstanding, offset)
