@@ -168,7 +168,10 @@ class InputSet(EventGenerator):
             try:
                 last: Any = None  # the events of a run come from one tail, asked once
                 tracks = False
-                for event, exception in outcomes:
+                # Only a tail with a state file hears of its outcomes. (A tail that replace()
+                # retired has none left: it waits for them all before it swaps the tails.)
+                tracking = any(tail.track_outcomes for tail in self.tails)
+                for event, exception in outcomes if tracking else ():
                     tail = event.originator
                     if tail is not last:
                         last = tail

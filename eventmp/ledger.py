@@ -49,13 +49,14 @@ from .ledger_records import (
     MAX_BATCH_EVENTS,
     Batch,
     Outcome,
+    SettledRun,
     WorkerExit,
     position,
 )
 
 # The worker marks its progress with position() and outcome delivery reads Outcome: both import
 # them from here, the ledger's names.
-__all__ = ["Ledger", "Outcome", "position"]
+__all__ = ["Ledger", "Outcome", "SettledRun", "position"]
 
 logger = logging.getLogger("eventmp")
 
@@ -80,7 +81,7 @@ class Ledger:
         self.resync: list[list[int]] = [[] for _ in range(slots)]  # to send one at a time
         self.trackers: dict[int, Any] = {}
         self.failures: deque[Outcome] = deque()
-        self.settled: deque[Outcome] = deque()
+        self.settled: deque[SettledRun] = deque()
         # Estimated bytes of the pending events a generator sized (see
         # EventGenerator.event_size): the dispatcher stops polling at max_pending_bytes.
         self.sizes: dict[int, int] = {}
@@ -468,7 +469,10 @@ class Ledger:
         pending = self.pending
         if self.trackers:
             settled = 0
-            untrack, append = self.trackers.pop, self.settled.append
+            untrack = self.trackers.pop
+            last: Any = None  # the tracker of the run being built
+            run_seqs: list[int] = []
+            run_events: list[Event] = []
             for index, seq in enumerate(seqs, start):
                 if failed and index in failed:
                     continue
@@ -477,10 +481,14 @@ class Ledger:
                     continue
                 settled += 1
                 tracker = untrack(seq, None)
-                if tracker is not None:
-                    # tuple.__new__: a NamedTuple's own constructor is a Python function, and
-                    # this runs for every event of a generator that tracks its outcomes.
-                    append(_new(Outcome, (seq, event, None, None, tracker)))
+                if tracker is None:
+                    continue
+                if tracker is not last:
+                    last, run_seqs, run_events = tracker, [], []
+                    # tuple.__new__: a NamedTuple's own constructor is a Python function.
+                    self.settled.append(_new(SettledRun, (tracker, run_seqs, run_events)))
+                run_seqs.append(seq)
+                run_events.append(event)
         else:
             # The hot path: a failed event was popped before, hence the default. A plain loop
             # costs less than a C-level pass through deque(map(...)) at every batch size.

@@ -73,6 +73,18 @@ class Outcome(NamedTuple):
     tracker: Any
 
 
+class SettledRun(NamedTuple):
+    """Processed events of one tracking generator, settled together, in order.
+
+    Runs, not one record per event: a log tail tracks every event it makes, and its outcomes
+    are settled and delivered by the thousand.
+    """
+
+    tracker: Any
+    seqs: list[int]
+    events: list[Event]
+
+
 class WorkerExit(NamedTuple):
     """What the ledger concluded from a worker's death."""
 

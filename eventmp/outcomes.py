@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from itertools import repeat
 from typing import Any
 
 from .event import Event, EventGenerator
 from .handlers import call_handler, describe_handler
-from .ledger import Ledger, Outcome
+from .ledger import Ledger, Outcome, SettledRun
 
 __all__ = ["OutcomeDelivery"]
 
@@ -54,7 +55,7 @@ class OutcomeDelivery:
             with self._changed:
                 error: tuple[EventGenerator, BaseException] | None = None
                 outcome: Outcome | None = None
-                processed: list[Outcome] = []
+                processed: list[SettledRun] = []
                 if self._generator_errors:
                     error = self._generator_errors.popleft()
                 elif ledger.failures:
@@ -80,17 +81,10 @@ class OutcomeDelivery:
                 with self._changed:
                     self._delivering -= 1
 
-    def _notify_processed(self, outcomes: list[Outcome]) -> None:
-        """``settled()`` for processed events, in order, by runs of the same generator."""
-        start = 0
-        while start < len(outcomes):
-            tracker = outcomes[start].tracker
-            end = start + 1
-            while end < len(outcomes) and outcomes[end].tracker is tracker:
-                end += 1
-            if tracker is not None:
-                self._notify_settled(tracker, [(o.event, None) for o in outcomes[start:end]])
-            start = end
+    def _notify_processed(self, runs: list[SettledRun]) -> None:
+        """``settled()`` for processed events, in order, a run of one generator at a time."""
+        for run in runs:
+            self._notify_settled(run.tracker, list(zip(run.events, repeat(None))))
 
     @staticmethod
     def _notify_settled(tracker: Any, outcomes: list[tuple[Event, BaseException | None]]) -> None:

@@ -28,7 +28,14 @@ from eventmp.errors import (
 )
 from eventmp.event import Event
 from eventmp.ledger import Ledger
-from eventmp.ledger_records import INDEX_BITS, MAX_BATCH_EVENTS, Outcome, WorkerExit, position
+from eventmp.ledger_records import (
+    INDEX_BITS,
+    MAX_BATCH_EVENTS,
+    Outcome,
+    SettledRun,
+    WorkerExit,
+    position,
+)
 
 
 def make_events(count: int) -> list[Event]:
@@ -40,6 +47,11 @@ def queued_ledger(count: int, slots: int = 1) -> Ledger:
     ledger = Ledger(slots)
     ledger.queue(ledger.accept(make_events(count)))
     return ledger
+
+
+def settled_seqs(ledger: Ledger) -> list[int]:
+    """The seqs of the processed events the ledger settled for trackers, in order."""
+    return [seq for run in ledger.settled for seq in run.seqs]
 
 
 def counters(ledger: Ledger) -> dict[str, Any]:
@@ -375,11 +387,11 @@ def test_trackers_get_outcome_records() -> None:
     error = ValueError("boom")
     assert ledger.failed_at(1, position(1, 1), 2, "worker-1", error)
     assert ledger.finished_upto(1, position(1, 1)) == 1
-    assert list(ledger.settled) == [Outcome(1, events[0], None, None, tracker)]
+    assert list(ledger.settled) == [SettledRun(tracker, [1], [events[0]])]
     assert list(ledger.failures) == [Outcome(2, events[1], error, "worker-1", tracker)]
     assert ledger.batch_done(1, 1) == 4
-    assert [o.seq for o in ledger.settled] == [1, 3]
-    assert ledger.settled[1] == Outcome(3, events[2], None, None, tracker)
+    assert settled_seqs(ledger) == [1, 3]
+    assert ledger.settled[1] == SettledRun(tracker, [3], [events[2]])
     assert ledger.processed == 3
     assert not ledger.trackers
 
@@ -397,7 +409,7 @@ def test_fail_in_the_parent_of_a_tracked_event() -> None:
     (failure,) = ledger.failures
     assert (failure.seq, failure.exception, failure.tracker) == (1, error, tracker)
     assert ledger.batch_done(1, 1) == 1
-    assert [o.seq for o in ledger.settled] == [2]
+    assert settled_seqs(ledger) == [2]
 
 
 def test_fail_queued_fails_backlogs_and_resync_lists() -> None:
@@ -760,12 +772,13 @@ class LedgerMachine(RuleBasedStateMachine):
             failures[seq] = failure
         settled: set[int] = set()
         while ledger.settled:
-            record = ledger.settled.popleft()
-            assert record.exception is None and record.originator is None
-            assert record.event is self.events[record.seq]
-            assert record.tracker is not None and record.tracker is self.trackers.get(record.seq)
-            assert record.seq not in settled
-            settled.add(record.seq)
+            run = ledger.settled.popleft()
+            assert run.seqs and len(run.seqs) == len(run.events)
+            for seq, event in zip(run.seqs, run.events, strict=True):
+                assert event is self.events[seq]
+                assert run.tracker is not None and run.tracker is self.trackers.get(seq)
+                assert seq not in settled
+                settled.add(seq)
         processed = gone - failures.keys()
         for seq in processed:
             assert seq in self.ran_ok, f"event {seq} counted processed, but it never ran"
