@@ -134,6 +134,7 @@ class BlockSearch:
             raw = _RawOffsets(bytes(data[start:end]).split(b"\n"), start)
         length = len(text)
         base = state.index  # lines before the segment
+        matched = [0] * len(matcher.rules)  # hits of the lines match_text did not see
         position = 0  # of the window, a line start
         while position < length and not state.stopped:
             stop = text.rfind("\n", position, position + self._window_size) + 1
@@ -152,7 +153,7 @@ class BlockSearch:
                     rule = alone[number]
                     if rule is not None:
                         hits: Hits = [(rule, match)]
-                        matcher.count_match(number)
+                        matched[number] += 1
                     else:
                         hits, slow_here = match_text(line_text, known, line_by_line)
                         if slow_here:
@@ -189,6 +190,7 @@ class BlockSearch:
             state.offset = start + position if raw is None else raw.at(state.index - base)
             if time.perf_counter() > state.deadline:
                 state.stopped = True
+        matcher.count_matches(matched)
 
     def _window(
         self, text: str, start: int, stop: int, deadline: float

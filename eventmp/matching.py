@@ -169,10 +169,11 @@ class LineMatcher:
         with memoryview(data) as view, view[start:end] as part:
             return str(part, self.encoding, "replace")
 
-    def count_match(self, number: int) -> None:
-        """Rule ``number`` matched a line that a block search found, as :meth:`match_text`
-        counts it (for the block search's lines with one hit, which skip that loop)."""
-        self._counters[number].matches += 1
+    def count_matches(self, matches: list[int]) -> None:
+        """Add each rule's matches (by rule number) of lines a block search found, as
+        :meth:`match_text` counts them (for its lines with one hit, which skip that loop)."""
+        for counters, number in zip(self._counters, matches, strict=True):
+            counters.matches += number
 
     def add_seconds(self, number: int, seconds: float) -> None:
         """Time rule ``number`` spent matching elsewhere (a block search), for :meth:`stats`."""

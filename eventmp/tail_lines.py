@@ -72,11 +72,15 @@ class LineEvents:
         whole = buf.rfind(b"\n") + 1
         if whole and len(events) < max_events:
             block = self._block_search.block(buf, max_events - len(events), deadline, whole)
-            for line in block.lines:
-                for piece in line.pieces:
-                    self._emit(
-                        f, f.lines + line.line_index, piece.text, piece.offset, piece.hits, events
-                    )
+            self._emit(
+                f,
+                [
+                    (f.lines + line.line_index, piece.text, piece.offset, piece.hits)
+                    for line in block.lines
+                    for piece in line.pieces
+                ],
+                events,
+            )
             for name, index in block.slow:
                 self._slow(f, name, f.lines + index + 1)
             f.lines += block.lines_done
@@ -99,7 +103,8 @@ class LineEvents:
         hits, slow = self._matcher.match_line(text)
         for name in slow:
             self._slow(f, name, f.lines + 1)
-        self._emit(f, f.lines, text, start, hits, events)
+        if hits:
+            self._emit(f, [(f.lines, text, start, hits)], events)
 
     def emit_rest(self, f: _File, events: list[Event]) -> None:
         """A file's last line, without its newline: emitted when nothing can complete it."""
@@ -127,37 +132,35 @@ class LineEvents:
             f.path,
         )
 
-    def _emit(
-        self, f: _File, before: int, text: str, start: int, hits: Hits, events: list[Event]
-    ) -> None:
-        """The events of one line (or piece) at ``start`` in the buffer, after ``before`` lines."""
-        if not hits:
-            return
-        offset = f.offset + start
-        line_number = before + 1
+    def _emit(self, f: _File, lines: list[tuple[int, str, int, Hits]], events: list[Event]) -> None:
+        """The events of lines (or pieces) with hits: ``(lines before it, its text, where it
+        starts in the buffer, its hits)`` each, in order."""
         name, path, owner = self.name, f.path, self._owner
         inflight = self._inflight if owner.track_outcomes else None
         outstanding = f.outstanding
-        now = time.time()
-        for rule, match in hits:
-            # Built field by field, as the worker builds events: Event.__init__ is a call in
-            # Python per event, and checks nothing these values need.
-            event = _new_event(Event)
-            event.originator = owner
-            event.handler = rule.handler
-            event.data = {
-                "input": name,
-                "file": path,
-                "line_number": line_number,
-                "line": text,
-                "rule": rule.name,
-                "match": match.group(0),
-                "groups": list(match.groups()),
-                "named": match.groupdict(),
-            }
-            event.timestamp = now
-            events.append(event)
+        append = events.append
+        for before, text, start, hits in lines:
+            line_number = before + 1
+            now = time.time()
+            for rule, match in hits:
+                # Built field by field, as the worker builds events: Event.__init__ is a call
+                # in Python per event, and checks nothing these values need.
+                event = _new_event(Event)
+                event.originator = owner
+                event.handler = rule.handler
+                event.data = {
+                    "input": name,
+                    "file": path,
+                    "line_number": line_number,
+                    "line": text,
+                    "rule": rule.name,
+                    "match": match.group(0),
+                    "groups": list(match.groups()),
+                    "named": match.groupdict(),
+                }
+                event.timestamp = now
+                append(event)
+                if inflight is not None:
+                    inflight[id(event)] = (event, outstanding, f.offset + start)
             if inflight is not None:
-                inflight[id(event)] = (event, outstanding, offset)
-        if inflight is not None:
-            outstanding[offset] = [len(hits), before]
+                outstanding[f.offset + start] = [len(hits), before]
