@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import pytest
 from test_cli import WAIT, append, jsonl, pipeline_file, wait_until
 
 from eventmp.pipeline import load_pipeline
-from eventmp.runner import restart_settings, same_handler
+from eventmp.runner import restart_settings, same_handler, settle_garbage_collector
 
 # No state_file and start_at = "beginning": a reload that built its tails naively would read
 # the whole file again; one that started them at the end would skip what came meanwhile.
@@ -556,3 +557,16 @@ def test_a_reload_reads_at_once_whatever_its_poll_interval(tmp_path: Path) -> No
         status = command.wait()
     assert status == 0, command.err
     assert [r["n"] for r in jsonl(seen)] == ["1", "2", "3"]
+
+
+def test_the_command_freezes_its_start_up_and_collects_young_objects_less_often() -> None:
+    """settle_garbage_collector(): start-up objects frozen, the youngest generation at 10,000."""
+    before = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (10_000, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
