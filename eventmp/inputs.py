@@ -101,6 +101,24 @@ def make_tails(
     return tails
 
 
+def _runs_by_tail(
+    outcomes: list[tuple[Event, BaseException | None]],
+) -> list[tuple[FileTailGenerator, list[tuple[Event, BaseException | None]]]]:
+    """The outcomes of tails that track them, in runs of consecutive ones of the same tail."""
+    runs: list[tuple[FileTailGenerator, list[tuple[Event, BaseException | None]]]] = []
+    last: Any = None
+    run: list[tuple[Event, BaseException | None]] = []
+    for outcome in outcomes:
+        tail = outcome[0].originator
+        if tail is not last:
+            last = tail
+            run = []
+            if isinstance(tail, FileTailGenerator) and tail.track_outcomes:
+                runs.append((tail, run))
+        run.append(outcome)
+    return runs
+
+
 class InputSet(EventGenerator):
     """The tails of the current pipeline, polled as one generator (see the module docstring).
 
@@ -166,21 +184,14 @@ class InputSet(EventGenerator):
         its tail failed (logged)."""
         with self._mutex:
             try:
-                last: Any = None  # the events of a run come from one tail, asked once
-                tracks = False
                 # Only a tail with a state file hears of its outcomes. (A tail that replace()
                 # retired has none left: it waits for them all before it swaps the tails.)
-                tracking = any(tail.track_outcomes for tail in self.tails)
-                for event, exception in outcomes if tracking else ():
-                    tail = event.originator
-                    if tail is not last:
-                        last = tail
-                        tracks = isinstance(tail, FileTailGenerator) and tail.track_outcomes
-                    if tracks:
+                if any(tail.track_outcomes for tail in self.tails):
+                    for tail, run in _runs_by_tail(outcomes):
                         try:
-                            tail.settled(event, exception)
+                            tail.settled_batch(run)
                         except Exception:  # one tail's failure leaves the others their outcomes
-                            logger.exception("%s failed in settled()", tail)
+                            logger.exception("%s failed in settled_batch()", tail)
             finally:
                 self.counts.settled_batch(outcomes)
                 self._outstanding -= len(outcomes)

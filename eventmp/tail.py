@@ -292,25 +292,33 @@ class FileTailGenerator(FileFinder, EventGenerator):
             self._read(f, events, now)
 
     def settled(self, event: Event, exception: BaseException | None) -> None:
-        entry = self._inflight.pop(id(event), None)
-        if entry is None or entry[0] is not event:
-            return
-        if isinstance(exception, _NEVER_RAN):
-            return  # the line stays outstanding: the checkpoint never passes it
-        _event, outstanding, offset = entry
-        slot = outstanding.get(offset)
-        if slot is None:
-            return
-        slot[0] -= 1
-        if slot[0] <= 0:
-            del outstanding[offset]
-            # Outcomes keep coming while the dispatcher drains, when nothing polls this tail
-            # any more: the checkpoint follows them at the same rate as during polls.
-            if self.state_file is not None and not self._stopped:
-                now = time.monotonic()
-                if now - self._last_save >= self.checkpoint_interval:
-                    self._save(force=False)
-                    self._last_save = now
+        self.settled_batch([(event, exception)])
+
+    def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+        """Outcomes of this tail's events: a line is passed once each of its events has one."""
+        inflight = self._inflight
+        freed = False
+        for event, exception in outcomes:
+            entry = inflight.pop(id(event), None)
+            if entry is None or entry[0] is not event:
+                continue
+            if exception is not None and isinstance(exception, _NEVER_RAN):
+                continue  # the line stays outstanding: the checkpoint never passes it
+            _event, outstanding, offset = entry
+            slot = outstanding.get(offset)
+            if slot is None:
+                continue
+            slot[0] -= 1
+            if slot[0] <= 0:
+                del outstanding[offset]
+                freed = True
+        # Outcomes keep coming while the dispatcher drains, when nothing polls this tail any
+        # more: the checkpoint follows them at the same rate as during polls.
+        if freed and self.state_file is not None and not self._stopped:
+            now = time.monotonic()
+            if now - self._last_save >= self.checkpoint_interval:
+                self._save(force=False)
+                self._last_save = now
 
     def stop(self) -> None:
         """Save the final checkpoint and close every file; later polls return nothing."""
