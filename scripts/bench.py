@@ -2013,6 +2013,11 @@ def log_cases(
         "it: from a source tree under PYTHONDONTWRITEBYTECODE each process would first compile "
         "every module."
     )
+    notes.append(
+        "The generated logs are synced to disk before the first row: the kernel writing them "
+        "back during the rows took CPU from those that use both CPUs (eventmp's) and hardly "
+        "from those that use one (grep's)."
+    )
 
     def eventmp_case(key: str, label: str) -> Case:
         run = eventmp_runner(key, sizes, tmp, plan)
