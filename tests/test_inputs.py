@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import pytest
+
 from eventmp import Event
+from eventmp.checkpoint import load_state
 from eventmp.inputs import InputSet, StateFiles
 from eventmp.matching import RuleStats
 from eventmp.tail import FileTailGenerator, Rule
@@ -122,6 +126,45 @@ def test_a_failing_tail_does_not_lose_the_other_tails_lines(tmp_path: Path) -> N
             raise AssertionError("the tail's error was not raised")
     finally:
         inputs.stop()
+
+
+def test_outcomes_reach_each_checkpointing_tail_and_one_that_raises_keeps_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Interleaved outcomes go to their own tails in runs; a tail whose settled_batch() raises
+    is logged, and the other tail's checkpoint and every count still follow the outcomes."""
+    good_log, bad_log = tmp_path / "good.log", tmp_path / "bad.log"
+    good_log.write_text("one\ntwo\nthree\n")
+    bad_log.write_text("four\nfive\n")
+
+    class Broken(FileTailGenerator):
+        def settled_batch(self, outcomes: list[tuple[Event, BaseException | None]]) -> None:
+            raise RuntimeError("books on fire")
+
+    state = StateFiles(private=True)
+    good = tail_on(good_log, state, name="good")
+    bad = Broken(
+        [str(bad_log)], [RULE], name="bad", start_at="beginning", state_file=state.path_for("bad")
+    )
+    inputs = InputSet([good, bad])
+    inputs.release()
+    try:
+        events = inputs.get_events()
+        assert sorted(lines_of(events)) == ["five", "four", "one", "three", "two"]
+        mixed = sorted(events, key=lambda event: str(event.data["line"]))  # tails interleaved
+        with caplog.at_level(logging.ERROR, logger="eventmp"):
+            inputs.settled_batch([(event, None) for event in mixed])
+        assert "failed in settled_batch()" in caplog.text and "books on fire" in caplog.text
+    finally:
+        inputs.stop()
+    good_state = state.path_for("good")
+    assert good_state is not None
+    saved = load_state(good_state, good, "beginning")
+    state.close()
+    assert [entry["offset"] for entry in saved.values()] == [good_log.stat().st_size]
+    rules, by_input = inputs.counts.snapshot()
+    assert (rules["word"].matches, rules["word"].processed) == (5, 5)
+    assert (by_input["good"].processed, by_input["bad"].processed) == (3, 2)
 
 
 def test_private_state_files_live_in_a_directory_removed_at_close(tmp_path: Path) -> None:
