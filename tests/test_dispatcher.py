@@ -802,13 +802,27 @@ class SizedGenerator(EventGenerator):
         return self.size
 
 
+class BatchSizedGenerator(SizedGenerator):
+    """SizedGenerator that sizes each poll in one event_sizes() call (``size`` -1: one short)."""
+
+    def event_size(self, event: Event) -> int:
+        raise AssertionError("event_sizes() overrides it: not called per event")
+
+    def event_sizes(self, events: list[Event]) -> list[int]:
+        if self.size < 0:
+            return [1000] * (len(events) - 1)
+        return [self.size] * len(events)
+
+
+@pytest.mark.parametrize("kind", [SizedGenerator, BatchSizedGenerator])
 def test_max_pending_bytes_pauses_polling_until_outcomes_free_room(
-    make_dispatcher: MakeDispatcher, tmp_path: Path
+    make_dispatcher: MakeDispatcher, tmp_path: Path, kind: type[SizedGenerator]
 ) -> None:
-    """Generators are not polled while their pending events hold max_pending_bytes; none is lost."""
+    """Generators are not polled while their pending events hold max_pending_bytes (sized one
+    by one, or a poll at a time); none is lost."""
     gate = tmp_path / "gate"
     recording = GatedRecorder(tmp_path / "out.jsonl", gate)
-    generator = SizedGenerator(recording, total=60, per_poll=4, size=1000)
+    generator = kind(recording, total=60, per_poll=4, size=1000)
     dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=10_000)
     dispatcher.add_event_generator(generator)
     dispatcher.start()
@@ -846,66 +860,31 @@ def test_max_pending_bytes_none_and_unsized_generators_are_not_bounded(
     assert first.wait(WAIT) and second.wait(WAIT)
 
 
+@pytest.mark.parametrize(
+    ("kind", "logged"),
+    [
+        (SizedGenerator, "failed in event_size(): RuntimeError('cannot size it')"),
+        (BatchSizedGenerator, "failed in event_sizes(): ValueError('3 sizes for 4 events')"),
+    ],
+)
 def test_event_size_that_raises_is_logged_and_the_events_still_run(
-    make_dispatcher: MakeDispatcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_dispatcher: MakeDispatcher,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kind: type[SizedGenerator],
+    logged: str,
 ) -> None:
-    """A generator whose event_size() raises loses no event: they run uncounted; it is logged."""
+    """A generator whose event_size() raises, or whose event_sizes() does not give one size per
+    event, loses no event: they run uncounted; it is logged."""
     recording = RecordingHandler(tmp_path / "out.jsonl")
-    generator = SizedGenerator(recording, total=8, per_poll=4, size=-1)
+    generator = kind(recording, total=8, per_poll=4, size=-1)
     dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=100)
     dispatcher.add_event_generator(generator)
     with caplog.at_level(logging.WARNING, logger="eventmp"):
         dispatcher.start()
         assert dispatcher.wait(WAIT)
     assert sorted(data_of(recording.records())) == list(range(8))
-    assert "failed in event_size(): RuntimeError('cannot size it')" in caplog.text
-
-
-class BatchSizedGenerator(SizedGenerator):
-    """SizedGenerator that sizes each poll in one event_sizes() call (``size`` -2: one short)."""
-
-    def event_size(self, event: Event) -> int:
-        raise AssertionError("event_sizes() overrides it: not called per event")
-
-    def event_sizes(self, events: list[Event]) -> list[int]:
-        if self.size == -2:
-            return [1000] * (len(events) - 1)
-        return [self.size] * len(events)
-
-
-def test_event_sizes_sizes_a_whole_poll_and_bounds_it_the_same(
-    make_dispatcher: MakeDispatcher, tmp_path: Path
-) -> None:
-    """A generator that sizes its polls with event_sizes() is held at max_pending_bytes too."""
-    gate = tmp_path / "gate"
-    recording = GatedRecorder(tmp_path / "out.jsonl", gate)
-    generator = BatchSizedGenerator(recording, total=60, per_poll=4, size=1000)
-    dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=10_000)
-    dispatcher.add_event_generator(generator)
-    dispatcher.start()
-    assert wait_until(lambda: dispatcher.stats().pending_bytes >= 10_000)
-    time.sleep(0.3)
-    assert 10 <= generator.made <= 10 + generator.per_poll
-    assert dispatcher.stats().pending_bytes == generator.made * 1000
-    gate.touch()
-    assert dispatcher.wait(WAIT)
-    assert sorted(data_of(recording.records())) == list(range(60))
-    assert dispatcher.stats().pending_bytes == 0
-
-
-def test_event_sizes_of_the_wrong_length_is_logged_and_the_events_still_run(
-    make_dispatcher: MakeDispatcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Sizes that do not match the poll's events one to one count none of them; none is lost."""
-    recording = RecordingHandler(tmp_path / "out.jsonl")
-    generator = BatchSizedGenerator(recording, total=8, per_poll=4, size=-2)
-    dispatcher = make_dispatcher(poll_interval=0.01, max_pending_bytes=100)
-    dispatcher.add_event_generator(generator)
-    with caplog.at_level(logging.WARNING, logger="eventmp"):
-        dispatcher.start()
-        assert dispatcher.wait(WAIT)
-    assert sorted(data_of(recording.records())) == list(range(8))
-    assert "failed in event_sizes(): ValueError('3 sizes for 4 events')" in caplog.text
+    assert logged in caplog.text
 
 
 class CountingLink:
