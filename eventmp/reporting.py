@@ -116,27 +116,7 @@ class Counts:
             with self._lock:
                 self._add(names, "matches")
             return
-        keys: list[_Key] = []
-        for event in events:
-            data = event.data
-            if type(data) is not dict:
-                if isinstance(data, dict):
-                    break  # a dict of another type: the long way, for every event
-                continue
-            rule = data.get("rule", _ABSENT)
-            name = data.get("input", _ABSENT)
-            if (type(rule) is not str and rule is not _ABSENT) or (
-                type(name) is not str and name is not _ABSENT
-            ):
-                break  # names that are not strings (1 and True are one key): the long way
-            keys.append((rule, name))
-        else:
-            with self._lock:
-                for key, number in Counter(keys).items():
-                    for tally in self._pair(key):
-                        if tally is not None:
-                            tally.matches += number
-            return
+        # Anything else (a name absent or not a string, data of another type): event by event.
         with self._lock:
             for event in events:
                 for tally in self._tallies(event):

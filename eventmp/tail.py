@@ -216,7 +216,7 @@ class FileTailGenerator(FileFinder, EventGenerator):
         group that spans the line copies it once more in the match, the groups and the named
         groups; a rule whose match is the whole line shares the line's string instead.
         """
-        return _LINE_COPIES * sys.getsizeof(event.data["line"]) + _EVENT_OVERHEAD
+        return line_event_sizes([event])[0]
 
     def event_sizes(self, events: list[Event]) -> list[int]:
         return line_event_sizes(events)
