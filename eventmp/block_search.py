@@ -2,7 +2,7 @@
 
 Runs in the parent process, in the dispatcher thread (called by :mod:`eventmp.tail_lines`); pure:
 no I/O, no clock but ``time.perf_counter`` and ``time.thread_time`` for the per-rule statistics
-and the poll's deadline.
+and the poll's deadline (and a ``gc`` callback, so that a collection is not a rule's time).
 
 Most lines of a log match no rule, so :meth:`BlockSearch.block` does not look at lines one
 by one. It decodes a block of lines at once and searches the whole text with one pattern per
@@ -25,7 +25,9 @@ The docs: docs/design.md, "Matching lines".
 from __future__ import annotations
 
 import codecs
+import gc
 import re
+import threading
 import time
 from typing import Any
 
@@ -207,7 +209,7 @@ class BlockSearch:
         by_line: list[int] = []
         threshold = self._matcher.slow_seconds
         add_seconds = self._matcher.add_seconds
-        clock, cpu_clock = time.perf_counter, time.thread_time
+        clock, cpu_clock = time.perf_counter, _searching_cpu_time
         rfind, find, known = text.rfind, text.find, starts.setdefault
         for number, search in enumerate(self._scanners):
             if search is None:
@@ -228,7 +230,8 @@ class BlockSearch:
                 at = find("\n", found) + 1
             add_seconds(number, clock() - began)
             # The thread's CPU time, not the wall clock's: a pause of the whole process (the
-            # machine busy, a VM's stolen time) must not turn a rule to line by line for good.
+            # machine busy, a VM's stolen time) must not turn a rule to line by line for good;
+            # nor may a garbage collection that happened to run in the middle of the search.
             if cpu_clock() - began_cpu > threshold:
                 # Slow somewhere in these lines: from now on this rule is checked line by line,
                 # starting with this window, so that its slow lines are named.
@@ -298,6 +301,27 @@ class BlockSearch:
         for slot, (number, _search) in enumerate(searches):
             matcher.add_seconds(number, spent[slot])
         return last
+
+
+def _searching_cpu_time() -> float:
+    """This thread's CPU time, less what it spent in garbage collections (see _window)."""
+    return time.thread_time() - getattr(_collections, "seconds", 0.0)
+
+
+# Per thread, the CPU time its garbage collections took (a collection runs in the thread whose
+# allocation set it off): summed by a gc callback, which costs two clock reads per collection.
+_collections = threading.local()
+
+
+def _time_collections(phase: str, _info: dict[str, int]) -> None:
+    if phase == "start":
+        _collections.began = time.thread_time()
+    elif (began := getattr(_collections, "began", None)) is not None:
+        _collections.seconds = getattr(_collections, "seconds", 0.0) + time.thread_time() - began
+        _collections.began = None
+
+
+gc.callbacks.append(_time_collections)
 
 
 class _BlockState:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import time
 from typing import Any
 
 from conftest import log_texts, rule_sets
@@ -131,6 +133,32 @@ def test_a_pause_of_the_process_does_not_make_a_rule_slow(monkeypatch: Any) -> N
         block = search.block(data, 10_000)
         assert len(block.lines) == 1000 and not block.slow
     assert matcher.stats()["failed"].slow_lines == 0
+
+
+def test_a_garbage_collection_during_a_search_does_not_make_a_rule_slow(monkeypatch: Any) -> None:
+    """CPU time the window's garbage collections took is not the rule's: it stays block-searched
+    (were it line by line, the leaping wall clock would make every line slow)."""
+    wall = iter(range(0, 10**9, 10))
+    monkeypatch.setattr("eventmp.block_search.time.perf_counter", lambda: float(next(wall)))
+    matcher = LineMatcher([Rule("failed", re.compile(r"Failed (\w+)"), None)])
+    search = BlockSearch(matcher)
+    data = b"".join(b"Failed %d\nok\n" % n for n in range(1000))
+
+    def slow_collection(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            spent = time.thread_time() + 0.0002
+            while time.thread_time() < spent:
+                pass
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(slow_collection)
+    gc.set_threshold(1)  # a collection at every few allocations: hundreds in the window
+    try:
+        block = search.block(data, 10_000)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(slow_collection)
+    assert len(block.lines) == 1000 and not block.slow
 
 
 def test_an_encoding_decoded_line_by_line_keeps_the_time_budget() -> None:
